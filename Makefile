@@ -1,0 +1,66 @@
+# produce-sorter: two commands on a fresh Debian / Raspberry Pi OS machine.
+#   make demo   set everything up, replay the bundled belt video through the sorting loop
+#   make test   set everything up and run every test (lint, type checks, unit, firmware under QEMU)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+SHARED ?= ../shared
+C9     ?= $(SHARED)/data/cucumber-9/prototype_1
+
+# System packages: the AVR toolchain and QEMU for the firmware, socat/shellcheck for tests.
+APT_PKGS := gcc-avr avr-libc binutils-avr qemu-system-misc shellcheck
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# A GPU machine gets the CUDA build of TensorFlow; everything else the CPU build.
+TRAIN_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo train-gpu || echo train)
+
+.PHONY: help sysdeps venv lint test test-fast demo bench firmware clean
+help:
+	@echo "make demo    replay the bundled belt video through the sorter (bundled model, emulated controller)"
+	@echo "make test    lint, type-check and run every test"
+	@echo "make bench   measure accuracy and speed (benchmarks/README.md)"
+	@echo "make firmware  build the gate controller firmware (.elf/.hex)"
+
+sysdeps:
+	@missing=""; \
+	command -v avr-gcc >/dev/null || missing="$$missing gcc-avr binutils-avr"; \
+	[ -f /usr/lib/avr/include/avr/io.h ] || missing="$$missing avr-libc"; \
+	command -v qemu-system-avr >/dev/null || missing="$$missing qemu-system-misc"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "error: could not install$$missing with apt-get; install them by hand and re-run" >&2; exit 1; }; \
+	fi
+
+$(VENV)/.stamp-$(TRAIN_EXTRA): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[$(TRAIN_EXTRA),dev]"
+	@touch $@
+
+venv: $(VENV)/.stamp-$(TRAIN_EXTRA)
+
+lint: venv
+	$(VENV)/bin/ruff check sorter training firmware_bridge tests benchmarks
+	$(VENV)/bin/ruff format --check sorter training firmware_bridge tests benchmarks
+	$(VENV)/bin/mypy
+
+test: sysdeps venv lint
+	$(PY) -m pytest -q
+
+firmware: sysdeps
+	$(MAKE) -C firmware_bridge/firmware
+
+demo: sysdeps venv
+	$(PY) -m sorter.demo
+
+bench: sysdeps venv
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out
+	$(MAKE) -C firmware_bridge/firmware clean || true

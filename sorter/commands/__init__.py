@@ -1,0 +1,1 @@
+"""Sub-commands of the `sorter` CLI, one module each."""

@@ -1,0 +1,1 @@
+"""Training side of produce-sorter (TensorFlow/Keras): data, model, fit, reports, export."""
