@@ -15,6 +15,9 @@ app = typer.Typer(
 )
 
 # --- registrations (one line per command module) ---
+from sorter.commands import config as _config_cmd  # noqa: E402
+
+app.add_typer(_config_cmd.app, name="config")
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""When each decided item reaches its gate, and the SORT command that fires it.
+
+Times here are on two timelines:
+- the *source* timeline: each frame's `t` (monotonic capture time for a camera, index/fps
+  in replay); the decision log records `t_line` and `fire_at` on it;
+- the *host* timeline: the link's clock (`firmware_bridge.clock`), which the link maps to
+  controller microseconds with SYNC. `Timeline` converts between the two (a camera's frames
+  are already on the host clock: offset 0; a realtime replay starts the video at a host time).
+
+Fire time = t_line + distance_mm / speed_mm_s + the gate's offset_ms. A command whose fire
+time is less than the safety margin ahead of the clock now is NOT sent: the item is logged
+`late` and rides to the reject lane, never fired late in silence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sorter.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class ClockLike(Protocol):
+    """firmware_bridge.clock's interface: seconds on the host timeline."""
+
+    def now(self) -> float: ...
+
+
+class CommandLike(Protocol):
+    """firmware_bridge.link's Command: the fate of one SORT."""
+
+    @property
+    def status(self) -> str: ...
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+
+
+class LinkLike(Protocol):
+    """The part of firmware_bridge.link.ControllerLink the scheduler uses."""
+
+    def sort(self, item: int, gate: int, fire_at: float, window_s: float = ...) -> Any: ...
+
+
+@dataclass
+class Timeline:
+    """Maps the source timeline onto the host clock: host = source + offset."""
+
+    offset: float = 0.0
+    """Seconds to add to a source time to get the host clock time."""
+
+    def to_host(self, t_source: float) -> float:
+        """A source-timeline time on the host clock."""
+        return t_source + self.offset
+
+    def to_source(self, t_host: float) -> float:
+        """A host-clock time on the source timeline."""
+        return t_host - self.offset
+
+
+@dataclass
+class Scheduled:
+    """What the scheduler did with one item."""
+
+    item: int
+    """The item (track) id, also the SORT item number."""
+    gate: int | None
+    """The gate commanded, or None when no gate fires."""
+    fire_at: float | None
+    """Ideal fire time on the source timeline, or None."""
+    status: str
+    """"pending" (sent, fate to come), "late" (not sent: too late), "dry-run" or "rejected"."""
+    command: Any | None = None
+    """The link's Command when a SORT was sent."""
+
+
+class Scheduler:
+    """Turns decisions into SORT commands on a link (or into dry-run records)."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: ClockLike,
+        link: LinkLike | None,
+        *,
+        timeline: Timeline | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.link = link
+        self.timeline = timeline or Timeline()
+        self.dry_run = dry_run or link is None
+        self.margin_s = config.serial.safety_margin_ms / 1000.0
+        self.window_s = config.serial.window_ms / 1000.0
+
+    def travel_s(self, gate: int) -> float:
+        """Seconds from the decision line to `gate` (its calibration offset included)."""
+        g = self.config.gates[str(gate)]
+        return g.distance_mm / self.config.belt.speed_mm_s + g.offset_ms / 1000.0
+
+    def fire_time(self, gate: int, t_line: float) -> float:
+        """When an item that crossed the line at `t_line` reaches `gate` (source timeline)."""
+        return t_line + self.travel_s(gate)
+
+    def schedule(
+        self,
+        item: int,
+        gate: int | None,
+        t_line: float,
+        on_done: Callable[[Any], None] | None = None,
+    ) -> Scheduled:
+        """Send (or not) the SORT for one decided item; never blocks on the controller.
+
+        `on_done(command)` is called from the link's thread when the command's fate is known.
+        """
+        if gate is None:
+            return Scheduled(item, None, None, "rejected")
+        fire_at = self.fire_time(gate, t_line)
+        if self.dry_run:
+            return Scheduled(item, gate, fire_at, "dry-run")
+        fire_host = self.timeline.to_host(fire_at)
+        ahead = fire_host - self.clock.now()
+        if ahead < self.margin_s:
+            log.warning(
+                "item %d: gate %d fire time is %.1f ms ahead, under the %.0f ms margin: "
+                "not sent (late)",
+                item,
+                gate,
+                ahead * 1000.0,
+                self.margin_s * 1000.0,
+            )
+            return Scheduled(item, gate, fire_at, "late")
+        assert self.link is not None
+        cmd = self.link.sort(item, gate, fire_at=fire_host, window_s=self.window_s)
+        if on_done is not None:
+            cmd.add_done_callback(on_done)
+        return Scheduled(item, gate, fire_at, "pending", cmd)

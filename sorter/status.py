@@ -1,0 +1,277 @@
+"""Live counters of the sorting loop, shared by the terminal, the dashboard and /metrics.
+
+One `Status` object, updated by the pipeline's threads and read by anyone: every method
+takes its lock, and `snapshot()` returns a JSON-able copy (docs/INTERFACES.md lists its keys).
+Counters and the latency histogram are also kept in a private prometheus_client registry
+(`status.registry`) that the dashboard serves at /metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+"""Histogram buckets for the frame -> command latency, in seconds."""
+
+
+@dataclass
+class Overlay:
+    """An item box to draw on the live frame."""
+
+    id: int
+    """Track id."""
+    box: tuple[int, int, int, int]
+    """x, y, w, h in pixels."""
+    grade: str = ""
+    """Grade once decided."""
+    confidence: float = 0.0
+    """Confidence once decided."""
+    bin: str = ""
+    """Bin once decided."""
+
+
+class Status:
+    """Thread-safe live state of one run."""
+
+    def __init__(self, *, window_s: float = 5.0, keep: int = 50, url: str = "") -> None:
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._window_s = window_s
+        self._in_times: deque[float] = deque()
+        self._proc_times: deque[float] = deque()
+        self._item_times: deque[float] = deque()
+        self._latencies: deque[float] = deque(maxlen=5000)
+        self._last_frame_mono: float | None = None
+        self.frames_in = 0
+        self.frames = 0
+        self.drops = 0
+        self.items = 0
+        self.bins: dict[str, int] = {}
+        self.grades: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+        self.stages: dict[str, float] = {}
+        self.line_x: float | None = None
+        self.link: dict[str, Any] = {"state": "none", "url": url, "safe": False}
+        self._events: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._decisions: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._crops: dict[int, np.ndarray] = {}
+        self._crop_order: deque[int] = deque(maxlen=keep)
+        self._alarms: dict[str, str] = {}
+        self._frame: tuple[np.ndarray, list[dict[str, Any]]] | None = None
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._m_frames_in = Counter("sorter_frames_in", "Frames captured", registry=r)
+        self._m_frames = Counter("sorter_frames_processed", "Frames processed", registry=r)
+        self._m_drops = Counter("sorter_frames_dropped", "Frames dropped (queue full)", registry=r)
+        self._m_items = Counter(
+            "sorter_items", "Items decided, by bin and grade", ["bin", "grade"], registry=r
+        )
+        self._m_status = Counter(
+            "sorter_commands", "Decision fates by status", ["status"], registry=r
+        )
+        self._m_latency = Histogram(
+            "sorter_latency_seconds",
+            "Frame capture to SORT command",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self._m_link = Gauge("sorter_link_up", "1 when the controller link is up", registry=r)
+        self._m_safe = Gauge("sorter_safe_state", "1 when the controller is safe", registry=r)
+        self._m_stalled = Gauge("sorter_camera_stalled", "1 while frames stall", registry=r)
+
+    # -- updates from the loop ------------------------------------------------------
+    def frame_in(self) -> None:
+        """A frame was captured."""
+        now = time.monotonic()
+        with self._lock:
+            self.frames_in += 1
+            self._last_frame_mono = now
+            self._push(self._in_times, now)
+        self._m_frames_in.inc()
+
+    def frame_dropped(self, n: int = 1) -> None:
+        """`n` frames were dropped because processing fell behind."""
+        with self._lock:
+            self.drops += n
+        self._m_drops.inc(n)
+
+    def frame_done(
+        self, image: np.ndarray | None = None, overlays: list[Overlay] | None = None
+    ) -> None:
+        """A frame was processed (optionally kept as the live view with its overlays)."""
+        now = time.monotonic()
+        with self._lock:
+            self.frames += 1
+            self._push(self._proc_times, now)
+            if image is not None:
+                self._frame = (image, [_overlay_dict(o) for o in overlays or []])
+        self._m_frames.inc()
+
+    def add_stage(self, name: str, seconds: float) -> None:
+        """Accumulate time spent in a processing stage."""
+        with self._lock:
+            self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+    def decided(
+        self, record: dict[str, Any], latency_s: float | None, crop: np.ndarray | None = None
+    ) -> None:
+        """An item was decided (record: the decision log's fields)."""
+        now = time.monotonic()
+        bin_name, grade = str(record.get("bin")), str(record.get("label"))
+        with self._lock:
+            self.items += 1
+            self.bins[bin_name] = self.bins.get(bin_name, 0) + 1
+            self.grades[grade] = self.grades.get(grade, 0) + 1
+            self._push(self._item_times, now, window=60.0)
+            if latency_s is not None:
+                self._latencies.append(latency_s)
+            keys = ("item", "t_line", "label", "confidence", "bin", "gate", "status")
+            self._decisions.appendleft({k: record.get(k) for k in keys})
+            item = int(record.get("item", -1))
+            if crop is not None:
+                if len(self._crop_order) == self._crop_order.maxlen:
+                    self._crops.pop(self._crop_order[0], None)
+                self._crop_order.append(item)
+                self._crops[item] = crop
+        self._m_items.labels(bin=bin_name, grade=grade).inc()
+        if latency_s is not None:
+            self._m_latency.observe(latency_s)
+
+    def fate(self, item: int, status: str) -> None:
+        """A decision reached its final status."""
+        with self._lock:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            for d in self._decisions:
+                if d.get("item") == item:
+                    d["status"] = status
+                    break
+        self._m_status.labels(status=status).inc()
+
+    def event(self, kind: str, text: str) -> None:
+        """A controller or loop event (FIRED, LATE, SAFE_STATE, FAULT, STALL...)."""
+        with self._lock:
+            self._events.appendleft({"t": time.monotonic() - self._t0, "kind": kind, "text": text})
+
+    def set_link(self, state: str, *, safe: bool | None = None) -> None:
+        """The controller link's state ("connected", "lost", "none"...) and safe flag."""
+        with self._lock:
+            self.link["state"] = state
+            if safe is not None:
+                self.link["safe"] = safe
+            up = state in ("connected", "ready", "up")
+            is_safe = bool(self.link["safe"])
+        self._m_link.set(1 if up else 0)
+        self._m_safe.set(1 if is_safe else 0)
+
+    def alarm(self, kind: str, text: str | None) -> None:
+        """Raise (text) or clear (None) an alarm: camera_stalled, controller_lost, safe_state."""
+        with self._lock:
+            if text is None:
+                self._alarms.pop(kind, None)
+            else:
+                self._alarms[kind] = text
+        if kind == "camera_stalled":
+            self._m_stalled.set(0 if text is None else 1)
+
+    # -- reading --------------------------------------------------------------------
+    def latest_frame(self) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+        """The last processed frame (RGB) and its overlays, or None."""
+        with self._lock:
+            return self._frame
+
+    def crop(self, item: int) -> np.ndarray | None:
+        """The crop of a recent decision, or None."""
+        with self._lock:
+            return self._crops.get(item)
+
+    def latency_percentiles(self) -> dict[str, float]:
+        """p50/p99/max of the frame -> command latency in seconds (and n)."""
+        with self._lock:
+            lat = np.array(self._latencies, dtype=np.float64)
+        if lat.size == 0:
+            return {"n": 0}
+        return {
+            "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+            "n": int(lat.size),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able copy of everything (keys in docs/INTERFACES.md)."""
+        now = time.monotonic()
+        lat = self.latency_percentiles()
+        with self._lock:
+            self._trim(now)
+            age = None if self._last_frame_mono is None else now - self._last_frame_mono
+            buckets = [
+                [le * 1000.0, int(sum(1 for x in self._latencies if x <= le))]
+                for le in LATENCY_BUCKETS_S
+            ]
+            return {
+                "uptime_s": now - self._t0,
+                "fps_in": _rate(self._in_times, now, self._window_s),
+                "fps_processed": _rate(self._proc_times, now, self._window_s),
+                "frames_in": self.frames_in,
+                "frames": self.frames,
+                "drops": self.drops,
+                "last_frame_age_s": age,
+                "line_x": self.line_x,
+                "items": self.items,
+                "items_per_min": _rate(self._item_times, now, 60.0) * 60.0,
+                "bins": dict(self.bins),
+                "grades": dict(self.grades),
+                "statuses": dict(self.statuses),
+                "latency_ms": {
+                    "p50": lat["p50"] * 1000.0 if "p50" in lat else None,
+                    "p99": lat["p99"] * 1000.0 if "p99" in lat else None,
+                    "buckets": buckets,
+                },
+                "link": dict(self.link),
+                "events": list(self._events),
+                "decisions": [dict(d) for d in self._decisions],
+                "alarms": [{"kind": k, "text": v} for k, v in self._alarms.items()],
+                "stages": dict(self.stages),
+            }
+
+    # -- helpers --------------------------------------------------------------------
+    def _push(self, q: deque[float], now: float, window: float | None = None) -> None:
+        q.append(now)
+        horizon = now - (window or self._window_s)
+        while q and q[0] < horizon:
+            q.popleft()
+
+    def _trim(self, now: float) -> None:
+        for q, w in (
+            (self._in_times, self._window_s),
+            (self._proc_times, self._window_s),
+            (self._item_times, 60.0),
+        ):
+            while q and q[0] < now - w:
+                q.popleft()
+
+
+def _rate(q: deque[float], now: float, window: float) -> float:
+    """Events per second over the events kept in `q` (0 with fewer than two)."""
+    if len(q) < 2:
+        return 0.0
+    span = q[-1] - q[0]
+    return (len(q) - 1) / span if span > 0 else 0.0
+
+
+def _overlay_dict(o: Overlay) -> dict[str, Any]:
+    return {
+        "id": o.id,
+        "box": list(o.box),
+        "grade": o.grade,
+        "confidence": o.confidence,
+        "bin": o.bin,
+    }

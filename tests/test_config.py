@@ -1,0 +1,155 @@
+"""The TOML config: defaults, the generated example, and errors naming key and line."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from sorter import config as cfg
+from sorter.errors import ConfigError
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_example_parses_back_to_the_defaults() -> None:
+    text = cfg.example_toml()
+    assert cfg.parse_config(text, "example.toml") == cfg.Config()
+
+
+def test_example_documents_every_field() -> None:
+    text = cfg.example_toml()
+    for section in dataclasses.fields(cfg.Config):
+        if section.name == "gates":
+            classes = [cfg.GateConfig]
+        else:
+            classes = [section.default_factory().__class__]  # type: ignore[misc]
+        if section.name == "thresholds":
+            classes.append(cfg.GradeThreshold)
+        for cls in classes:
+            docs = cfg.field_docs(cls)
+            for f in dataclasses.fields(cls):
+                assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+                # the docstring's first line appears as a comment in the example
+                assert f"# {docs[f.name].splitlines()[0]}" in text, f.name
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text("")
+    assert cfg.load_config(p) == cfg.Config()
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text(
+        '[belt]\nspeed_mm_s = 350\ndirection = "right-to-left"\n'
+        '[serial]\nurl = "sim://"\n'
+        "[thresholds.per_grade.C]\nconfidence = 0.8\n"
+    )
+    c = cfg.load_config(p)
+    assert c.belt.speed_mm_s == 350.0 and isinstance(c.belt.speed_mm_s, float)
+    assert c.belt.direction == "right-to-left"
+    assert c.serial.url == "sim://"
+    assert c.thresholds.per_grade["C"].confidence == 0.8
+    assert c.thresholds.per_grade["C"].margin is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "needle", "words"),
+    [
+        (("threads = 1", "threads = 1\nthredz = 2"), "model.thredz", "thredz", "unknown key"),
+        (("speed_mm_s = 200.0", "speed_mm_s = -5"), "belt.speed_mm_s", "speed_mm_s", "> 0"),
+        (("pulse_ms = 40", 'pulse_ms = "x"'), "gates.0.pulse_ms", "pulse_ms", "integer"),
+        (("enabled = false", "enabled = 1"), "dashboard.enabled", "enabled =", "true or false"),
+        (
+            ('method = "color"', 'method = "magic"'),
+            "locate.method",
+            "method =",
+            "one of color, background",
+        ),
+        (("port = 8080", "port = 70000"), "dashboard.port", "port = 70000", "<= 65535"),
+        (("confidence = 0.5", "confidence = 1.5"), "thresholds.confidence", "= 1.5", "<= 1"),
+    ],
+)
+def test_errors_name_key_and_line(
+    tmp_path: Path, edit: tuple[str, str], key: str, needle: str, words: str
+) -> None:
+    text = cfg.example_toml().replace(*edit, 1)
+    assert text != cfg.example_toml()
+    p = tmp_path / "sorter.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        cfg.load_config(p)
+    msg = str(info.value)
+    line = _line_of(text, needle)
+    assert msg.startswith(f"{p}:{line}: {key}: "), msg
+    assert words in msg
+    assert "\n" not in msg
+
+
+def test_nested_unknown_key_line(tmp_path: Path) -> None:
+    text = '# comment\n\n[thresholds.per_grade."2L"]\nconfidence = 0.9\nmargn = 0.2\n'
+    with pytest.raises(ConfigError, match=r"^s\.toml:5: thresholds\.per_grade\.2L\.margn: unknown"):
+        cfg.parse_config(text, "s.toml")
+
+
+def test_dotted_keys_and_multiline_arrays_keep_line_numbers() -> None:
+    lines = cfg._KeyLines("a = [\n 1,\n 2,\n]\n[belt]\nspeed_mm_s = 1\ncamera.index = 3\n")
+    assert lines.find("a") == 1
+    assert lines.find("belt.speed_mm_s") == 6
+    assert lines.find("belt.camera.index") == 7
+    assert lines.find("belt.nothing") == 5
+
+
+def test_toml_syntax_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("[belt\nspeed = 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML \(.*line 1"):
+        cfg.load_config(p)
+
+
+def test_missing_file_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found; create one with"):
+        cfg.load_config(tmp_path / "nope.toml")
+
+
+def test_bin_without_gate_is_an_error() -> None:
+    text = '[bins.grades]\n2L = "big"\n'
+    with pytest.raises(ConfigError, match=r"^x:2: bins\.grades\.2L: bin 'big' has no gate"):
+        cfg.parse_config(text, "x")
+
+
+def test_two_gates_for_one_bin_is_an_error() -> None:
+    text = '[gates.0]\nbin = "2L"\n[gates.1]\nbin = "2L"\n[bins.grades]\n2L = "2L"\n'
+    with pytest.raises(ConfigError, match="more than one gate"):
+        cfg.parse_config(text, "x")
+
+
+def test_gate_for_bin() -> None:
+    c = cfg.Config()
+    assert c.gate_for_bin("2L") == 0
+    assert c.gate_for_bin("C") == 8
+    assert c.gate_for_bin("reject") is None
+
+
+def test_overrides_are_checked() -> None:
+    c = cfg.apply_overrides(cfg.Config(), {"serial.url": "sim://", "model.threads": 2, "x.y": None})
+    assert c.serial.url == "sim://" and c.model.threads == 2
+    assert cfg.Config().serial.url != "sim://"  # the original is untouched
+    with pytest.raises(ConfigError, match=r"^command line: model\.threads: must be >= 1"):
+        cfg.apply_overrides(cfg.Config(), {"model.threads": 0})
+
+
+def test_deploy_example_is_current() -> None:
+    """deploy/sorter.example.toml is `sorter config init`'s output (regenerate if this fails)."""
+    path = Path(__file__).resolve().parents[1] / "deploy" / "sorter.example.toml"
+    assert path.read_text() == cfg.example_toml()
+
+
+def test_example_has_no_uncommented_none() -> None:
+    assert not re.search(r"^\w+ = $", cfg.example_toml(), re.M)
