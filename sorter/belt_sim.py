@@ -1,0 +1,403 @@
+"""A conveyor belt to test against: a video of items riding a belt, with its ground truth.
+
+Each item is a training image (which shows the item in its tray, a fixed field of view of
+`field_of_view_mm`), scaled to `window_px = field_of_view_mm * px_per_mm` and pasted on a
+textured orange belt moving left to right. The camera is imperfect: slow lighting drift, mild
+blur, sensor noise and mp4 compression. The video starts with `lead_in_s` of empty belt, so
+the belt can be calibrated from the video itself (`sorter calibrate-belt --video ...`).
+
+Beside `OUT.mp4` goes `OUT.json` (docs/INTERFACES.md):
+`{"fps", "size", "speed_px_s", "line_x", "px_per_mm", "window_px", "empty_frames", "items":
+[{"id", "label", "t_line", "source", "y"}], ...}` where `t_line` is when the item's centre
+crosses `line_x`, on the video's timeline (frame index / fps). Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sorter.errors import ConfigError, DatasetError, SourceError
+from sorter.preprocess import IMAGE_SUFFIXES, load_image
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION = "CUCUMBER-9 dataset (c) Workpiles, CC BY 4.0"
+MIN_GAP_PX = 16
+"""Smallest belt gap left between neighbouring items after jitter."""
+
+
+@dataclass
+class BeltSimConfig:
+    """What the simulated belt and camera look like."""
+
+    fps: float = 30.0
+    """Frame rate of the video."""
+    size: tuple[int, int] = (640, 480)
+    """Frame size (width, height) in pixels."""
+    speed_px_s: float = 400.0
+    """Belt speed in pixels per second (left to right)."""
+    items_per_second: float | None = None
+    """Items passing the line per second; sets the spacing (speed / rate). Default 2.5."""
+    spacing_px: float | None = None
+    """Centre-to-centre spacing in pixels (instead of items_per_second)."""
+    count: int | None = None
+    """Items on the belt; None = every selected image once. More than the images repeats them."""
+    seed: int = 0
+    """Seed for the order, jitter, texture and noise."""
+    noise: float = 3.0
+    """Camera noise: standard deviation in 0-255 levels."""
+    jitter_px: float = 12.0
+    """Random offset of each item along (limited by spacing) and across the belt."""
+    lighting_drift: float = 0.06
+    """Slow brightness drift amplitude (fraction; 0.06 = plus or minus 6%)."""
+    drift_period_s: float = 15.0
+    """Period of the brightness drift in seconds."""
+    blur_sigma: float = 0.7
+    """Mild lens/motion blur (Gaussian sigma in pixels; 0 = none)."""
+    field_of_view_mm: tuple[float, float] = (250.0, 250.0)
+    """Field of view (w, h) each training image shows: the crop rule in the model metadata."""
+    px_per_mm: float = 0.48
+    """Camera scale at the belt; 250 mm * 0.48 = a 120 px item window at 640x480."""
+    limit_per_grade: int | None = None
+    """Use at most this many images per grade (the first after sorting by name)."""
+    split_file: Path | None = None
+    """Only images listed here: a run's split.json (see `split`) or a text file of relpaths."""
+    split: str = "test"
+    """Which list of a split.json to use."""
+    lead_in_s: float = 1.0
+    """Seconds of empty belt before the first item enters (for calibration)."""
+    line_x: float | None = None
+    """Decision line x in pixels; None = frame centre."""
+    codec: str = "mp4v"
+    """FourCC of the video codec (mp4v works with every OpenCV wheel)."""
+
+    @property
+    def window_px(self) -> tuple[int, int]:
+        """Item window (w, h) in pixels."""
+        return (
+            max(1, round(self.field_of_view_mm[0] * self.px_per_mm)),
+            max(1, round(self.field_of_view_mm[1] * self.px_per_mm)),
+        )
+
+    def resolved_spacing(self) -> float:
+        """Centre-to-centre spacing in pixels, from spacing_px or items_per_second."""
+        if self.spacing_px is not None and self.items_per_second is not None:
+            raise ConfigError("give --spacing or --items-per-second, not both")
+        if self.spacing_px is not None:
+            spacing = float(self.spacing_px)
+        else:
+            rate = 2.5 if self.items_per_second is None else float(self.items_per_second)
+            if rate <= 0:
+                raise ConfigError(f"--items-per-second must be positive, got {rate}")
+            spacing = self.speed_px_s / rate
+        need = self.window_px[0] + MIN_GAP_PX
+        if spacing < need:
+            raise ConfigError(
+                f"items {self.window_px[0]} px wide at {spacing:.0f} px spacing would overlap "
+                f"(need at least {need} px): raise --speed or lower --items-per-second"
+            )
+        return spacing
+
+    def check(self) -> None:
+        """Raise ConfigError for settings that cannot make a video."""
+        w, h = self.size
+        if w < 16 or h < 16:
+            raise ConfigError(f"--size {w}x{h} is too small; use at least 16x16")
+        if self.fps <= 0 or self.speed_px_s <= 0:
+            raise ConfigError("--fps and --speed must be positive")
+        if self.window_px[1] > h:
+            raise ConfigError(
+                f"item window {self.window_px[0]}x{self.window_px[1]} px does not fit a {w}x{h} "
+                "frame: lower px_per_mm or use a larger --size"
+            )
+        if self.count is not None and self.count < 1:
+            raise ConfigError(f"--count must be at least 1, got {self.count}")
+        self.resolved_spacing()
+
+
+@dataclass
+class SimItem:
+    """One item on the simulated belt (the truth the scorecard checks against)."""
+
+    id: int
+    """Item number, from 1, in the order they reach the line."""
+    label: str
+    """True grade (the folder the image came from)."""
+    t_line: float
+    """Seconds (video timeline) when the item's centre crosses the decision line."""
+    source: str
+    """Image path relative to the data folder."""
+    y: float
+    """Centre y of the item in the frame."""
+    x0: float = field(default=0.0, repr=False)
+    """Centre x at t = 0 (internal)."""
+
+
+@dataclass
+class BeltSimResult:
+    """What simulate_belt wrote."""
+
+    video: Path
+    """The mp4 file."""
+    truth: Path
+    """The ground-truth JSON beside it."""
+    items: list[SimItem]
+    """Items, in line order."""
+    frames: int
+    """Frames written."""
+
+
+def list_images(
+    data_dir: str | Path,
+    *,
+    limit_per_grade: int | None = None,
+    split_file: str | Path | None = None,
+    split: str = "test",
+) -> list[tuple[str, str]]:
+    """(relpath, grade) for the images of a folder-per-grade tree, sorted by path."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; give a folder with one sub-folder per grade")
+    wanted: set[str] | None = None
+    if split_file is not None:
+        wanted = _read_split(Path(split_file), split)
+    out: list[tuple[str, str]] = []
+    for grade_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(
+            p for p in grade_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        rels = [p.relative_to(root).as_posix() for p in files]
+        if wanted is not None:
+            rels = [r for r in rels if r in wanted]
+        if limit_per_grade is not None:
+            rels = rels[:limit_per_grade]
+        out.extend((r, grade_dir.name) for r in rels)
+    if not out:
+        what = f" listed in {split_file}" if split_file is not None else ""
+        raise DatasetError(
+            f"{root}: no images{what} in grade sub-folders (expected {root}/<grade>/*.png)"
+        )
+    return out
+
+
+def _read_split(path: Path, split: str) -> set[str]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read split file ({err.strerror})") from err
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+            rows = data[split]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DatasetError(
+                f"{path}: not a split.json with a {split!r} list ({err}); give a run's "
+                "split.json or a text file with one relpath per line"
+            ) from err
+        return {str(r[0]) if isinstance(r, list) else str(r) for r in rows}
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def make_belt_texture(height: int, period: int, rng: np.random.Generator) -> np.ndarray:
+    """An orange PVC belt, seamless along x with the given period: HxPx3 float32 RGB.
+
+    Orange because nothing in the trays is orange: the trays are grey-blue (dark grey at
+    some bottoms) and cucumbers green, so the whole tray stands out from the belt.
+    """
+    base = np.array([190.0, 104.0, 48.0], dtype=np.float32)
+    coarse = rng.normal(0.0, 1.0, (height, period)).astype(np.float32)
+    tiled = np.concatenate([coarse] * 3, axis=1)
+    coarse = cv2.GaussianBlur(tiled, (0, 0), 6.0)[:, period : 2 * period]
+    coarse *= 5.0 / max(1e-6, float(coarse.std()))
+    grain = rng.normal(0.0, 3.0, (height, period)).astype(np.float32)
+    tex = base[None, None, :] + (coarse + grain)[:, :, None]
+    # Faint joints across the belt every ~period / 2 pixels.
+    for x in (period // 4, 3 * period // 4):
+        tex[:, x : x + 3, :] -= 10.0
+    return tex
+
+
+def _schedule(
+    images: list[tuple[str, str]], cfg: BeltSimConfig, rng: np.random.Generator
+) -> list[SimItem]:
+    n = cfg.count if cfg.count is not None else len(images)
+    order: list[int] = []
+    while len(order) < n:
+        order.extend(int(i) for i in rng.permutation(len(images)))
+    order = order[:n]
+    w, h = cfg.size
+    win_w, win_h = cfg.window_px
+    spacing = cfg.resolved_spacing()
+    line_x = cfg.line_x if cfg.line_x is not None else w / 2
+    slack = max(0.0, (spacing - win_w - MIN_GAP_PX) / 2)
+    along = min(cfg.jitter_px, slack)
+    across = max(0.0, min(cfg.jitter_px, h / 2 - win_h / 2 - 2))
+    first_x0 = -win_w / 2 - cfg.speed_px_s * cfg.lead_in_s - along
+    items: list[SimItem] = []
+    for i, idx in enumerate(order):
+        rel, label = images[idx]
+        x0 = first_x0 - i * spacing + float(rng.uniform(-along, along))
+        y = h / 2 + float(rng.uniform(-across, across))
+        t_line = (line_x - x0) / cfg.speed_px_s
+        items.append(SimItem(i + 1, label, round(t_line, 6), rel, round(y, 2), x0))
+    return items
+
+
+def _paste(frame: np.ndarray, tile: np.ndarray, left: int, top: int) -> None:
+    h, w = frame.shape[:2]
+    th, tw = tile.shape[:2]
+    x0, y0 = max(0, left), max(0, top)
+    x1, y1 = min(w, left + tw), min(h, top + th)
+    if x1 <= x0 or y1 <= y0:
+        return
+    frame[y0:y1, x0:x1] = tile[y0 - top : y1 - top, x0 - left : x1 - left]
+
+
+def render_frame(
+    t: float,
+    texture: np.ndarray,
+    tiles: dict[str, np.ndarray],
+    items: list[SimItem],
+    cfg: BeltSimConfig,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """The camera's view at time t (RGB uint8), before video compression.
+
+    `rng` None renders a clean frame: no noise (the belt, drift and blur stay).
+    """
+    w = cfg.size[0]
+    period = texture.shape[1]
+    offset = round(cfg.speed_px_s * t)
+    cols = (np.arange(w) - offset) % period
+    frame = texture[:, cols].copy()
+    win_w, win_h = cfg.window_px
+    for item in items:
+        cx = item.x0 + cfg.speed_px_s * t
+        left = math.floor(cx - win_w / 2 + 0.5)
+        if left >= w or left + win_w <= 0:
+            continue
+        top = math.floor(item.y - win_h / 2 + 0.5)
+        _paste(frame, tiles[item.source], left, top)
+    gain = 1.0 + cfg.lighting_drift * math.sin(2 * math.pi * t / cfg.drift_period_s)
+    frame *= gain
+    if cfg.blur_sigma > 0:
+        frame = cv2.GaussianBlur(frame, (0, 0), cfg.blur_sigma)
+    if rng is not None and cfg.noise > 0:
+        frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(cfg.noise)
+    return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+
+
+def prepare(
+    data_dir: str | Path, cfg: BeltSimConfig
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[SimItem], np.random.Generator]:
+    """Everything but the frames: belt texture, scaled item tiles, schedule, noise RNG."""
+    cfg.check()
+    root = Path(data_dir)
+    images = list_images(
+        root, limit_per_grade=cfg.limit_per_grade, split_file=cfg.split_file, split=cfg.split
+    )
+    rng = np.random.default_rng(cfg.seed)
+    items = _schedule(images, cfg, rng)
+    win = cfg.window_px
+    tiles: dict[str, np.ndarray] = {}
+    for item in items:
+        if item.source not in tiles:
+            img = load_image(root / item.source)
+            # The camera sees a continuous scene: smooth up-scaling, not blocky pixels.
+            tiles[item.source] = cv2.resize(img, win, interpolation=cv2.INTER_LINEAR).astype(
+                np.float32
+            )
+    texture = make_belt_texture(cfg.size[1], max(1024, 2 * cfg.size[0]), rng)
+    return texture, tiles, items, rng
+
+
+def simulate_belt(
+    data_dir: str | Path,
+    out_mp4: str | Path,
+    config: BeltSimConfig | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> BeltSimResult:
+    """Write the belt video and its truth JSON (same name, .json). See the module docstring.
+
+    `progress(done, total)` is called after each frame when given.
+    """
+    cfg = config or BeltSimConfig()
+    out = Path(out_mp4)
+    texture, tiles, items, rng = prepare(data_dir, cfg)
+    w, h = cfg.size
+    win_w = cfg.window_px[0]
+    last = min(items, key=lambda it: it.x0)
+    first = max(items, key=lambda it: it.x0)
+    t_end = (w + win_w / 2 - last.x0) / cfg.speed_px_s
+    n_frames = math.ceil(t_end * cfg.fps) + 1
+    t_enter = (-win_w / 2 - first.x0) / cfg.speed_px_s
+    empty_frames = max(0, math.ceil(t_enter * cfg.fps) - 1)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*cfg.codec), cfg.fps, (w, h))
+    if not writer.isOpened():
+        raise SourceError(
+            f"{out}: cannot write a {cfg.codec} video here (check the folder is writable and "
+            "the name ends in .mp4)"
+        )
+    try:
+        for k in range(n_frames):
+            frame = render_frame(k / cfg.fps, texture, tiles, items, cfg, rng)
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            if progress is not None:
+                progress(k + 1, n_frames)
+    finally:
+        writer.release()
+
+    truth_path = out.with_suffix(".json")
+    truth = {
+        "fps": cfg.fps,
+        "size": list(cfg.size),
+        "speed_px_s": cfg.speed_px_s,
+        "line_x": cfg.line_x if cfg.line_x is not None else w / 2,
+        "px_per_mm": cfg.px_per_mm,
+        "field_of_view_mm": list(cfg.field_of_view_mm),
+        "window_px": list(cfg.window_px),
+        "spacing_px": cfg.resolved_spacing(),
+        "frames": n_frames,
+        "empty_frames": empty_frames,
+        "direction": "left-to-right",
+        "seed": cfg.seed,
+        "data_dir": str(Path(data_dir).resolve()),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(cfg).items()
+            if k not in ("size", "field_of_view_mm")
+        },
+        "attribution": ATTRIBUTION,
+        "items": [
+            {"id": it.id, "label": it.label, "t_line": it.t_line, "source": it.source, "y": it.y}
+            for it in sorted(items, key=lambda it: it.t_line)
+        ],
+    }
+    truth_path.write_text(json.dumps(truth, indent=1) + "\n")
+    log.info("%s: %d frames, %d items", out, n_frames, len(items))
+    return BeltSimResult(out, truth_path, items, n_frames)
+
+
+def load_truth(path: str | Path) -> dict[str, object]:
+    """Read a truth JSON; DatasetError naming the file when it is not one."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError as err:
+        raise DatasetError(f"{p}: truth file not found; it is written beside the video") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{p}: not a belt truth JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise DatasetError(f"{p}: not a belt truth JSON (no 'items' list)")
+    return data

@@ -1,0 +1,272 @@
+"""Following items across frames: stable ids, views per item, and the decision line.
+
+Pure code: detections and times in, tracks out. Items ride the belt, so every item moves the
+same way at (nearly) the belt speed: each track is predicted forward along the belt
+direction with the belt speed estimated from all matches, and matched to the nearest
+detection within a gate. An item entering or leaving the frame is only partly visible, so
+its bounding-box centre lags; such views are matched on the edge of the item that IS
+visible (its leading edge when entering, its trailing edge when leaving).
+
+Decide-once: a track is reported in `Tracker.crossings` in exactly the update in which its
+centre passes the decision line (with the crossing time interpolated), and never again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sorter.errors import ConfigError
+from sorter.vision import Detection
+
+log = logging.getLogger(__name__)
+
+# direction -> (axis index: 0 = x, 1 = y; sign along the motion)
+DIRECTIONS: dict[str, tuple[int, int]] = {
+    "left-to-right": (0, 1),
+    "right-to-left": (0, -1),
+    "top-to-bottom": (1, 1),
+    "bottom-to-top": (1, -1),
+}
+# The frame edge an item enters through / leaves through, per direction.
+_ENTRY_EXIT = {
+    "left-to-right": ("left", "right"),
+    "right-to-left": ("right", "left"),
+    "top-to-bottom": ("top", "bottom"),
+    "bottom-to-top": ("bottom", "top"),
+}
+
+
+@dataclass
+class TrackerConfig:
+    """How items are followed and when they are decided."""
+
+    direction: str = "left-to-right"
+    """Belt direction in the frame: left-to-right, right-to-left, top-to-bottom, bottom-to-top."""
+    line: float | None = None
+    """Decision line, in pixels along the belt axis (x for horizontal belts); None = centre."""
+    speed_px_s: float | None = None
+    """Expected belt speed in px/s (from the config); None = learn it from the matches."""
+    max_jump_px: float = 60.0
+    """Largest distance between where a track was predicted and a detection it takes."""
+    max_cross_px: float = 40.0
+    """Largest sideways (across the belt) movement between views of one item."""
+    max_missed: int = 5
+    """Frames a track may go unseen before it is ended."""
+    speed_smoothing: float = 0.3
+    """Weight of each new observation in the running belt-speed estimate (0..1)."""
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(
+                f"belt direction {self.direction!r} unknown; use one of {', '.join(DIRECTIONS)}"
+            )
+        if self.max_jump_px <= 0 or self.max_cross_px <= 0:
+            raise ConfigError("tracker max_jump_px and max_cross_px must be positive")
+
+
+@dataclass
+class View:
+    """One sighting of a tracked item."""
+
+    frame_index: int
+    """Index of the frame it was seen in (-1 when not given)."""
+    t: float
+    """Time of that frame (seconds)."""
+    detection: Detection
+    """Where it was."""
+    data: Any = None
+    """Free slot for the caller (the pipeline keeps the crop here)."""
+
+    @property
+    def full(self) -> bool:
+        """True when the item was entirely in the frame (only full views are graded)."""
+        return not self.detection.touches_edge
+
+
+@dataclass
+class Track:
+    """One item followed across frames."""
+
+    id: int
+    """Stable id, unique for the tracker's life, from 1."""
+    views: list[View] = field(default_factory=list)
+    """Every sighting, oldest first."""
+    missed: int = 0
+    """Consecutive updates without a sighting."""
+    t_line: float | None = None
+    """When the centre crossed the decision line (interpolated), once it has."""
+    ended: bool = False
+    """True once the tracker has given up on it (left the frame or lost)."""
+
+    @property
+    def last(self) -> View:
+        """The latest sighting."""
+        return self.views[-1]
+
+    @property
+    def positions(self) -> list[tuple[float, float, float]]:
+        """(t, cx, cy) for every sighting."""
+        return [(v.t, v.detection.cx, v.detection.cy) for v in self.views]
+
+    @property
+    def full_views(self) -> list[View]:
+        """Sightings with the whole item in frame."""
+        return [v for v in self.views if v.full]
+
+    def crossed(self, line: float, direction: str = "left-to-right") -> bool:
+        """True when the latest sighting's centre is at or past `line` along `direction`."""
+        axis, sign = DIRECTIONS[direction]
+        d = self.last.detection
+        c = d.cx if axis == 0 else d.cy
+        return sign * (c - line) >= 0
+
+
+class Tracker:
+    """Assigns detections to tracks frame by frame; see the module docstring.
+
+    `frame_size` (width, height) places the default decision line at the frame centre and
+    lets partial views be recognised.
+    """
+
+    def __init__(
+        self, config: TrackerConfig | None = None, frame_size: tuple[int, int] = (640, 480)
+    ) -> None:
+        self.config = config or TrackerConfig()
+        self.frame_size = frame_size
+        self.axis, self.sign = DIRECTIONS[self.config.direction]
+        self.entry_edge, self.exit_edge = _ENTRY_EXIT[self.config.direction]
+        extent = frame_size[self.axis]
+        self.line = float(self.config.line) if self.config.line is not None else extent / 2
+        self.speed_px_s: float | None = self.config.speed_px_s
+        """Current belt speed estimate along the direction (px/s, positive)."""
+        self.active: list[Track] = []
+        """Tracks still being followed."""
+        self.crossings: list[Track] = []
+        """Tracks whose centre crossed the decision line in the latest update (once each)."""
+        self.ended: list[Track] = []
+        """Tracks ended in the latest update."""
+        self._next_id = 1
+        self._last_t: float | None = None
+
+    # --- geometry along the belt (u grows in the direction of motion) ---
+    def _u(self, d: Detection, anchor: str) -> float:
+        lo = d.x if self.axis == 0 else d.y
+        size = d.w if self.axis == 0 else d.h
+        centre = d.cx if self.axis == 0 else d.cy
+        if anchor == "centre":
+            return self.sign * centre
+        lead, trail = (lo + size, lo) if self.sign > 0 else (lo, lo + size)
+        return self.sign * (lead if anchor == "lead" else trail)
+
+    def _across(self, d: Detection) -> float:
+        return d.cy if self.axis == 0 else d.cx
+
+    def _anchor(self, a: Detection, b: Detection) -> str:
+        """Which part of the item to compare two views by (the part both see whole)."""
+        if self.entry_edge in a.edges or self.entry_edge in b.edges:
+            return "lead"
+        if self.exit_edge in a.edges or self.exit_edge in b.edges:
+            return "trail"
+        return "centre"
+
+    def update(self, detections: list[Detection], t: float, frame_index: int = -1) -> list[Track]:
+        """Take one frame's detections at time `t`; return the active tracks.
+
+        Afterwards `crossings` lists the tracks that crossed the decision line in this
+        update and `ended` the tracks given up on.
+        """
+        dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
+        self._last_t = t
+        self.crossings = []
+        self.ended = []
+        cfg = self.config
+        speed = self.speed_px_s or 0.0
+        jump = cfg.max_jump_px if self.speed_px_s else max(cfg.max_jump_px, 2 * cfg.max_jump_px)
+
+        # Candidate pairs (cost, track index, detection index), cheapest matched first.
+        pairs: list[tuple[float, int, int]] = []
+        for ti, track in enumerate(self.active):
+            prev = track.last.detection
+            gap = t - track.last.t
+            for di, det in enumerate(detections):
+                anchor = self._anchor(prev, det)
+                predicted = self._u(prev, anchor) + speed * gap
+                along = self._u(det, anchor) - predicted
+                across = abs(self._across(det) - self._across(prev))
+                if abs(along) <= jump and across <= cfg.max_cross_px:
+                    pairs.append((abs(along) + across, ti, di))
+        pairs.sort()
+        taken_t: set[int] = set()
+        taken_d: set[int] = set()
+        observed: list[float] = []
+        for _, ti, di in pairs:
+            if ti in taken_t or di in taken_d:
+                continue
+            taken_t.add(ti)
+            taken_d.add(di)
+            track = self.active[ti]
+            prev_view = track.last
+            det = detections[di]
+            gap = t - prev_view.t
+            if gap > 0:
+                anchor = self._anchor(prev_view.detection, det)
+                observed.append((self._u(det, anchor) - self._u(prev_view.detection, anchor)) / gap)
+            track.views.append(View(frame_index, t, det))
+            track.missed = 0
+            self._check_crossing(track, prev_view)
+
+        if observed and dt > 0:
+            obs = sorted(observed)[len(observed) // 2]
+            if obs > 0:
+                a = cfg.speed_smoothing
+                self.speed_px_s = (
+                    obs if self.speed_px_s is None else (1 - a) * self.speed_px_s + a * obs
+                )
+
+        still: list[Track] = []
+        for ti, track in enumerate(self.active):
+            if ti not in taken_t:
+                track.missed += 1
+                if track.missed > cfg.max_missed or self._gone(track, t):
+                    track.ended = True
+                    self.ended.append(track)
+                    continue
+            still.append(track)
+        for di, det in enumerate(detections):
+            if di not in taken_d:
+                track = Track(id=self._next_id, views=[View(frame_index, t, det)])
+                self._next_id += 1
+                still.append(track)
+                log.debug("track %d starts at (%.0f, %.0f) t=%.3f", track.id, det.cx, det.cy, t)
+        self.active = still
+        return list(self.active)
+
+    def _gone(self, track: Track, t: float) -> bool:
+        """Predicted to have left the frame entirely."""
+        d = track.last.detection
+        predicted = self._u(d, "trail") + (self.speed_px_s or 0.0) * (t - track.last.t)
+        exit_u = self.sign * (self.frame_size[self.axis] if self.sign > 0 else 0)
+        return predicted > exit_u
+
+    def _check_crossing(self, track: Track, prev: View) -> None:
+        if track.t_line is not None:
+            return
+        u0 = self._u(prev.detection, "centre")
+        u1 = self._u(track.last.detection, "centre")
+        line_u = self.sign * self.line
+        if u0 < line_u <= u1:
+            frac = (line_u - u0) / (u1 - u0)
+            track.t_line = prev.t + frac * (track.last.t - prev.t)
+            self.crossings.append(track)
+
+    def flush(self) -> list[Track]:
+        """End every active track (end of stream); returns them."""
+        ended = list(self.active)
+        for track in ended:
+            track.ended = True
+        self.active = []
+        self.ended = ended
+        self.crossings = []
+        return ended

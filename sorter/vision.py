@@ -1,0 +1,365 @@
+"""Finding items on the belt, and cutting the fixed window of belt the model grades.
+
+Pure array code: frames in, detections out; no cameras here.
+
+Two ways to tell item from belt (`LocatorConfig.method`):
+- "background": a per-pixel model of the EMPTY belt (mean and spread over a few seconds of
+  frames of the moving, empty belt, learned by `sorter calibrate-belt`); a pixel far from it
+  is item. A global brightness gain is estimated every frame, so slow lighting drift does
+  not turn the whole belt into "item".
+- "color": an HSV range the BELT falls in (no calibration); anything outside it is item.
+
+Blobs too small or too large are ignored; blobs touching the frame edge are flagged, since
+only a full view can be graded. `crop_window` cuts a FIXED window of belt centred on the item
+(never the item's bounding box: five cucumber grades are sizes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sorter.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("background", "color")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One item found in a frame, in full-resolution pixels."""
+
+    cx: float
+    """Centre x of the blob's bounding box."""
+    cy: float
+    """Centre y of the blob's bounding box."""
+    x: int
+    """Left of the bounding box."""
+    y: int
+    """Top of the bounding box."""
+    w: int
+    """Width of the bounding box."""
+    h: int
+    """Height of the bounding box."""
+    area: float
+    """Blob area (holes filled) in pixels."""
+    edges: tuple[str, ...] = ()
+    """Frame edges the blob touches: any of "left", "right", "top", "bottom"."""
+
+    @property
+    def touches_edge(self) -> bool:
+        """True when the item is cut by the frame: not a full view."""
+        return bool(self.edges)
+
+
+@dataclass
+class LocatorConfig:
+    """How items are told apart from the belt."""
+
+    method: str = "background"
+    """"background" (learned empty belt) or "color" (HSV range of the belt)."""
+    min_area_px: float = 1500.0
+    """Blobs smaller than this (full-resolution pixels) are ignored (dirt, noise)."""
+    max_area_px: float = 60000.0
+    """Blobs larger than this are ignored (a hand, a shadow across the belt)."""
+    scale: float = 0.5
+    """Detection runs on the frame scaled by this factor (speed); results are full-size."""
+    threshold: float = 25.0
+    """Background: a pixel is item when it differs from the belt by more than this
+    (0-255 levels, after `spread_k` times the belt's own spread is allowed for)."""
+    spread_k: float = 2.5
+    """Background: multiples of the per-pixel spread of the empty belt that are still belt."""
+    belt_hsv_lower: tuple[int, int, int] = (5, 110, 60)
+    """Color: lower HSV bound of BELT pixels (OpenCV ranges: H 0-179, S and V 0-255);
+    anything outside the belt range is item. Default: an orange belt."""
+    belt_hsv_upper: tuple[int, int, int] = (25, 255, 255)
+    """Color: upper HSV bound of belt pixels."""
+    open_px: int = 3
+    """Opening kernel (pixels at detection scale) that removes speckle."""
+    close_px: int = 5
+    """Closing kernel (pixels at detection scale) that joins an item's parts."""
+    edge_margin_px: int = 2
+    """A blob within this many pixels of the frame border touches the edge."""
+    compensate_gain: bool = True
+    """Background: follow global brightness drift (median ratio of frame to belt)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"locator method {self.method!r} unknown; use one of {', '.join(METHODS)}"
+            )
+        if not 0.05 <= self.scale <= 1.0:
+            raise ConfigError(f"locator scale {self.scale} out of range; use 0.05..1.0")
+        if self.min_area_px >= self.max_area_px:
+            raise ConfigError(
+                f"locator min_area_px ({self.min_area_px}) must be below max_area_px "
+                f"({self.max_area_px})"
+            )
+
+
+@dataclass
+class BackgroundModel:
+    """The empty belt: per-pixel mean and spread of RGB over calibration frames."""
+
+    mean: np.ndarray
+    """HxWx3 float32 mean of the empty belt."""
+    spread: np.ndarray
+    """HxWx3 float32 standard deviation of the empty belt (texture moving past, noise)."""
+    frames: int = 0
+    """How many frames it was learned from."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames it was learned from."""
+        return int(self.mean.shape[1]), int(self.mean.shape[0])
+
+    @classmethod
+    def learn(cls, frames: Iterable[np.ndarray]) -> BackgroundModel:
+        """Learn from RGB uint8 frames of the empty belt (running mean and variance)."""
+        n = 0
+        mean: np.ndarray | None = None
+        m2: np.ndarray | None = None
+        for image in frames:
+            x = image.astype(np.float32)
+            if mean is None or m2 is None:
+                mean = np.zeros_like(x)
+                m2 = np.zeros_like(x)
+            elif x.shape != mean.shape:
+                raise ConfigError(
+                    f"calibration frames change size ({x.shape[1]}x{x.shape[0]} after "
+                    f"{mean.shape[1]}x{mean.shape[0]}); use one camera setting"
+                )
+            n += 1
+            delta = x - mean
+            mean += delta / n
+            m2 += delta * (x - mean)
+        if mean is None or m2 is None or n < 2:
+            raise ConfigError("belt calibration needs at least 2 frames of the empty belt")
+        return cls(mean=mean, spread=np.sqrt(m2 / (n - 1)).astype(np.float32), frames=n)
+
+    def save(self, path: str | Path) -> Path:
+        """Write to a compressed .npz file (float16: plenty for 0-255 levels)."""
+        p = Path(path)
+        if p.suffix != ".npz":
+            p = p.with_suffix(".npz")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            p,
+            mean=self.mean.astype(np.float16),
+            spread=self.spread.astype(np.float16),
+            frames=np.int64(self.frames),
+        )
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> BackgroundModel:
+        """Read a file written by `save`; ConfigError naming the file when it is not one."""
+        p = Path(path)
+        try:
+            with np.load(p) as data:
+                mean = data["mean"].astype(np.float32)
+                spread = data["spread"].astype(np.float32)
+                frames = int(data["frames"])
+        except FileNotFoundError as err:
+            raise ConfigError(
+                f"{p}: belt calibration not found; make one with `sorter calibrate-belt`"
+            ) from err
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(
+                f"{p}: not a belt calibration file ({err}); re-run `sorter calibrate-belt`"
+            ) from err
+        if mean.ndim != 3 or mean.shape[2] != 3 or spread.shape != mean.shape:
+            raise ConfigError(f"{p}: belt calibration has shape {mean.shape}; re-run calibration")
+        return cls(mean=mean, spread=spread, frames=frames)
+
+
+@dataclass
+class _ScaledBackground:
+    mean: np.ndarray
+    tolerance: np.ndarray
+    median_gray: float
+
+
+class Locator:
+    """Finds items in RGB frames. `locate(image) -> list[Detection]`, sorted by x."""
+
+    def __init__(
+        self, config: LocatorConfig | None = None, background: BackgroundModel | None = None
+    ) -> None:
+        self.config = config or LocatorConfig()
+        self.background = background
+        if self.config.method == "background" and background is None:
+            raise ConfigError(
+                "locator method 'background' needs a belt calibration; make one with "
+                "`sorter calibrate-belt` or use method 'color'"
+            )
+        self._scaled: _ScaledBackground | None = None
+        self._scaled_for: tuple[int, int] | None = None
+        c = self.config
+        self._open = cv2.getStructuringElement(cv2.MORPH_RECT, (max(1, c.open_px),) * 2)
+        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(1, c.close_px),) * 2)
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        s = self.config.scale
+        if s >= 1.0:
+            return image
+        h, w = image.shape[:2]
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def _background_at(self, shape: tuple[int, int]) -> _ScaledBackground:
+        assert self.background is not None
+        if self._scaled is None or self._scaled_for != shape:
+            bg = self.background
+            h, w = shape
+            mean = cv2.resize(bg.mean, (w, h), interpolation=cv2.INTER_AREA)
+            spread = cv2.resize(bg.spread, (w, h), interpolation=cv2.INTER_AREA)
+            tol = (self.config.spread_k * spread + self.config.threshold).astype(np.float32)
+            gray = mean.mean(axis=2)
+            self._scaled = _ScaledBackground(mean, tol, float(np.median(gray)))
+            self._scaled_for = shape
+        return self._scaled
+
+    def mask(self, image: np.ndarray) -> np.ndarray:
+        """Item mask (uint8 0/255) at detection scale, after morphology."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected HxWx3 uint8 RGB, got {image.shape} {image.dtype}")
+        small = self._small(image)
+        c = self.config
+        if c.method == "background":
+            bg = self._background_at(small.shape[:2])
+            x = small.astype(np.float32)
+            gain = 1.0
+            if c.compensate_gain and bg.median_gray > 1.0:
+                gain = float(np.clip(np.median(x.mean(axis=2)) / bg.median_gray, 0.5, 2.0))
+            diff = np.abs(x - gain * bg.mean) - gain * bg.tolerance
+            raw = (diff.max(axis=2) > 0).astype(np.uint8) * 255
+        else:
+            hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+            belt = cv2.inRange(hsv, np.array(c.belt_hsv_lower), np.array(c.belt_hsv_upper))
+            raw = cv2.bitwise_not(belt)
+        out = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self._open)
+        return cv2.morphologyEx(out, cv2.MORPH_CLOSE, self._close)
+
+    def locate(self, image: np.ndarray) -> list[Detection]:
+        """Items in the frame, left to right; blobs outside the size limits are dropped."""
+        mask = self.mask(image)
+        H, W = image.shape[:2]
+        sy = H / mask.shape[0]
+        sx = W / mask.shape[1]
+        c = self.config
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        found: list[Detection] = []
+        for contour in contours:
+            area = float(cv2.contourArea(contour)) * sx * sy
+            if not c.min_area_px <= area <= c.max_area_px:
+                continue
+            bx, by, bw, bh = cv2.boundingRect(contour)
+            x0, y0 = round(bx * sx), round(by * sy)
+            x1, y1 = min(W, round((bx + bw) * sx)), min(H, round((by + bh) * sy))
+            m = c.edge_margin_px
+            edges = tuple(
+                name
+                for name, hit in (
+                    ("left", x0 <= m),
+                    ("right", x1 >= W - m),
+                    ("top", y0 <= m),
+                    ("bottom", y1 >= H - m),
+                )
+                if hit
+            )
+            found.append(
+                Detection(
+                    cx=(x0 + x1) / 2,
+                    cy=(y0 + y1) / 2,
+                    x=x0,
+                    y=y0,
+                    w=x1 - x0,
+                    h=y1 - y0,
+                    area=area,
+                    edges=edges,
+                )
+            )
+        found.sort(key=lambda d: (d.cx, d.cy))
+        return found
+
+
+def window_px(window_mm: tuple[float, float], px_per_mm: float) -> tuple[int, int]:
+    """The crop window (w, h) in pixels for a field of view in mm at the belt's scale."""
+    if px_per_mm <= 0:
+        raise ConfigError(f"px_per_mm must be positive, got {px_per_mm}")
+    return max(1, round(window_mm[0] * px_per_mm)), max(1, round(window_mm[1] * px_per_mm))
+
+
+def crop_window(image: np.ndarray, cx: float, cy: float, window_px: tuple[int, int]) -> np.ndarray:
+    """A fixed (w, h) window of the frame centred on (cx, cy), edge-replicated outside it.
+
+    Returns an hxwx3 uint8 RGB array (a copy; safe to keep after the frame is gone).
+    """
+    w, h = int(window_px[0]), int(window_px[1])
+    if w < 1 or h < 1:
+        raise ValueError(f"crop window must be at least 1x1, got {w}x{h}")
+    H, W = image.shape[:2]
+    x0 = int(np.floor(cx - w / 2 + 0.5))
+    y0 = int(np.floor(cy - h / 2 + 0.5))
+    # Source region clamped to the frame (at least one pixel, so replication has a source).
+    sx0 = min(max(x0, 0), W - 1)
+    sy0 = min(max(y0, 0), H - 1)
+    sx1 = max(min(x0 + w, W), sx0 + 1)
+    sy1 = max(min(y0 + h, H), sy0 + 1)
+    region = image[sy0:sy1, sx0:sx1]
+    left, top = sx0 - x0, sy0 - y0
+    right, bottom = w - left - region.shape[1], h - top - region.shape[0]
+    if left == top == right == bottom == 0:
+        return region.copy()
+    return cv2.copyMakeBorder(
+        region,
+        max(0, top),
+        max(0, bottom),
+        max(0, left),
+        max(0, right),
+        cv2.BORDER_REPLICATE,
+    )[:h, :w]
+
+
+@dataclass
+class CalibrationSummary:
+    """What `sorter calibrate-belt` learned, for the operator."""
+
+    frames: int
+    """Frames of empty belt used."""
+    size: tuple[int, int]
+    """(width, height) of those frames."""
+    mean_level: float
+    """Mean belt brightness (0-255)."""
+    mean_spread: float
+    """Mean per-pixel spread (0-255): texture and noise the locator will ignore."""
+    path: str = ""
+    """Where the calibration was saved."""
+    warnings: list[str] = field(default_factory=list)
+    """Things worth checking (e.g. a belt so textured items may hide in it)."""
+
+
+def summarize(model: BackgroundModel, path: str | Path = "") -> CalibrationSummary:
+    """Human-facing numbers about a learned belt."""
+    mean_spread = float(model.spread.mean())
+    warnings = []
+    if mean_spread > 25:
+        warnings.append(
+            f"the empty belt varies a lot (mean spread {mean_spread:.0f} levels): were items "
+            "or hands in view during calibration? If not, consider method 'color'"
+        )
+    return CalibrationSummary(
+        frames=model.frames,
+        size=model.size,
+        mean_level=float(model.mean.mean()),
+        mean_spread=mean_spread,
+        path=str(path),
+        warnings=warnings,
+    )
