@@ -213,10 +213,10 @@ def make_belt_texture(height: int, period: int, rng: np.random.Generator) -> np.
     some bottoms) and cucumbers green, so the whole tray stands out from the belt.
     """
     base = np.array([190.0, 104.0, 48.0], dtype=np.float32)
-    coarse = rng.normal(0.0, 1.0, (height, period)).astype(np.float32)
-    tiled = np.concatenate([coarse] * 3, axis=1)
-    coarse = cv2.GaussianBlur(tiled, (0, 0), 6.0)[:, period : 2 * period]
-    coarse *= 5.0 / max(1e-6, float(coarse.std()))
+    white = rng.normal(0.0, 1.0, (height, period)).astype(np.float32)
+    tiled = np.concatenate([white] * 3, axis=1)
+    smooth = cv2.GaussianBlur(tiled, (0, 0), 6.0)[:, period : 2 * period]
+    coarse = (smooth * (5.0 / max(1e-6, float(smooth.std())))).astype(np.float32)
     grain = rng.normal(0.0, 3.0, (height, period)).astype(np.float32)
     tex = base[None, None, :] + (coarse + grain)[:, :, None]
     # Faint joints across the belt every ~period / 2 pixels.
