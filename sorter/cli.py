@@ -16,8 +16,10 @@ app = typer.Typer(
 
 # --- registrations (one line per command module) ---
 from sorter.commands import config as _config_cmd  # noqa: E402
+from sorter.commands import simulate as _simulate_cmd  # noqa: E402
 
 app.add_typer(_config_cmd.app, name="config")
+_simulate_cmd.register(app)  # sorter simulate-belt, sorter calibrate-belt
 
 
 def main() -> None:
