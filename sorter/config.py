@@ -187,28 +187,50 @@ class DashboardConfig:
 
 @dataclass
 class LocateConfig:
-    """Finding items against the belt."""
+    """Finding items against the belt (sorter.vision.LocatorConfig; same names)."""
 
     method: str = field(default="color", metadata={"choices": ("color", "background")})
-    """color: threshold against the belt colour; background: compare with a learned empty belt."""
+    """color: pixels outside the belt's HSV range are item; background: compare with the
+    learned empty belt (more robust; needs `sorter calibrate-belt`)."""
     background: str = ""
-    """Empty-belt model file for method = background (sorter calibrate-belt writes it)."""
-    threshold: float = field(default=40.0, metadata=_rng(0.0, 255.0))
-    """Difference from the belt (0..255) above which a pixel belongs to an item."""
-    min_area_px: int = field(default=400, metadata=_rng(0))
-    """Blobs smaller than this (pixels) are ignored."""
-    max_area_px: int = field(default=60000, metadata=_rng(1))
-    """Blobs larger than this (pixels) are ignored."""
+    """Empty-belt model (.npz) for method = background; `sorter calibrate-belt` writes it."""
+    min_area_px: float = field(default=1500.0, metadata=_rng(0.0))
+    """Blobs smaller than this (pixels) are ignored (dirt, noise)."""
+    max_area_px: float = field(default=60000.0, metadata=_rng(1.0))
+    """Blobs larger than this (pixels) are ignored (a hand, a shadow across the belt)."""
+    scale: float = field(default=0.5, metadata=_rng(0.05, 1.0))
+    """Detection runs on the frame scaled by this factor (speed); results are full size."""
+    threshold: float = field(default=25.0, metadata=_rng(0.0, 255.0))
+    """Background: a pixel differing from the belt by more than this (0-255) is item."""
+    spread_k: float = field(default=2.5, metadata=_rng(0.0, 100.0))
+    """Background: multiples of the empty belt's own per-pixel spread still counted as belt."""
+    belt_hsv_lower: tuple[int, int, int] = field(default=(5, 110, 60), metadata=_rng(0, 255))
+    """Color: lower HSV bound of BELT pixels (OpenCV ranges: H 0-179, S and V 0-255);
+    anything outside the belt's range is item. Default: an orange belt."""
+    belt_hsv_upper: tuple[int, int, int] = field(default=(25, 255, 255), metadata=_rng(0, 255))
+    """Color: upper HSV bound of belt pixels."""
+    open_px: int = field(default=3, metadata=_rng(0, 100))
+    """Opening kernel (pixels at detection scale) that removes speckle."""
+    close_px: int = field(default=5, metadata=_rng(0, 100))
+    """Closing kernel (pixels at detection scale) that joins an item's parts."""
+    edge_margin_px: int = field(default=2, metadata=_rng(0, 100))
+    """A blob within this many pixels of the frame border touches the edge (not graded)."""
+    compensate_gain: bool = True
+    """Background: follow global brightness drift."""
 
 
 @dataclass
 class TrackConfig:
-    """Following items across frames."""
+    """Following items across frames (sorter.tracking.TrackerConfig)."""
 
-    max_jump_px: float = field(default=80.0, metadata=_rng(1.0, 10000.0))
-    """Largest distance an item may move between two frames and keep its id."""
-    max_missed_frames: int = field(default=5, metadata=_rng(0, 1000))
+    max_jump_px: float = field(default=60.0, metadata=_rng(0.0, 10000.0, lo_open=True))
+    """Largest distance between where a track was predicted and a detection it takes."""
+    max_cross_px: float = field(default=40.0, metadata=_rng(0.0, 10000.0, lo_open=True))
+    """Largest sideways (across the belt) movement between two views of one item."""
+    max_missed: int = field(default=5, metadata=_rng(0, 1000))
     """Frames an item may go unseen before its track ends."""
+    speed_smoothing: float = field(default=0.3, metadata=_rng(0.0, 1.0))
+    """Weight of each new observation in the running belt-speed estimate."""
 
 
 @dataclass
@@ -342,6 +364,12 @@ class _Loader:
             if not isinstance(value, dict):
                 raise self.fail(path, f"must be a table, got {_tname(value)}")
             return {str(k): self.value(vt, v, f"{path}.{k}", {}) for k, v in value.items()}
+        if origin is tuple:
+            targs = typing.get_args(tp)
+            if not isinstance(value, list) or len(value) != len(targs):
+                raise self.fail(path, f"must be an array of {len(targs)} values, got {value!r}")
+            items = [self.value(a, v, path, meta) for a, v in zip(targs, value, strict=True)]
+            return tuple(items)
         if tp is bool:
             if not isinstance(value, bool):
                 raise self.fail(path, f"must be true or false, got {_tname(value)}")
@@ -488,6 +516,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _toml_value(v: Any) -> str:
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):

@@ -1,0 +1,208 @@
+"""`sorter run`: the sorting loop on a camera, a video replay or a folder of images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from sorter.audit import DecisionLog
+from sorter.config import DEFAULT_PATH, Config, apply_overrides, load_config
+from sorter.errors import SorterError
+from sorter.pipeline import RunOptions, run
+from sorter.status import Status
+
+log = logging.getLogger(__name__)
+
+DEV_DB = "sorter-decisions.db"
+"""Decision log used when no config file exists at all (a development checkout)."""
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SorterError(f"--dashboard {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def _load(config_path: Path | None) -> tuple[Config, bool]:
+    """(config, from_file). Without --config the default file is used when it exists."""
+    if config_path is not None:
+        return load_config(config_path), True
+    if DEFAULT_PATH.exists():
+        return load_config(DEFAULT_PATH), True
+    return Config(), False
+
+
+def status_table(snap: dict[str, Any]) -> Table:
+    """The live terminal view of a status snapshot."""
+    t = Table(title="produce-sorter", show_header=False, expand=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    lat = snap.get("latency_ms", {})
+    p50, p99 = lat.get("p50"), lat.get("p99")
+    t.add_row("fps in / processed", f"{snap['fps_in']:.1f} / {snap['fps_processed']:.1f}")
+    t.add_row("frames / drops", f"{snap['frames']} / {snap['drops']}")
+    t.add_row("items / per min", f"{snap['items']} / {snap['items_per_min']:.0f}")
+    t.add_row("bins", " ".join(f"{k}:{v}" for k, v in sorted(snap["bins"].items())) or "-")
+    t.add_row("fates", " ".join(f"{k}:{v}" for k, v in sorted(snap["statuses"].items())) or "-")
+    t.add_row(
+        "latency p50 / p99",
+        "-" if p50 is None else f"{p50:.1f} / {p99:.1f} ms",
+    )
+    link = snap["link"]
+    t.add_row("link", f"{link['state']} {link['url']}" + (" SAFE" if link.get("safe") else ""))
+    for alarm in snap.get("alarms", []):
+        t.add_row("[red]alarm[/red]", f"[red]{alarm['text']}[/red]")
+    return t
+
+
+def run_command(
+    camera: str | None = typer.Option(None, "--camera", help="Camera number (or /dev/videoN)."),
+    video: Path | None = typer.Option(None, "--video", help="Replay a video file."),
+    images: Path | None = typer.Option(None, "--images", help="A folder of still images."),
+    realtime: bool = typer.Option(False, "--realtime", help="Replay paced at the video's fps."),
+    fast: bool = typer.Option(False, "--fast", help="Replay as fast as possible (virtual clock)."),
+    serial: str | None = typer.Option(
+        None, "--serial", help="Controller: /dev/ttyACM0, socket://HOST:PORT or sim://."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Send nothing to a controller."),
+    truth: Path | None = typer.Option(None, "--truth", help="Belt truth JSON: print a scorecard."),
+    model: Path | None = typer.Option(None, "--model", help="Model .tflite (default: bundled)."),
+    config_path: Path | None = typer.Option(
+        None, "--config", help=f"Config TOML (default {DEFAULT_PATH} if it exists)."
+    ),
+    jsonl: Path | None = typer.Option(None, "--log", help="Also log decisions as JSON lines."),
+    db: Path | None = typer.Option(None, "--db", help="SQLite decision log."),
+    save_crops: Path | None = typer.Option(
+        None, "--save-crops", help="Keep crops as DIR/<grade>/ (+ DIR/_review/)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    dashboard: str | None = typer.Option(
+        None, "--dashboard", help="Serve the live dashboard at HOST:PORT."
+    ),
+) -> None:
+    """Run the sorting loop: grade each item and fire its gate in time."""
+    err_console = Console(stderr=True)
+    try:
+        if realtime and fast:
+            raise SorterError("--realtime and --fast exclude each other; choose one")
+        config, from_file = _load(config_path)
+        config = apply_overrides(
+            config,
+            {
+                "serial.url": serial,
+                "logging.jsonl": str(jsonl) if jsonl else None,
+                "logging.db": str(db) if db else (None if from_file else DEV_DB),
+                "logging.crops_dir": str(save_crops) if save_crops else None,
+            },
+        )
+        logging.basicConfig(
+            level=config.logging.level,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        cam: int | str | None = None
+        if camera is not None:
+            cam = int(camera) if camera.isdigit() else camera
+        status = Status(url="dry-run" if dry_run else config.serial.url)
+        decisions = DecisionLog(
+            config.logging.db,
+            jsonl_path=config.logging.jsonl or None,
+            crops_dir=config.logging.crops_dir or None,
+            review_below=config.thresholds.review_below,
+        )
+        server = _start_dashboard(config, status, dashboard)
+        live: Live | None = None
+        if not as_json and err_console.is_terminal:
+            live = Live(status_table(status.snapshot()), console=err_console, auto_refresh=False)
+        last = [0.0]
+
+        def progress(st: Status) -> None:
+            now = time.monotonic()
+            if live is not None and now - last[0] > 0.5:
+                last[0] = now
+                live.update(status_table(st.snapshot()), refresh=True)
+
+        opts = RunOptions(
+            camera=cam,
+            video=video,
+            images=images,
+            mode="realtime" if realtime else "fast" if fast else None,
+            dry_run=dry_run,
+            truth=truth,
+            model=model,
+            progress=progress,
+        )
+        try:
+            if live is not None:
+                live.start()
+            result = run(config, opts, decisions, status)
+        finally:
+            if live is not None:
+                live.update(status_table(status.snapshot()), refresh=True)
+                live.stop()
+            if server is not None:
+                server.stop()
+    except SorterError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    except Exception as err:
+        if type(err).__module__.startswith("firmware_bridge") and hasattr(err, "exit_code"):
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from err
+        raise
+    if as_json:
+        typer.echo(json.dumps(result.summary, default=str))
+    else:
+        _print_summary(err_console, result.summary, result.scorecard)
+    if "error" in result.summary:
+        raise typer.Exit(1)
+
+
+def _start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
+    if flag is None and not config.dashboard.enabled:
+        return None
+    host, port = _parse_hostport(flag) if flag else (config.dashboard.host, config.dashboard.port)
+    try:
+        from sorter import dashboard
+    except ImportError as err:
+        raise SorterError("the dashboard is not available in this install") from err
+    server = dashboard.serve(status, host, port, token=config.dashboard.token or None)
+    log.info("dashboard at %s", getattr(server, "url", f"http://{host}:{port}/"))
+    return server
+
+
+def _print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> None:
+    t = Table(title="run summary", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    lat = summary.get("latency_s", {})
+    t.add_row(
+        "frames (in / processed / dropped)",
+        f"{summary['frames_in']} / {summary['frames']} / {summary['drops']}",
+    )
+    t.add_row("items decided", str(summary["items"]))
+    t.add_row("bins", " ".join(f"{k}:{v}" for k, v in sorted(summary["bins"].items())) or "-")
+    t.add_row("fates", " ".join(f"{k}:{v}" for k, v in sorted(summary["statuses"].items())))
+    if lat.get("n"):
+        t.add_row(
+            "latency frame -> command",
+            f"p50 {lat['p50'] * 1000:.1f} ms, p99 {lat['p99'] * 1000:.1f} ms",
+        )
+    t.add_row("wall time", f"{summary['wall_s']:.1f} s ({summary['mode']})")
+    if "error" in summary:
+        t.add_row("[red]stopped by[/red]", f"[red]{summary['error']}[/red]")
+    console.print(t)
+    if scorecard is not None:
+        from sorter.scorecard import render_scorecard
+
+        console.print(render_scorecard(scorecard))

@@ -1,0 +1,711 @@
+"""The sorting loop: frames in, gate commands and decision records out.
+
+Per frame (`SortingLoop.process`):
+    locate -> track -> crop a fixed window of belt around each item in full view
+    (window_px = the model's crop window_mm * px_per_mm) -> sorter.preprocess.to_model_input
+    -> classifier (one batch per frame) -> for each item crossing the decision line:
+    policy (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run)
+    -> decision log + status.
+
+`run(config, options)` wires the pieces: source, clock, link, log, dashboard, signals.
+Time comes from one clock object (firmware_bridge.clock):
+- camera: MonotonicClock; frames carry monotonic capture times (host = source timeline);
+- replay `--realtime`: MonotonicClock; the video is paced at its fps from a start time,
+  host time = start + frame.t; capture runs on its own thread with a short queue;
+- replay `--fast`: VirtualClock set to each frame's t before it is processed, and the
+  `sim://` controller follows the same clock, so the whole run is deterministic.
+
+The capture side never waits on the controller: SORT returns at once and each command's
+fate (fired, late, nak, timeout, cancelled) arrives on the link's thread and updates the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import numpy as np
+
+from sorter import notify
+from sorter.audit import DecisionLog, DecisionRecord
+from sorter.config import Config, apply_overrides
+from sorter.errors import ConfigError, SorterError
+from sorter.policy import Policy, Verdict
+from sorter.preprocess import to_model_input
+from sorter.scheduling import Scheduler, Timeline
+from sorter.sources import Frame, FrameSource, ThreadedSource, open_source
+from sorter.status import Overlay, Status
+from sorter.tracking import Track, Tracker, TrackerConfig
+from sorter.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierLike(Protocol):
+    """What the loop needs from sorter.classifier.Classifier."""
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    def classify(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ItemViews:
+    """What the loop keeps per tracked item until it is decided."""
+
+    scores: list[np.ndarray] = field(default_factory=list)
+    """Score vector of each full view."""
+    crops: list[np.ndarray] = field(default_factory=list)
+    """The crop of each full view (same order)."""
+
+
+class SortingLoop:
+    """Processes frames one at a time; owns no threads and no devices."""
+
+    def __init__(
+        self,
+        config: Config,
+        classifier: ClassifierLike,
+        locator: Any,
+        tracker: Tracker,
+        scheduler: Scheduler,
+        decisions: DecisionLog,
+        status: Status,
+        *,
+        window: tuple[int, int],
+        keep_crops: bool = False,
+        latency_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.locator = locator
+        self.tracker = tracker
+        self.scheduler = scheduler
+        self.decisions = decisions
+        self.status = status
+        self.policy = Policy(config, classifier.labels)
+        self.window = window
+        self.keep_crops = keep_crops
+        self._items: dict[int, ItemViews] = {}
+        self._decided: dict[int, DecisionRecord] = {}
+        self._fate_lock = threading.Lock()
+        self._early_fates: dict[int, Any] = {}
+        self.lost = 0
+        """Tracks that ended without crossing the decision line (after being seen whole)."""
+        status.line_x = tracker.line
+
+    def process(self, frame: Frame, received: float) -> list[DecisionRecord]:
+        """Process one frame; `received` is `time.perf_counter()` when it was read.
+
+        Returns the decisions made on this frame.
+        """
+        st = self.status
+        t0 = time.perf_counter()
+        detections = self.locator.locate(frame.image)
+        t1 = time.perf_counter()
+        tracks = self.tracker.update(detections, frame.t, frame.index)
+        t2 = time.perf_counter()
+        st.add_stage("locate", t1 - t0)
+        st.add_stage("track", t2 - t1)
+
+        self._classify_views(frame, tracks)
+        t3 = time.perf_counter()
+        st.add_stage("classify", t3 - t2)
+
+        made = [self._decide(track, frame, received) for track in self.tracker.crossings]
+        for track in self.tracker.ended:
+            self._forget(track)
+        overlays = [self._overlay(tr) for tr in tracks if tr.last.frame_index == frame.index]
+        st.frame_done(frame.image, overlays)
+        return made
+
+    def process_still(self, frame: Frame, received: float) -> DecisionRecord:
+        """Bench mode: the frame is one item's picture (no tracking); decide it at once."""
+        t0 = time.perf_counter()
+        batch = to_model_input(frame.image, self.classifier.input_size)[None]
+        scores = self.classifier.classify(batch)
+        self.status.add_stage("classify", time.perf_counter() - t0)
+        views = ItemViews([np.asarray(scores[0], dtype=np.float32)], [frame.image])
+        item = frame.index + 1
+        self._items[item] = views
+        track = Track(id=item, t_line=frame.t)
+        rec = self._decide(track, frame, received)
+        self.status.frame_done(frame.image, [])
+        return rec
+
+    def finish(self) -> None:
+        """End of stream: every track still open ends undecided."""
+        for track in self.tracker.flush():
+            self._forget(track)
+
+    # -- steps ----------------------------------------------------------------------
+    def _classify_views(self, frame: Frame, tracks: Sequence[Track]) -> None:
+        todo: list[tuple[int, np.ndarray]] = []
+        for track in tracks:
+            view = track.last
+            if view.frame_index != frame.index or not view.full:
+                continue
+            if track.id in self._decided:
+                continue
+            d = view.detection
+            todo.append((track.id, crop_window(frame.image, d.cx, d.cy, self.window)))
+        if not todo:
+            return
+        size = self.classifier.input_size
+        batch = np.stack([to_model_input(crop, size) for _, crop in todo])
+        scores = self.classifier.classify(batch)
+        for (item, crop), s in zip(todo, scores, strict=True):
+            views = self._items.setdefault(item, ItemViews())
+            views.scores.append(np.asarray(s, dtype=np.float32))
+            if self.keep_crops:
+                views.crops.append(crop)
+
+    def _decide(self, track: Track, frame: Frame, received: float) -> DecisionRecord:
+        t0 = time.perf_counter()
+        views = self._items.pop(track.id, ItemViews())
+        verdict = self.policy.decide(
+            np.array(views.scores) if views.scores else np.zeros((0, len(self.policy.labels)))
+        )
+        t_line = track.t_line if track.t_line is not None else frame.t
+        item = track.id
+
+        def on_done(cmd: Any) -> None:
+            self._fate(item, cmd)
+
+        sched = self.scheduler.schedule(item, verdict.gate, t_line, on_done=on_done)
+        t1 = time.perf_counter()
+        latency = t1 - received
+        bin_name = verdict.bin if sched.status in ("pending", "dry-run") else self.policy.reject_bin
+        rec = DecisionRecord(
+            item=item,
+            t_line=t_line,
+            label=verdict.label,
+            confidence=verdict.confidence,
+            scores=list(verdict.scores),
+            bin=bin_name,
+            gate=verdict.gate,
+            fire_at=sched.fire_at,
+            status=sched.status,
+            margin=verdict.margin,
+            views=verdict.views,
+            reason=verdict.reason,
+            latency_ms=latency * 1000.0,
+        )
+        crop = _best_crop(views, verdict, self.policy.labels) if self.keep_crops else None
+        self.decisions.record(rec, crop)
+        self.status.decided(rec.as_dict(), latency, crop)
+        if sched.status != "pending":
+            self.status.fate(item, sched.status)
+        with self._fate_lock:
+            self._decided[item] = rec
+            early = self._early_fates.pop(item, None)
+        if early is not None:  # the fate came back before the record was written
+            self._apply_fate(item, early)
+        t2 = time.perf_counter()
+        self.status.add_stage("decide", t1 - t0)
+        self.status.add_stage("log", t2 - t1)
+        log.debug(
+            "item %d: %s %.2f -> %s gate %s (%s)",
+            item,
+            verdict.label,
+            verdict.confidence,
+            bin_name,
+            verdict.gate,
+            sched.status,
+        )
+        return rec
+
+    def _fate(self, item: int, cmd: Any) -> None:
+        """A SORT's fate arrived (link thread)."""
+        with self._fate_lock:
+            if item not in self._decided:
+                self._early_fates[item] = cmd
+                return
+        self._apply_fate(item, cmd)
+
+    def _apply_fate(self, item: int, cmd: Any) -> None:
+        status = str(getattr(cmd, "status", "timeout"))
+        fired_host = getattr(cmd, "fired_at", None)
+        fired_at = (
+            self.scheduler.timeline.to_source(float(fired_host)) if fired_host is not None else None
+        )
+        bin_name = None if status == "fired" else self.policy.reject_bin
+        self.decisions.update_fate(item, status, fired_at=fired_at, bin_name=bin_name)
+        self.status.fate(item, status)
+        if status != "fired":
+            self.status.event(status.upper(), f"item {item}: {status}")
+
+    def _forget(self, track: Track) -> None:
+        views = self._items.pop(track.id, None)
+        if track.t_line is None and track.id not in self._decided and views and views.scores:
+            self.lost += 1
+            log.warning("item %d left the view without crossing the decision line", track.id)
+
+    def _overlay(self, track: Track) -> Overlay:
+        d = track.last.detection
+        rec = self._decided.get(track.id)
+        return Overlay(
+            id=track.id,
+            box=(d.x, d.y, d.w, d.h),
+            grade=rec.label if rec else "",
+            confidence=rec.confidence if rec else 0.0,
+            bin=rec.bin if rec else "",
+        )
+
+
+def _best_crop(views: ItemViews, verdict: Verdict, labels: Sequence[str]) -> np.ndarray | None:
+    """The view that scored the final grade highest."""
+    if not views.crops:
+        return None
+    k = list(labels).index(verdict.label)
+    best = int(np.argmax([s[k] for s in views.scores]))
+    return views.crops[best]
+
+
+# ------------------------------------------------------------------------------------
+# Running the loop
+
+
+@dataclass
+class RunOptions:
+    """What `sorter run` was asked to do (the config holds everything else)."""
+
+    camera: int | str | None = None
+    """Camera number or device path."""
+    video: Path | None = None
+    """Video file to replay."""
+    images: Path | None = None
+    """Folder of still images."""
+    mode: str | None = None
+    """"realtime", "fast" or None (camera: realtime; replay: fast against sim:// or dry run)."""
+    dry_run: bool = False
+    """Send nothing to a controller (status dry-run)."""
+    truth: Path | None = None
+    """Ground-truth JSON of a simulated belt: its geometry is used and a scorecard printed."""
+    model: Path | None = None
+    """Model file (overrides the config)."""
+    progress: Callable[[Status], None] | None = None
+    """Called after each frame (the terminal view)."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set to stop the run cleanly (signals set it too)."""
+    handle_signals: bool = True
+    """Install SIGINT/SIGTERM handlers (only from the main thread)."""
+    classifier: ClassifierLike | None = None
+    """An already loaded classifier (tests, benchmarks); else one is loaded from the model."""
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    summary: dict[str, Any]
+    """The JSON summary (frames, wall_s, stages, latency_s, counts, scorecard...)."""
+    records: list[DecisionRecord]
+    """Every decision, in item order."""
+    scorecard: Any = None
+    """sorter.scorecard.Scorecard when a truth file was given."""
+
+
+def load_truth(path: Path) -> dict[str, Any]:
+    """Read a simulated belt's ground-truth JSON (sorter.belt_sim's format)."""
+    from sorter.belt_sim import load_truth as read
+
+    return dict(read(path))
+
+
+def geometry_from_truth(config: Config, truth: dict[str, Any]) -> Config:
+    """The config with the belt geometry a simulated video was made with."""
+    px_per_mm = truth.get("px_per_mm")
+    speed_px_s = truth.get("speed_px_s")
+    size = truth.get("size")
+    line_x = truth.get("line_x")
+    over: dict[str, Any] = {}
+    if isinstance(px_per_mm, int | float) and px_per_mm > 0:
+        over["belt.px_per_mm"] = float(px_per_mm)
+        if isinstance(speed_px_s, int | float) and speed_px_s > 0:
+            over["belt.speed_mm_s"] = float(speed_px_s) / float(px_per_mm)
+    if isinstance(size, list) and size and isinstance(line_x, int | float):
+        over["belt.decision_line"] = float(line_x) / float(size[0])
+    over["belt.direction"] = "left-to-right"
+    return apply_overrides(config, over)
+
+
+def make_locator(config: Config) -> Locator:
+    """sorter.vision.Locator from the [locate] section (keys named as LocatorConfig's)."""
+    c = config.locate
+    names = {f.name for f in dataclasses.fields(LocatorConfig)}
+    lc = LocatorConfig(**{k: v for k, v in dataclasses.asdict(c).items() if k in names})
+    background = None
+    if c.method == "background":
+        if not c.background:
+            raise ConfigError(
+                "locate.background: method 'background' needs the empty-belt file; "
+                'make one with `sorter calibrate-belt` or set locate.method = "color"'
+            )
+        background = BackgroundModel.load(c.background)
+    return Locator(lc, background)
+
+
+def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
+    """sorter.tracking.Tracker from the [belt] and [track] sections for this frame size."""
+    b, t = config.belt, config.track
+    tc = TrackerConfig(
+        direction=b.direction,
+        line=b.decision_line * frame_size[0],
+        speed_px_s=b.speed_mm_s * b.px_per_mm,
+        max_jump_px=t.max_jump_px,
+        max_cross_px=t.max_cross_px,
+        max_missed=t.max_missed,
+        speed_smoothing=t.speed_smoothing,
+    )
+    return Tracker(tc, frame_size=frame_size)
+
+
+def _load_classifier(config: Config, model: Path | None) -> Any:
+    from sorter.classifier import Classifier
+
+    path = model or (Path(config.model.path) if config.model.path else None)
+    return Classifier(path, num_threads=config.model.threads)
+
+
+def _open_link(config: Config, url: str, clock: Any) -> Any:
+    from firmware_bridge.link import ControllerLink
+
+    s = config.serial
+    return ControllerLink(
+        url,
+        clock=clock,
+        heartbeat_s=s.heartbeat_ms / 1000.0,
+        ack_timeout_s=s.ack_timeout_ms / 1000.0,
+        retries=s.retries,
+    )
+
+
+def _configure_link(link: Any, config: Config) -> None:
+    n_gates = max(int(k) for k in config.gates) + 1 if config.gates else 1
+    pulses = [
+        config.gates[str(i)].pulse_ms if str(i) in config.gates else 1 for i in range(n_gates)
+    ]
+    link.configure(n_gates, pulses)
+
+
+class _Signals:
+    """SIGINT/SIGTERM set `stop`; a second one raises KeyboardInterrupt."""
+
+    def __init__(self, stop: threading.Event, enabled: bool) -> None:
+        self.stop = stop
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s: stopping (flushing pending decisions)", signal.Signals(signum).name)
+        self.stop.set()
+
+    def __enter__(self) -> _Signals:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status) -> RunResult:
+    """Run the loop until the source ends or `opts.stop` is set; see the module docstring.
+
+    `decisions` is not yet opened; `status` may be served by a dashboard meanwhile.
+    """
+    from firmware_bridge.clock import MonotonicClock, VirtualClock
+
+    truth = load_truth(opts.truth) if opts.truth else None
+    if truth is not None:
+        config = geometry_from_truth(config, truth)
+        log.info("belt geometry from %s: %s", opts.truth, config.belt)
+    live = opts.camera is not None
+    url = config.serial.url
+    sim = url.startswith("sim://")
+    mode = opts.mode or ("realtime" if live or not (sim or opts.dry_run) else "fast")
+    if mode == "fast" and live:
+        raise SorterError("--fast works on replay only (--video/--images), not on a camera")
+    if mode == "fast" and not (sim or opts.dry_run):
+        raise SorterError(
+            f"--fast replays on a virtual clock, which only the simulator follows: use "
+            f"--serial sim:// or --dry-run, or --realtime against {url}"
+        )
+    clock: Any = VirtualClock() if mode == "fast" else MonotonicClock()
+    classifier = opts.classifier or _load_classifier(config, opts.model)
+    meta = getattr(classifier, "metadata", None)
+    window_mm = tuple(meta.crop.window_mm) if meta is not None else (250.0, 250.0)
+    win = window_px((float(window_mm[0]), float(window_mm[1])), config.belt.px_per_mm)
+    locator = make_locator(config)
+    Policy(config, classifier.labels)  # check per-grade thresholds against the labels early
+
+    recorder = _StartRecorder(clock)
+    source = open_source(
+        camera=opts.camera,
+        video=opts.video,
+        images=opts.images,
+        realtime=mode == "realtime" and not live,
+        clock=recorder,
+    )
+    wall0 = time.monotonic()
+    stop = opts.stop
+    link: Any = None
+    loop: SortingLoop | None = None
+    frames_seen = 0
+    source_error: SorterError | None = None
+    stalled = False
+    status.link["url"] = "dry-run" if opts.dry_run else url
+    decisions.open(
+        source=str(opts.camera if live else opts.video or opts.images),
+        model=str(getattr(classifier, "model_path", "")),
+        labels=list(classifier.labels),
+    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_Signals(stop, opts.handle_signals))
+        if not opts.dry_run:
+            link = _open_link(config, url, clock)
+            stack.enter_context(link)
+            _configure_link(link, config)
+            status.set_link(str(getattr(link, "state", "connected")), safe=False)
+            if hasattr(link, "on_event"):
+                link.on_event(lambda ev: _on_event(status, ev))
+        threaded = mode == "realtime"
+        src: FrameSource = (
+            ThreadedSource(source, maxsize=config.camera.queue_frames) if threaded else source
+        )
+        stack.enter_context(src)
+        notify.ready()
+        timeline = Timeline(0.0)
+        scheduler = Scheduler(config, clock, link, timeline=timeline, dry_run=opts.dry_run)
+        try:
+            for frame, received in _frames(src, config.camera.stall_s, stop):
+                if frame is None:  # stall
+                    if not stalled:
+                        stalled = True
+                        _stall(status, link, config.camera.stall_s)
+                    continue
+                if stalled:
+                    stalled = False
+                    status.alarm("camera_stalled", None)
+                    status.event("RESUMED", "frames are arriving again")
+                    if link is not None and hasattr(link, "resume"):
+                        link.resume()
+                status.frame_in()
+                if isinstance(src, ThreadedSource):
+                    new_drops = src.drops - status.drops
+                    if new_drops > 0:
+                        status.frame_dropped(new_drops)
+                if loop is None:
+                    h, w = frame.image.shape[:2]
+                    if mode == "fast":
+                        timeline.offset = 0.0
+                    elif not live:
+                        start = recorder.start
+                        timeline.offset = start if start is not None else clock.now() - frame.t
+                    loop = SortingLoop(
+                        config,
+                        classifier,
+                        locator,
+                        make_tracker(config, (w, h)),
+                        scheduler,
+                        decisions,
+                        status,
+                        window=win,
+                        keep_crops=decisions.crops_dir is not None,
+                    )
+                if mode == "fast":
+                    clock.set(max(clock.now(), frame.t))
+                if opts.images is not None:
+                    loop.process_still(frame, received)
+                else:
+                    loop.process(frame, received)
+                frames_seen += 1
+                notify.watchdog()
+                if opts.progress is not None:
+                    opts.progress(status)
+        except SorterError as err:  # a source that broke mid-stream: keep what was done
+            source_error = err
+            log.error("%s", err)
+        if stop.is_set():
+            notify.stopping()
+        if loop is not None:
+            loop.finish()
+        _flush_pending(decisions, scheduler, clock, link, mode, config)
+        if link is not None and (stop.is_set() or source_error is not None):
+            with contextlib.suppress(Exception):
+                link.safe()
+            status.set_link("safe", safe=True)
+    records = decisions.records()
+    scorecard = None
+    summary: dict[str, Any] = {
+        "frames": frames_seen,
+        "wall_s": time.monotonic() - wall0,
+        "mode": mode,
+        "serial": "dry-run" if opts.dry_run else url,
+    }
+    snap = status.snapshot()
+    summary.update(
+        {
+            "frames_in": snap["frames_in"],
+            "drops": snap["drops"],
+            "items": snap["items"],
+            "lost": loop.lost if loop else 0,
+            "bins": snap["bins"],
+            "grades": snap["grades"],
+            "statuses": _count(r.status for r in records),
+            "stages": snap["stages"],
+            "latency_s": status.latency_percentiles(),
+            "stopped": stop.is_set(),
+            "run": decisions.run,
+        }
+    )
+    if source_error is not None:
+        summary["error"] = str(source_error)
+    if truth is not None:
+        scorecard = _score(records, truth, config)
+        summary["scorecard"] = scorecard.as_dict() if hasattr(scorecard, "as_dict") else scorecard
+    decisions.close(summary)
+    return RunResult(summary=summary, records=records, scorecard=scorecard)
+
+
+class _StartRecorder:
+    """Wraps the run's clock for a replay source, remembering the first `now()` it reads.
+
+    VideoSource paces frame i at start + t_i where start is its first `now()`: that is
+    exactly the offset from the source timeline to the host clock.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self.start: float | None = None
+
+    def now(self) -> float:
+        t = float(self._clock.now())
+        if self.start is None:
+            self.start = t
+        return t
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+def _frames(
+    src: FrameSource, stall_s: float, stop: threading.Event
+) -> Iterator[tuple[Frame | None, float]]:
+    """(frame, perf_counter when read); (None, t) once per `stall_s` without frames."""
+    if isinstance(src, ThreadedSource):
+        last = time.monotonic()
+        while not stop.is_set():
+            try:
+                frame = src.get(timeout=min(0.1, stall_s))
+            except StopIteration:
+                return
+            now = time.monotonic()
+            if frame is None:
+                if now - last >= stall_s:
+                    last = now
+                    yield None, time.perf_counter()
+                continue
+            last = now
+            yield frame, time.perf_counter()
+        return
+    it = iter(src)
+    while not stop.is_set():
+        try:
+            frame = next(it)
+        except StopIteration:
+            return
+        yield frame, time.perf_counter()
+
+
+def _stall(status: Status, link: Any, stall_s: float) -> None:
+    text = f"no frame for {stall_s:.1f} s: camera stalled; controller told to go safe"
+    log.error("%s", text)
+    status.alarm("camera_stalled", text)
+    status.event("STALL", text)
+    if link is not None:
+        try:
+            link.safe()
+            status.set_link(str(getattr(link, "state", "safe")), safe=True)
+        except Exception as err:  # the stall is the news; a failing SAFE is logged with it
+            log.error("could not put the controller in the safe state: %s", err)
+
+
+def _on_event(status: Status, event: Any) -> None:
+    kind = type(event).__name__.upper()
+    status.event(kind, str(event))
+    if kind in ("SAFESTATE", "SAFE_STATE"):
+        entered = bool(getattr(event, "entered", True))
+        status.set_link("safe" if entered else "connected", safe=entered)
+        status.alarm("safe_state", "controller in the safe state" if entered else None)
+
+
+def _flush_pending(
+    decisions: DecisionLog,
+    scheduler: Scheduler,
+    clock: Any,
+    link: Any,
+    mode: str,
+    config: Config,
+) -> None:
+    """Wait (bounded) for the fates of sent commands; cancel what is left."""
+    pending = decisions.pending()
+    if not pending or link is None:
+        return
+    last_fire = max((r.fire_at or 0.0) for r in pending)
+    slack = config.serial.window_ms / 1000.0 + config.serial.ack_timeout_ms / 1000.0 * (
+        config.serial.retries + 1
+    )
+    end_host = scheduler.timeline.to_host(last_fire) + slack + 0.2
+    deadline = time.monotonic() + max(5.0, end_host - clock.now() + 5.0)
+    if mode == "fast":
+        while clock.now() < end_host:  # let the simulator reach every fire time
+            clock.set(min(end_host, clock.now() + 0.01))
+    while decisions.pending() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for rec in decisions.pending():
+        log.warning("item %d: no fate from the controller; cancelling", rec.item)
+        with contextlib.suppress(Exception):
+            link.cancel(rec.item)
+        decisions.update_fate(rec.item, "cancelled", bin_name=config.bins.reject)
+
+
+def _count(values: Iterator[str] | Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _score(records: list[DecisionRecord], truth: dict[str, Any], config: Config) -> Any:
+    """E1's scorecard, with this config's bins and gate geometry (ideal fire times)."""
+    from sorter.scorecard import score
+
+    reject = config.bins.reject
+    speed = config.belt.speed_mm_s
+    delays = {int(k): g.distance_mm / speed for k, g in config.gates.items()}
+    return score(
+        [r.as_dict() for r in records],
+        truth,
+        bin_of=lambda grade: config.bins.grades.get(grade, reject),
+        gate_delay_s=delays,
+        reject_bin=reject,
+    )
