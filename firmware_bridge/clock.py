@@ -1,0 +1,268 @@
+"""Clocks the link and the simulator read time from.
+
+`MonotonicClock` is the real thing (`time.monotonic()`). `VirtualClock` only moves when
+told to (`set`, `advance`), so a replay can run as fast as possible and still put every
+event at the right virtual time. Listeners registered with `subscribe` are called
+synchronously, in subscription order, by whichever thread moves the clock: the simulator
+does its due work there instead of on a real-time thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[float], None]
+"""Called with the new time after a virtual clock moved."""
+WakeFn = Callable[[], "float | None"]
+"""Returns the next time a subscriber needs the virtual clock to stop at, or None."""
+
+
+class Clock(Protocol):
+    """What the link and the simulator need from a clock."""
+
+    virtual: bool
+    """True when time only moves when told to (replay)."""
+
+    def now(self) -> float:
+        """Seconds on this clock's timeline."""
+        ...
+
+    def wait_until(self, t: float, stop: threading.Event, poll_s: float = 0.05) -> bool:
+        """Block until `now() >= t` or `stop` is set; True if the time was reached."""
+        ...
+
+
+class MonotonicClock:
+    """The host's monotonic clock."""
+
+    virtual = False
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait_until(self, t: float, stop: threading.Event, poll_s: float = 0.05) -> bool:
+        while not stop.is_set():
+            remaining = t - time.monotonic()
+            if remaining <= 0:
+                return True
+            stop.wait(remaining)
+        return False
+
+
+class VirtualClock:
+    """A clock that moves only when `set` or `advance` is called. Thread safe.
+
+    A discrete-event clock: subscribers may say when they next need to act
+    (`next_wake`). Moving the clock from t0 to t1 stops at every such wake time in
+    between, in order, and calls every listener there; then it stops at t1. So the
+    simulator fires a SORT at exactly its target and the link sends its heartbeats at
+    their virtual times even when a replay jumps the clock by seconds at once.
+    """
+
+    virtual = True
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._t = float(start)
+        self._lock = threading.Lock()
+        self._moved = threading.Condition(self._lock)
+        self._subs: list[tuple[Listener, WakeFn | None]] = []
+        self._advance_lock = threading.RLock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._t
+
+    def set(self, t: float) -> None:
+        """Move to time `t`, stopping at the subscribers' wake times on the way. An
+        earlier `t` is an error: a virtual clock never goes back."""
+        with self._advance_lock:
+            for _ in range(_MAX_STEPS):
+                with self._lock:
+                    if t < self._t:
+                        raise ValueError(f"virtual clock cannot go back from {self._t} to {t}")
+                    subs = list(self._subs)
+                    current = self._t
+                wake = self._earliest_wake(subs, current, t)
+                self._move(wake if wake is not None else t, subs)
+                if wake is None:
+                    return
+            log.warning("virtual clock: more than %d wake-ups before %.6f; jumping", _MAX_STEPS, t)
+            with self._lock:
+                subs = list(self._subs)
+            self._move(t, subs)
+
+    def advance(self, dt: float) -> None:
+        """Move forward by `dt` seconds (see `set`)."""
+        if dt < 0:
+            raise ValueError(f"virtual clock cannot advance by a negative {dt}")
+        with self._advance_lock:
+            self.set(self.now() + dt)
+
+    def subscribe(self, listener: Listener, next_wake: WakeFn | None = None) -> Callable[[], None]:
+        """Call `listener(t)` after every move. `next_wake()` returns when this subscriber
+        next needs the clock to stop (or None). Returns a function that unsubscribes."""
+        entry = (listener, next_wake)
+        with self._lock:
+            self._subs.append(entry)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if entry in self._subs:
+                    self._subs.remove(entry)
+
+        return unsubscribe
+
+    def wait_until(self, t: float, stop: threading.Event, poll_s: float = 0.05) -> bool:
+        """Block until virtual time reaches `t` (someone else must move it) or `stop`."""
+        with self._lock:
+            while self._t < t:
+                if stop.is_set():
+                    return False
+                self._moved.wait(poll_s)
+            return True
+
+    @staticmethod
+    def _earliest_wake(
+        subs: list[tuple[Listener, WakeFn | None]], current: float, target: float
+    ) -> float | None:
+        best: float | None = None
+        for _, next_wake in subs:
+            if next_wake is None:
+                continue
+            try:
+                wake = next_wake()
+            except Exception:
+                log.exception("virtual clock: next_wake %r failed", next_wake)
+                continue
+            if wake is not None and current < wake < target and (best is None or wake < best):
+                best = wake
+        return best
+
+    def _move(self, t: float, subs: list[tuple[Listener, WakeFn | None]]) -> None:
+        with self._lock:
+            self._t = max(self._t, float(t))
+            self._moved.notify_all()
+        for listener, _ in subs:
+            try:
+                listener(t)
+            except Exception:
+                log.exception("virtual clock listener %r failed", listener)
+
+
+_MAX_STEPS = 1_000_000
+"""Safety bound on wake-ups within one move."""
+
+
+@dataclass(frozen=True)
+class SyncSample:
+    """One SYNC round trip."""
+
+    t_send: float
+    """Host clock (s) just before the SYNC was written."""
+    t_recv: float
+    """Host clock (s) when the SYNC_REPLY was read."""
+    ctrl_us: int
+    """Controller time in the reply (u32 us)."""
+
+    @property
+    def delay(self) -> float:
+        """Round-trip time in seconds."""
+        return self.t_recv - self.t_send
+
+    @property
+    def mid(self) -> float:
+        """Host time the controller's reading is assumed to belong to."""
+        return (self.t_send + self.t_recv) / 2
+
+    @property
+    def offset_us(self) -> int:
+        """(ctrl - host) in us, as a signed 32-bit wrap-around difference."""
+        return _i32(self.ctrl_us - round(self.mid * 1e6))
+
+
+class SyncEstimator:
+    """Maps host clock seconds <-> controller microseconds (u32, wrapping).
+
+    NTP-style: each SYNC gives offset = ctrl - (t_send + t_recv)/2; the estimate uses the
+    round trip with the smallest delay among the recent ones (`window` samples), and, once
+    the samples span `rate_span_s`, a rate (controller clock drift, e.g. an Uno's ceramic
+    resonator) from the best sample of the older half against the best of the newer half.
+    Thread safe.
+    """
+
+    def __init__(self, window: int = 8, rate_span_s: float = 5.0, max_rate: float = 0.01) -> None:
+        self._samples: deque[SyncSample] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self._rate_span_s = rate_span_s
+        self._max_rate = max_rate
+        self._ref: SyncSample | None = None
+        self._rate = 0.0
+
+    @property
+    def synced(self) -> bool:
+        """At least one sample taken."""
+        with self._lock:
+            return self._ref is not None
+
+    @property
+    def rate(self) -> float:
+        """Estimated controller clock rate error (0.001 = 1000 ppm fast)."""
+        with self._lock:
+            return self._rate
+
+    @property
+    def best_delay(self) -> float | None:
+        """Round-trip delay (s) of the sample the estimate rests on."""
+        with self._lock:
+            return None if self._ref is None else self._ref.delay
+
+    def reset(self) -> None:
+        """Forget everything (the controller may have been reset)."""
+        with self._lock:
+            self._samples.clear()
+            self._ref = None
+            self._rate = 0.0
+
+    def add(self, sample: SyncSample) -> None:
+        """Record a round trip and update the estimate."""
+        with self._lock:
+            self._samples.append(sample)
+            samples = list(self._samples)
+            self._ref = min(samples, key=lambda s: s.delay)
+            self._rate = 0.0
+            if len(samples) >= 4 and samples[-1].mid - samples[0].mid >= self._rate_span_s:
+                half = len(samples) // 2
+                old = min(samples[:half], key=lambda s: s.delay)
+                new = min(samples[half:], key=lambda s: s.delay)
+                span = new.mid - old.mid
+                if span > 0:
+                    rate = _i32(new.offset_us - old.offset_us) / 1e6 / span
+                    self._rate = max(-self._max_rate, min(self._max_rate, rate))
+                    self._ref = new
+
+    def to_controller(self, t: float) -> int:
+        """Host time (s) -> controller time (u32 us). Raises RuntimeError before any SYNC."""
+        with self._lock:
+            ref, rate = self._ref, self._rate
+        if ref is None:
+            raise RuntimeError("no SYNC yet: the controller's clock is unknown")
+        drift = (t - ref.mid) * rate * 1e6
+        return (round(t * 1e6) + ref.offset_us + round(drift)) & 0xFFFFFFFF
+
+    def to_host(self, ctrl_us: int, near: float) -> float:
+        """Controller time (u32 us) -> host time (s), taking the wrap nearest to `near`."""
+        here = self.to_controller(near)
+        return near + _i32(ctrl_us - here) / 1e6
+
+
+def _i32(x: int) -> int:
+    x &= 0xFFFFFFFF
+    return x - (1 << 32) if x & 0x80000000 else x

@@ -1,0 +1,963 @@
+"""`ControllerLink`: the host's end of the serial link to the gate controller.
+
+It owns the port (pyserial `serial_for_url`: a device path, `socket://host:port`,
+`loop://`; or `sim://` for the in-process simulator on the link's clock), a reader thread
+that turns bytes into messages, and a supervisor thread that sends heartbeats, re-SYNCs,
+resends commands whose ACK is overdue (same seq, bounded), QUERYs SORTs whose FIRED/LATE
+is overdue, and reconnects with backoff when the port disappears (HELLO, CONFIG, RESUME,
+SYNC, then QUERY whatever was in flight).
+
+Every command is a `Command` that ends as "fired", "late", "nak", "timeout" or
+"cancelled" (SORT) or "acked", "nak", "timeout" (other commands); waits use monotonic
+deadlines and never block forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import serial
+
+from firmware_bridge import protocol as p
+from firmware_bridge.clock import Clock, MonotonicClock, SyncEstimator, SyncSample
+from firmware_bridge.errors import LinkError, ProtocolError
+from firmware_bridge.framing import PROTO_VERSION, Deframer
+from firmware_bridge.simulator import SimulatorPort
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+FIRED = "fired"
+LATE = "late"
+NAK = "nak"
+TIMEOUT = "timeout"
+CANCELLED = "cancelled"
+ACKED = "acked"
+FINAL = frozenset({FIRED, LATE, NAK, TIMEOUT, CANCELLED, ACKED})
+"""Statuses a command ends in."""
+
+EventCallback = Callable[[p.Message], None]
+
+
+@dataclass(eq=False)
+class Command:
+    """One command sent to the controller and what became of it.
+
+    A SORT ends "fired", "late", "nak", "timeout" or "cancelled"; other commands end
+    "acked", "nak" or "timeout". Callbacks run in a link thread: keep them short.
+    """
+
+    msg: p.Message
+    """The message sent."""
+    seq: int
+    """Its sequence number (kept across retries)."""
+    fire_at: float | None = None
+    """SORT in TIME mode: the host-clock time it should fire."""
+    window_s: float = 0.0
+    """SORT: how late it may still fire (s)."""
+    status: str = PENDING
+    """"pending" until done, then one of FINAL."""
+    acked: bool = False
+    """The controller ACKed (or replied to) it."""
+    nak_reason: p.NakReason | None = None
+    """Why it was refused, when status is "nak"."""
+    detail: str = ""
+    """Human-readable note on the outcome (e.g. "dropped: safe state HEARTBEAT")."""
+    reply: p.Message | None = None
+    """The typed reply (HELLO_INFO, SYNC_REPLY, FATE, ACK or NAK)."""
+    attempts: int = 0
+    """Times written (1 + retries)."""
+    sent_at: float | None = None
+    """Host clock time of the first write."""
+    done_at: float | None = None
+    """Host clock time it finished."""
+    fired_at: float | None = None
+    """Host clock time the controller reported the gate fired (FIRED), on the fire_at line."""
+    ctrl_time: int | None = None
+    """Controller time (us) of the FIRED/LATE/fate."""
+    _event: threading.Event = field(default_factory=threading.Event, repr=False)
+    _callbacks: list[Callable[[Command], None]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def item(self) -> int | None:
+        """The item id for SORT/CANCEL/QUERY."""
+        return getattr(self.msg, "item", None)
+
+    @property
+    def kind(self) -> str:
+        """Message type name, e.g. "SORT"."""
+        return self.msg.TYPE.name
+
+    def done(self) -> bool:
+        """True once the status is final."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Wait up to `timeout` seconds (real time) for the outcome; return the status."""
+        self._event.wait(timeout)
+        return self.status
+
+    def add_done_callback(self, fn: Callable[[Command], None]) -> None:
+        """Call `fn(command)` when done (at once if already done)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        _call(fn, self)
+
+    def _finish(self, status: str, when: float, detail: str = "") -> bool:
+        with self._lock:
+            if self._event.is_set():
+                return False
+            self.status = status
+            self.done_at = when
+            if detail:
+                self.detail = detail
+            callbacks = list(self._callbacks)
+            self._callbacks.clear()
+            self._event.set()
+        for fn in callbacks:
+            _call(fn, self)
+        return True
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("callback %r failed", fn)
+
+
+@dataclass
+class LinkStats:
+    """Counters the link keeps (shown by `sorter controller monitor`)."""
+
+    frames_sent: int = 0
+    """Frames written."""
+    frames_received: int = 0
+    """Valid frames read."""
+    retries: int = 0
+    """Commands written again after an ACK timeout."""
+    timeouts: int = 0
+    """Commands that ended "timeout"."""
+    queries: int = 0
+    """QUERYs sent for overdue or uncertain SORTs."""
+    reconnects: int = 0
+    """Successful reconnections."""
+    duplicates: int = 0
+    """Controller frames dropped as duplicates."""
+    bad_messages: int = 0
+    """Frames with a good CRC that did not decode."""
+
+
+@dataclass
+class _Outstanding:
+    cmd: Command
+    wire: bytes
+    deadline: float
+    on_reply: Callable[[p.Message], None] | None = None
+    waited: bool = False
+
+
+class ControllerLink:
+    """The serial link to a gate controller; see the module docstring and INTERFACES.md."""
+
+    def __init__(
+        self,
+        url: str,
+        clock: Clock | None = None,
+        *,
+        heartbeat_s: float = 0.5,
+        status_s: float = 1.0,
+        ack_timeout_s: float = 0.25,
+        retries: int = 3,
+        n_gates: int | None = None,
+        pulse_ms: int | Sequence[int] = 40,
+        baudrate: int = 115200,
+        open_timeout_s: float = 3.0,
+        sync_interval_s: float = 2.0,
+        fate_margin_s: float = 0.05,
+        lost_grace_s: float = 2.0,
+        reconnect: bool = True,
+        auto_resume: bool = True,
+        handshake: bool = True,
+    ) -> None:
+        if heartbeat_s < 0.05:
+            raise LinkError(f"{url}: heartbeat_s={heartbeat_s} is below the protocol's 0.05 s")
+        self.url = url
+        self.clock: Clock = clock or MonotonicClock()
+        self.heartbeat_s = heartbeat_s
+        self.status_s = status_s
+        self.ack_timeout_s = ack_timeout_s
+        self.retries = retries
+        self.baudrate = baudrate
+        self.open_timeout_s = open_timeout_s
+        self.sync_interval_s = sync_interval_s
+        self.fate_margin_s = fate_margin_s
+        self.lost_grace_s = lost_grace_s
+        self.reconnect = reconnect
+        self.auto_resume = auto_resume
+        self.handshake = handshake
+        self._n_gates = n_gates
+        self._pulse_ms = pulse_ms
+        self.sync = SyncEstimator()
+        """Host <-> controller clock mapping."""
+        self.stats = LinkStats()
+        """Counters."""
+        self.info: p.HelloInfo | None = None
+        """The controller's HELLO_INFO (after start)."""
+        self.last_status: p.Status | None = None
+        """The latest STATUS."""
+        self.in_safe_state = False
+        """The controller reported it is in the safe state."""
+        self._state = "closed"
+        self._port: Any = None
+        self._port_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._seq = itertools.count()
+        self._outstanding: dict[int, _Outstanding] = {}
+        self._sorts: dict[int, Command] = {}
+        self._next_query: dict[int, float] = {}
+        self._deframer = Deframer()
+        self._seen: OrderedDict[int, bytes] = OrderedDict()
+        self._callbacks: list[EventCallback] = []
+        self._stop = threading.Event()
+        self._port_ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_tx_mono = 0.0
+        self._last_tx_clock = 0.0
+        self._heartbeat_paused = 0
+        self._want_safe = False
+        self._resume_wanted = False
+        self._last_sync_clock = -1e18
+        self._lost_since: float | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._sync_echo = itertools.count(1)
+
+    # ================================================================ lifecycle
+    @property
+    def state(self) -> str:
+        """ "closed", "connecting", "connected" or "lost" (reconnecting)."""
+        return self._state
+
+    def __enter__(self) -> ControllerLink:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> ControllerLink:
+        """Open the port, shake hands (HELLO, CONFIG, RESUME, SYNC) and start the threads.
+        Raises `LinkError` naming the port when that fails."""
+        if self._state != "closed":
+            raise LinkError(f"{self.url}: link already started")
+        self._stop.clear()
+        self._state = "connecting"
+        reader = threading.Thread(target=self._reader, name="link-reader", daemon=True)
+        self._threads = [reader]
+        reader.start()
+        try:
+            self._open()
+            if self.handshake:
+                self._shake_hands()
+        except BaseException:
+            self.close()
+            raise
+        self._state = "connected"
+        if self._heartbeat_virtual():
+            vclock: Any = self.clock
+            self._unsubscribe = vclock.subscribe(self._virtual_heartbeat, self._next_heartbeat)
+        supervisor = threading.Thread(target=self._supervise, name="link-supervisor", daemon=True)
+        self._threads.append(supervisor)
+        supervisor.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the threads and close the port. Commands still pending end "timeout"."""
+        self._stop.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=3)
+        self._threads = []
+        self._close_port()
+        now = self.clock.now()
+        with self._lock:
+            pending = [o.cmd for o in self._outstanding.values()]
+            pending += [c for c in self._sorts.values() if not c.done()]
+            self._outstanding.clear()
+            self._sorts.clear()
+        for cmd in pending:
+            cmd._finish(TIMEOUT, now, "link closed")
+        self._state = "closed"
+
+    # ================================================================ public commands
+    def configure(self, n_gates: int, pulse_ms: int | Sequence[int] = 40) -> None:
+        """Send CONFIG (kept for reconnects). Raises `LinkError` on NAK or timeout."""
+        self._n_gates, self._pulse_ms = n_gates, pulse_ms
+        reply = self.request(self._config_msg())
+        if isinstance(reply, p.Nak):
+            raise LinkError(f"{self.url}: controller refused CONFIG: {_nak_name(reply.reason)}")
+
+    def sort(
+        self,
+        item: int,
+        gate: int,
+        fire_at: float | None = None,
+        window_s: float = 0.005,
+        *,
+        position: int | None = None,
+        window_ticks: int = 0,
+    ) -> Command:
+        """Fire `gate` for `item` at host-clock time `fire_at` (TIME mode), at belt
+        `position` (POSITION mode, needs an encoder) or, with neither, now (NOW mode).
+        Returns at once; the Command ends fired/late/nak/timeout/cancelled."""
+        if position is not None:
+            msg = p.Sort(item, gate, p.SortMode.POSITION, position & 0xFFFFFFFF, window_ticks)
+        elif fire_at is not None:
+            if not self.sync.synced:
+                raise LinkError(f"{self.url}: no clock sync yet; start() the link first")
+            target = self.sync.to_controller(fire_at)
+            window_us = max(0, min(0xFFFF, round(window_s * 1e6)))
+            msg = p.Sort(item, gate, p.SortMode.TIME, target, window_us)
+        else:
+            msg = p.Sort(item, gate, p.SortMode.NOW, 0, 0)
+        cmd = Command(msg, self._next_seq(), fire_at=fire_at, window_s=window_s)
+        with self._lock:
+            old = self._sorts.get(item)
+            if old is not None and not old.done():
+                raise LinkError(f"{self.url}: item {item} already has a pending SORT")
+            self._sorts[item] = cmd
+        self._send_command(cmd)
+        return cmd
+
+    def cancel(self, item: int) -> Command:
+        """CANCEL a pending item; when ACKed, its SORT command ends "cancelled"."""
+        cmd = Command(p.Cancel(item), self._next_seq())
+
+        def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.Ack):
+                with self._lock:
+                    sort = self._sorts.get(item)
+                if sort is not None:
+                    self._resolve_sort(sort, CANCELLED, detail="cancelled by host")
+
+        self._send_command(cmd, on_reply)
+        return cmd
+
+    def safe(self) -> Command:
+        """Stop the line: SAFE (the controller drops its queue and asserts belt stop).
+        The link will not RESUME by itself until `resume()`."""
+        self._want_safe = True
+        cmd = Command(p.Safe(), self._next_seq())
+        self._send_command(cmd)
+        return cmd
+
+    def resume(self) -> Command:
+        """Leave the safe state (RESUME)."""
+        self._want_safe = False
+        cmd = Command(p.Resume(), self._next_seq())
+        self._send_command(cmd)
+        return cmd
+
+    def query(self, item: int, timeout: float | None = None) -> p.FateReply:
+        """Ask the controller what became of `item` (blocking)."""
+        reply = self.request(p.Query(item), timeout)
+        assert isinstance(reply, p.FateReply)
+        return reply
+
+    def hello(self, timeout: float | None = None) -> p.HelloInfo:
+        """HELLO -> HELLO_INFO (blocking); also clears the controller's duplicate window."""
+        reply = self.request(p.Hello(), timeout)
+        assert isinstance(reply, p.HelloInfo)
+        return reply
+
+    def sync_once(self, timeout: float | None = None) -> SyncSample:
+        """One SYNC round trip, added to the clock estimate."""
+        t_send: list[float] = []
+        sample: list[SyncSample] = []
+
+        def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.SyncReply) and t_send:
+                sample.append(SyncSample(t_send[0], self.clock.now(), reply.time))
+                self.sync.add(sample[0])
+
+        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), self._next_seq())
+        t_send.append(self.clock.now())
+        self._send_command(cmd, on_reply)
+        self._wait_or_raise(cmd, timeout)
+        self._last_sync_clock = self.clock.now()
+        return sample[0]
+
+    def request(self, msg: p.Message, timeout: float | None = None) -> p.Message:
+        """Send a command and wait (with retries) for its reply; raise `LinkError` on
+        timeout. NAKs are returned, not raised."""
+        cmd = Command(msg, self._next_seq())
+        self._send_command(cmd)
+        self._wait_or_raise(cmd, timeout)
+        assert cmd.reply is not None
+        return cmd.reply
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (tests: malformed frames)."""
+        self._write(data)
+
+    def send(self, msg: p.Message, seq: int | None = None) -> int:
+        """Write one message without waiting for anything; returns its seq."""
+        seq = self._next_seq() if seq is None else seq
+        self._write(p.encode(msg, seq))
+        return seq
+
+    def on_event(self, callback: EventCallback) -> Callable[[], None]:
+        """Call `callback(msg)` for FIRED, LATE, SAFE_STATE, FAULT and STATUS (from the
+        reader thread). Returns a function that removes it."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return remove
+
+    @contextlib.contextmanager
+    def heartbeat_paused(self) -> Iterator[None]:
+        """Send no heartbeats (nor re-SYNCs) inside the block: simulates a silent host."""
+        with self._lock:
+            self._heartbeat_paused += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._heartbeat_paused -= 1
+
+    def to_controller_time(self, t: float) -> int:
+        """Host clock time (s) -> controller time (u32 us)."""
+        return self.sync.to_controller(t)
+
+    def to_host_time(self, ctrl_us: int) -> float:
+        """Controller time (u32 us) -> host clock time (s), nearest wrap to now."""
+        return self.sync.to_host(ctrl_us, self.clock.now())
+
+    def pending(self) -> list[Command]:
+        """SORTs not finished yet."""
+        with self._lock:
+            return [c for c in self._sorts.values() if not c.done()]
+
+    # ================================================================ port
+    def _open(self) -> None:
+        port: Any
+        try:
+            if self.url.startswith("sim://"):
+                port = SimulatorPort(self.url, self.clock)
+            else:
+                port = serial.serial_for_url(
+                    self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=0.5
+                )
+        except LinkError:
+            raise
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise LinkError(f"{self.url}: cannot open the port ({err}); {_hint(self.url)}") from err
+        self._deframer.reset()
+        with self._port_lock:
+            self._port = port
+        self._port_ready.set()
+        self._write(b"\x00")
+
+    def _close_port(self) -> None:
+        with self._port_lock:
+            port, self._port = self._port, None
+        self._port_ready.clear()
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()
+
+    def _lost(self, err: BaseException) -> None:
+        if self._stop.is_set():
+            return
+        with self._port_lock:
+            had_port = self._port is not None
+        if not had_port:
+            return
+        log.warning("%s: link lost (%s)", self.url, err)
+        self._close_port()
+        self._state = "lost"
+        self._lost_since = time.monotonic()
+
+    def _write(self, data: bytes) -> None:
+        with self._write_lock:
+            with self._port_lock:
+                port = self._port
+            if port is None:
+                return
+            try:
+                port.write(data)
+            except (serial.SerialException, OSError, LinkError) as err:
+                self._lost(err)
+                return
+            self._last_tx_mono = time.monotonic()
+            self._last_tx_clock = self.clock.now()
+            self.stats.frames_sent += 1
+
+    # ================================================================ sending
+    def _next_seq(self) -> int:
+        return next(self._seq) & 0xFFFF
+
+    def _send_command(
+        self, cmd: Command, on_reply: Callable[[p.Message], None] | None = None
+    ) -> None:
+        if self._stop.is_set() or (self._state == "closed" and self._port is None):
+            raise LinkError(f"{self.url}: the link is closed")
+        wire = p.encode(cmd.msg, cmd.seq)
+        with self._lock:
+            self._outstanding[cmd.seq] = _Outstanding(
+                cmd, wire, time.monotonic() + self.ack_timeout_s, on_reply
+            )
+        cmd.sent_at = self.clock.now()
+        cmd.attempts = 1
+        self._write(wire)
+
+    def _wait_or_raise(self, cmd: Command, timeout: float | None) -> None:
+        """Wait for a reply, resending (same seq) each time the ACK timeout passes."""
+        limit = timeout if timeout is not None else self.ack_timeout_s * (self.retries + 1) + 0.5
+        end = time.monotonic() + limit
+        with self._lock:
+            out = self._outstanding.get(cmd.seq)
+            if out is not None:
+                out.waited = True
+        while cmd.reply is None:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            cmd._event.wait(min(remaining, 0.02))
+            mono = time.monotonic()
+            due = out is not None and cmd.reply is None and out.deadline <= mono
+            if due and out is not None and cmd.attempts <= self.retries:
+                cmd.attempts += 1
+                out.deadline = mono + self.ack_timeout_s
+                self.stats.retries += 1
+                self._write(out.wire)
+        if cmd.reply is None:
+            with self._lock:
+                self._outstanding.pop(cmd.seq, None)
+            self.stats.timeouts += 1
+            cmd._finish(TIMEOUT, self.clock.now(), f"no answer after {cmd.attempts} tries")
+            raise LinkError(
+                f"{self.url}: no answer to {cmd.kind} within {limit:.2f} s; "
+                f"is the controller connected and running the produce-sorter firmware?"
+            )
+
+    def _config_msg(self) -> p.Config:
+        n = self._n_gates if self._n_gates is not None else (self.info.n_gates if self.info else 1)
+        pulses = (
+            tuple(self._pulse_ms) if not isinstance(self._pulse_ms, int) else (self._pulse_ms,) * n
+        )
+        if len(pulses) != n:
+            raise LinkError(f"{self.url}: {len(pulses)} pulse lengths given for {n} gates")
+        return p.Config(round(self.heartbeat_s * 1000), round(self.status_s * 1000), pulses)
+
+    # ================================================================ handshake
+    def _shake_hands(self) -> None:
+        """HELLO until answered (an Uno resets when the port opens), CONFIG, RESUME, SYNC."""
+        deadline = time.monotonic() + self.open_timeout_s
+        info: p.HelloInfo | None = None
+        while info is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                raise LinkError(
+                    f"{self.url}: no answer to HELLO within {self.open_timeout_s:.1f} s; "
+                    f"{_hint(self.url)}"
+                )
+            cmd = Command(p.Hello(), self._next_seq())
+            self._send_command(cmd)
+            cmd.wait(min(0.3, remaining))
+            with self._lock:
+                self._outstanding.pop(cmd.seq, None)
+            if isinstance(cmd.reply, p.HelloInfo):
+                info = cmd.reply
+            if self._port is None:
+                raise LinkError(f"{self.url}: the port closed during the handshake")
+        if info.proto != PROTO_VERSION:
+            raise LinkError(
+                f"{self.url}: controller speaks protocol {info.proto}, this host speaks "
+                f"{PROTO_VERSION}; update the firmware or the sorter"
+            )
+        self.info = info
+        self.in_safe_state = bool(info.flags & p.FLAG_SAFE)
+        if self._n_gates is not None and self._n_gates > info.n_gates:
+            raise LinkError(
+                f"{self.url}: {self._n_gates} gates configured but the controller has "
+                f"{info.n_gates}; lower n_gates in the config"
+            )
+        reply = self.request(self._config_msg())
+        if isinstance(reply, p.Nak):
+            raise LinkError(f"{self.url}: controller refused CONFIG: {_nak_name(reply.reason)}")
+        if not self._want_safe:
+            self.request(p.Resume())
+        self.sync.reset()
+        for _ in range(5):
+            self.sync_once()
+
+    # ================================================================ reader
+    def _reader(self) -> None:
+        while not self._stop.is_set():
+            with self._port_lock:
+                port = self._port
+            if port is None:
+                self._port_ready.wait(0.05)
+                continue
+            try:
+                data = port.read(max(1, port.in_waiting))
+            except (serial.SerialException, OSError, LinkError, AttributeError, TypeError) as err:
+                self._lost(err)
+                continue
+            if not data:
+                continue
+            for frame in self._deframer.feed(data):
+                try:
+                    msg = p.decode(frame, sender="controller")
+                except ProtocolError as err:
+                    self.stats.bad_messages += 1
+                    log.debug("%s: ignoring frame: %s", self.url, err)
+                    continue
+                self.stats.frames_received += 1
+                try:
+                    self._dispatch(msg, frame.seq, p.body(msg, frame.seq))
+                except Exception:
+                    log.exception("%s: handling %s failed", self.url, p.describe(msg))
+
+    def _dispatch(self, msg: p.Message, seq: int, body: bytes) -> None:
+        if msg.TYPE in p.EVENT_TYPES:
+            with self._lock:
+                if self._seen.get(seq) == body:
+                    self.stats.duplicates += 1
+                    return
+                self._seen[seq] = body
+                self._seen.move_to_end(seq)
+                while len(self._seen) > 64:
+                    self._seen.popitem(last=False)
+            self._handle_event(msg)
+            with self._lock:
+                callbacks = list(self._callbacks)
+            for fn in callbacks:
+                _call(fn, msg)
+            return
+        acked_seq = getattr(msg, "acked_seq", None)
+        with self._lock:
+            out = self._outstanding.pop(acked_seq, None) if acked_seq is not None else None
+        if out is None:
+            log.debug("%s: reply to no outstanding command: %s", self.url, p.describe(msg))
+            return
+        cmd = out.cmd
+        cmd.reply = msg
+        cmd.acked = True
+        if out.on_reply is not None:
+            _call(out.on_reply, msg)
+        now = self.clock.now()
+        if isinstance(msg, p.Nak):
+            cmd.nak_reason = _nak_enum(msg.reason)
+            cmd._finish(NAK, now, _nak_name(msg.reason))
+        elif not isinstance(cmd.msg, p.Sort):
+            cmd._finish(ACKED, now)
+        if isinstance(msg, p.Nak) and isinstance(cmd.msg, p.Sort):
+            self._forget_sort(cmd)
+
+    def _handle_event(self, msg: p.Message) -> None:
+        now = self.clock.now()
+        if isinstance(msg, p.Fired | p.Late):
+            with self._lock:
+                cmd = self._sorts.get(msg.item)
+            if cmd is None:
+                log.debug("%s: %s for an unknown item", self.url, p.describe(msg))
+                return
+            cmd.acked = True
+            cmd.ctrl_time = msg.time
+            if isinstance(msg, p.Fired):
+                cmd.fired_at = self._host_time(msg.time, now)
+                self._resolve_sort(cmd, FIRED)
+            else:
+                self._resolve_sort(cmd, LATE, detail=f"late at controller time {msg.time}")
+        elif isinstance(msg, p.SafeState):
+            self.in_safe_state = bool(msg.entered)
+            if msg.entered:
+                reason = _enum_name(p.SafeReason, msg.reason)
+                log.warning("%s: controller entered the safe state (%s)", self.url, reason)
+                with self._lock:
+                    dropped = [c for c in self._sorts.values() if c.acked and not c.done()]
+                for cmd in dropped:
+                    self._resolve_sort(cmd, CANCELLED, detail=f"dropped: safe state {reason}")
+                if msg.reason == p.SafeReason.HEARTBEAT and self.auto_resume:
+                    self._resume_wanted = True
+        elif isinstance(msg, p.Status):
+            self.last_status = msg
+            self.in_safe_state = bool(msg.flags & p.FLAG_SAFE)
+        elif isinstance(msg, p.Fault):
+            log.warning("%s: controller fault %s", self.url, p.describe(msg))
+
+    def _host_time(self, ctrl_us: int, near: float) -> float | None:
+        try:
+            return self.sync.to_host(ctrl_us, near)
+        except RuntimeError:
+            return None
+
+    def _resolve_sort(self, cmd: Command, status: str, detail: str = "") -> None:
+        if cmd._finish(status, self.clock.now(), detail):
+            self._forget_sort(cmd)
+
+    def _forget_sort(self, cmd: Command) -> None:
+        item = cmd.item
+        with self._lock:
+            if item is not None and self._sorts.get(item) is cmd:
+                del self._sorts[item]
+            self._next_query.pop(cmd.seq, None)
+            out = self._outstanding.get(cmd.seq)
+            if out is not None and out.cmd is cmd:
+                del self._outstanding[cmd.seq]
+
+    # ================================================================ supervisor
+    def _heartbeat_virtual(self) -> bool:
+        return self.clock.virtual and isinstance(self._port, SimulatorPort)
+
+    def _next_heartbeat(self) -> float | None:
+        if self._state != "connected":
+            return None
+        return self._last_tx_clock + self.heartbeat_s / 4
+
+    def _virtual_heartbeat(self, t: float) -> None:
+        if self._state != "connected" or self._heartbeat_paused:
+            return
+        if t - self._last_tx_clock >= self.heartbeat_s / 4 - 1e-9:
+            self.send(p.Heartbeat())
+
+    def _supervise(self) -> None:
+        backoff = 0.1
+        next_attempt = 0.0
+        while not self._stop.wait(0.01):
+            try:
+                if self._state == "lost":
+                    if not self.reconnect or time.monotonic() < next_attempt:
+                        self._expire_while_lost()
+                        continue
+                    if self._try_reconnect():
+                        backoff = 0.1
+                    else:
+                        next_attempt = time.monotonic() + backoff
+                        backoff = min(backoff * 2, 2.0)
+                    continue
+                self._tick()
+            except LinkError as err:
+                log.warning("%s: %s", self.url, err)
+            except Exception:
+                log.exception("%s: supervisor step failed", self.url)
+
+    def _tick(self) -> None:
+        mono = time.monotonic()
+        now = self.clock.now()
+        self._retry_overdue(mono)
+        paused = self._heartbeat_paused > 0
+        beat_due = mono - self._last_tx_mono >= self.heartbeat_s / 4
+        if beat_due and not paused and not self._heartbeat_virtual():
+            self.send(p.Heartbeat())
+        if self._resume_wanted and not self._want_safe and not paused:
+            self._resume_wanted = False
+            self._send_command(Command(p.Resume(), self._next_seq()))
+        if not paused and now - self._last_sync_clock >= self.sync_interval_s:
+            self._last_sync_clock = now
+            self._start_sync()
+        self._query_overdue(now)
+
+    def _start_sync(self) -> None:
+        t_send = self.clock.now()
+
+        def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.SyncReply):
+                self.sync.add(SyncSample(t_send, self.clock.now(), reply.time))
+
+        self._send_command(Command(p.Sync(next(self._sync_echo)), self._next_seq()), on_reply)
+
+    def _retry_overdue(self, mono: float) -> None:
+        with self._lock:
+            overdue = [o for o in self._outstanding.values() if o.deadline <= mono and not o.waited]
+        for out in overdue:
+            cmd = out.cmd
+            if cmd.attempts <= self.retries:
+                cmd.attempts += 1
+                out.deadline = mono + self.ack_timeout_s
+                self.stats.retries += 1
+                self._write(out.wire)
+                continue
+            with self._lock:
+                self._outstanding.pop(cmd.seq, None)
+            if isinstance(cmd.msg, p.Sort):
+                # The SORT may have arrived with only its ACKs lost: ask before deciding.
+                self._query(cmd)
+            else:
+                self.stats.timeouts += 1
+                cmd._finish(TIMEOUT, self.clock.now(), f"no answer after {cmd.attempts} tries")
+
+    def _query_overdue(self, now: float) -> None:
+        with self._lock:
+            sorts = [c for c in self._sorts.values() if c.acked and not c.done()]
+        for cmd in sorts:
+            due = self._fate_due(cmd)
+            if due is None or now < due:
+                continue
+            with self._lock:
+                next_q = self._next_query.get(cmd.seq, 0.0)
+            if now >= next_q:
+                self._query(cmd)
+
+    def _fate_due(self, cmd: Command) -> float | None:
+        if cmd.fire_at is not None:
+            return cmd.fire_at + cmd.window_s + self.fate_margin_s
+        if isinstance(cmd.msg, p.Sort) and cmd.msg.mode == p.SortMode.NOW and cmd.sent_at:
+            return cmd.sent_at + self.fate_margin_s
+        return None
+
+    def _query(self, sort: Command) -> None:
+        item = sort.item
+        assert item is not None
+        with self._lock:
+            self._next_query[sort.seq] = self.clock.now() + max(0.2, 4 * self.ack_timeout_s)
+        self.stats.queries += 1
+        query = Command(p.Query(item), self._next_seq())
+
+        def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.FateReply):
+                self._apply_fate(sort, reply)
+
+        self._send_command(query, on_reply)
+
+    def _apply_fate(self, cmd: Command, reply: p.FateReply) -> None:
+        fate = reply.fate
+        if fate == p.Fate.PENDING:
+            cmd.acked = True
+            return
+        if fate == p.Fate.FIRED:
+            cmd.acked = True
+            cmd.ctrl_time = reply.time
+            cmd.fired_at = self._host_time(reply.time, self.clock.now())
+            self._resolve_sort(cmd, FIRED, detail="fate from QUERY")
+        elif fate == p.Fate.LATE:
+            cmd.ctrl_time = reply.time
+            self._resolve_sort(cmd, LATE, detail="fate from QUERY")
+        elif fate == p.Fate.CANCELLED:
+            self._resolve_sort(cmd, CANCELLED, detail="fate from QUERY")
+        elif fate == p.Fate.DROPPED:
+            self._resolve_sort(cmd, CANCELLED, detail="dropped: safe state (fate from QUERY)")
+        else:
+            if not cmd.acked and self._can_resend(cmd):
+                self._resend_sort(cmd)
+                return
+            self.stats.timeouts += 1
+            self._resolve_sort(cmd, TIMEOUT, detail="controller does not know the item")
+
+    def _can_resend(self, cmd: Command) -> bool:
+        if cmd.fire_at is None:
+            return False
+        return self.clock.now() < cmd.fire_at - self.ack_timeout_s
+
+    def _resend_sort(self, cmd: Command) -> None:
+        """A SORT the controller never saw and that is still in time: send it anew."""
+        assert isinstance(cmd.msg, p.Sort)
+        with self._lock:
+            self._next_query.pop(cmd.seq, None)
+        cmd.seq = self._next_seq()
+        if cmd.fire_at is not None and self.sync.synced:
+            msg = cmd.msg
+            target = self.sync.to_controller(cmd.fire_at)
+            cmd.msg = p.Sort(msg.item, msg.gate, msg.mode, target, msg.window_us)
+        log.info("%s: resending SORT for item %s (seq %d)", self.url, cmd.item, cmd.seq)
+        self._send_command(cmd)
+
+    # ================================================================ reconnect
+    def _expire_while_lost(self) -> None:
+        if self._lost_since is None:
+            return
+        now = self.clock.now()
+        with self._lock:
+            sorts = [c for c in self._sorts.values() if not c.done()]
+        for cmd in sorts:
+            due = self._fate_due(cmd)
+            if due is not None and now > due + self.lost_grace_s:
+                self.stats.timeouts += 1
+                self._resolve_sort(cmd, TIMEOUT, detail="link lost")
+
+    def _try_reconnect(self) -> bool:
+        with self._lock:
+            stale = list(self._outstanding.values())
+            self._outstanding.clear()
+        try:
+            self._open()
+            self._state = "connecting"
+            self._seen.clear()
+            self._shake_hands()
+        except LinkError as err:
+            log.info("%s: reconnect failed: %s", self.url, err)
+            self._close_port()
+            self._state = "lost"
+            with self._lock:
+                for out in stale:
+                    self._outstanding.setdefault(out.cmd.seq, out)
+            return False
+        self._state = "connected"
+        self._lost_since = None
+        self.stats.reconnects += 1
+        log.info("%s: reconnected", self.url)
+        now = self.clock.now()
+        for out in stale:
+            if isinstance(out.cmd.msg, p.Sort):
+                self._query(out.cmd)
+            elif not out.cmd.done():
+                self.stats.timeouts += 1
+                out.cmd._finish(TIMEOUT, now, "link lost before the answer")
+        with self._lock:
+            sorts = [c for c in self._sorts.values() if c.acked and not c.done()]
+        for cmd in sorts:
+            self._query(cmd)
+        return True
+
+
+def _nak_enum(reason: int) -> p.NakReason | None:
+    try:
+        return p.NakReason(reason)
+    except ValueError:
+        return None
+
+
+def _nak_name(reason: int) -> str:
+    return _enum_name(p.NakReason, reason)
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum(value).name)
+    except ValueError:
+        return f"code {value}"
+
+
+def _hint(url: str) -> str:
+    if url.startswith("socket://"):
+        return "check that the emulator or server is listening on that host and port"
+    if url.startswith("sim://"):
+        return "check the simulator options in the URL"
+    if "://" in url:
+        return "check the URL"
+    return (
+        "check the USB cable, that the device exists (ls /dev/ttyACM* /dev/sorter-controller) "
+        "and that you may open it (group dialout)"
+    )
