@@ -1,0 +1,90 @@
+"""`sorter-export`: turn a sorter-train run into a .tflite model for the device, and check it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sorter.errors import SorterError
+
+app = typer.Typer(
+    name="sorter-export",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Run folder from sorter-train (default: the newest under --runs)."),
+    ] = None,
+    quantize: Annotated[
+        bool,
+        typer.Option(
+            "--quantize/--float",
+            help="Full-integer int8 (uint8 raw-pixel input) or a float32 model.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output .tflite (default: <run>/model-int8.tflite)."),
+    ] = None,
+    calibration_images: Annotated[
+        int, typer.Option(help="Training images (stratified) used to calibrate int8 ranges.")
+    ] = 300,
+    threshold: Annotated[
+        float, typer.Option(help="Largest allowed accuracy drop vs the float model, in points.")
+    ] = 1.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write the model even if it fails the threshold.")
+    ] = False,
+    runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
+) -> None:
+    """Export a trained run to TFLite with its metadata, and compare it with the Keras model."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from training.export import ExportOptions, export_run, newest_run
+
+    def progress(msg: str) -> None:
+        typer.echo(f"  {msg}", err=True)
+
+    try:
+        run = run_dir if run_dir is not None else newest_run(runs)
+        opts = ExportOptions(
+            quantize=quantize,
+            out=out,
+            calibration_images=calibration_images,
+            threshold_points=threshold,
+            force=force,
+        )
+        result = export_run(run, opts, progress=progress)
+    except SorterError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from err
+    mode = result.metadata.quantization.get("mode", "?")
+    typer.echo(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KB, {mode})")
+    typer.echo(f"metadata {result.sidecar} (also embedded in the model)")
+    for f in result.fidelity:
+        typer.echo(
+            f"{f.split:>5}: float {f.float_accuracy:.2%}  {mode} {f.exported_accuracy:.2%}  "
+            f"({-f.drop_points:+.1f} points)  agreement {f.agreement:.2%}  "
+            f"mean |dp| {f.mean_abs_prob_diff:.4f}  [{f.images} images]"
+        )
+    if result.forced:
+        typer.echo(
+            f"warning: accuracy drop beyond {threshold:g} points; written (--force)", err=True
+        )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
