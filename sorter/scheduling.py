@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from firmware_bridge.errors import BridgeError
 from sorter.config import Config
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class Scheduled:
     fire_at: float | None
     """Ideal fire time on the source timeline, or None."""
     status: str
-    """"pending" (sent, fate to come), "late" (not sent: too late), "dry-run" or "rejected"."""
+    """"pending" (sent, fate to come), "late" (not sent: too late), "timeout" (the link
+    could not take it), "dry-run" or "rejected" (no gate)."""
     command: Any | None = None
     """The link's Command when a SORT was sent."""
 
@@ -135,7 +137,11 @@ class Scheduler:
             )
             return Scheduled(item, gate, fire_at, "late")
         assert self.link is not None
-        cmd = self.link.sort(item, gate, fire_at=fire_host, window_s=self.window_s)
+        try:
+            cmd = self.link.sort(item, gate, fire_at=fire_host, window_s=self.window_s)
+        except BridgeError as err:  # link lost or not synced: the item rides to reject
+            log.error("item %d: SORT not sent: %s", item, err)
+            return Scheduled(item, gate, fire_at, "timeout")
         if on_done is not None:
             cmd.add_done_callback(on_done)
         return Scheduled(item, gate, fire_at, "pending", cmd)
