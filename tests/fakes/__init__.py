@@ -1,0 +1,1 @@
+"""Stand-ins for hardware that cannot exist on a test machine, and small data makers."""
