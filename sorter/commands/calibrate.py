@@ -512,33 +512,15 @@ def _camera_session(
     camera: int | None,
     ask: Callable[[str], str],
 ) -> list[Trial]:
-    from sorter import sources, tracking, vision
+    from sorter import sources
+    from sorter.pipeline import make_locator, make_tracker
 
     cam = config.camera
     settings = sources.CameraSettings(
         size=(cam.width, cam.height), fps=cam.fps, backend=cam.backend
     )
-    background = None
-    if config.locate.method == "background":
-        background = vision.BackgroundModel.load(config.locate.background)
-    locator = vision.Locator(
-        vision.LocatorConfig(
-            method=config.locate.method,
-            min_area_px=config.locate.min_area_px,
-            max_area_px=config.locate.max_area_px,
-            threshold=config.locate.threshold,
-        ),
-        background,
-    )
-    tracker = tracking.Tracker(
-        tracking.TrackerConfig(
-            direction=config.belt.direction,
-            line=config.belt.decision_line * cam.width,
-            max_jump_px=config.track.max_jump_px,
-            max_missed=config.track.max_missed_frames,
-        ),
-        frame_size=(cam.width, cam.height),
-    )
+    locator = make_locator(config)
+    tracker = make_tracker(config, (cam.width, cam.height))
     with sources.CameraSource(cam.index if camera is None else camera, settings) as source:
         trigger = camera_trigger(iter(source), locator.locate, tracker, timeout_s=120.0)
         return run_session(

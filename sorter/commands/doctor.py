@@ -258,7 +258,7 @@ def check_camera(
 
 def check_controller(url: str, *, expected_gates: int = 0, timeout_s: float = 5.0) -> Check:
     """The controller at `url` answers HELLO with protocol version 1 (and enough gates)."""
-    from firmware_bridge import protocol
+    from firmware_bridge.framing import PROTO_VERSION
 
     try:
         info, rtt = _controller_hello(url, timeout_s)
@@ -266,7 +266,7 @@ def check_controller(url: str, *, expected_gates: int = 0, timeout_s: float = 5.
         return Check("controller", FAIL, str(err), _controller_hint(url))
     except Exception as err:  # firmware_bridge's own LinkError is not a SorterError
         return Check("controller", FAIL, f"{url}: {err}", _controller_hint(url))
-    wanted = getattr(protocol, "PROTOCOL_VERSION", 1)
+    wanted = PROTO_VERSION
     fw = f"{info.fw_major}.{info.fw_minor}.{info.fw_patch}"
     detail = (
         f"{url}: firmware {fw}, protocol {info.proto}, {info.n_gates} gates, "
@@ -294,21 +294,34 @@ def _controller_hint(url: str) -> str:
     if url.startswith("/dev/"):
         return (
             f"is the controller plugged in? `ls -l {url}`, `lsusb`; the user needs the dialout "
-            "group; see deploy/99-sorter-controller.rules"
+            "group (deploy/99-sorter-controller.rules); stop the service first "
+            "(systemctl stop produce-sorter): only one program can hold the port"
         )
     return "check [serial] url (a device path, socket://HOST:PORT or sim://)"
 
 
 def _controller_hello(url: str, timeout_s: float) -> tuple[Any, float]:
-    """HELLO the controller through firmware_bridge's link; (HelloInfo, round trip seconds)."""
+    """HELLO only (no CONFIG/RESUME: the doctor changes nothing); (HelloInfo, round trip s).
+
+    An Uno resets when its port opens, so HELLO is repeated until `timeout_s` has passed.
+    """
     from firmware_bridge.link import ControllerLink
 
-    link = ControllerLink(url)
-    t0 = time.monotonic()
-    with link:
-        info = link.hello(timeout=timeout_s) if hasattr(link, "hello") else link.info
-        rtt = time.monotonic() - t0
-    return info, rtt
+    link = ControllerLink(url, handshake=False, reconnect=False)
+    link.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            t0 = time.monotonic()
+            try:
+                info = link.hello(timeout=0.5)
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            return info, time.monotonic() - t0
+    finally:
+        link.close()
 
 
 def check_disk(paths: Iterable[str | Path], *, min_free_mb: float = MIN_FREE_MB) -> Check:
@@ -514,6 +527,7 @@ def doctor(
 
 def _print_table(results: list[Check]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="sorter doctor", show_lines=False)
@@ -522,7 +536,7 @@ def _print_table(results: list[Check]) -> None:
     table.add_column("found", overflow="fold")
     table.add_column("fix", overflow="fold")
     for c in results:
-        table.add_row(c.name, f"[{_STYLE[c.state]}]{c.state}[/]", c.detail, c.hint)
+        table.add_row(c.name, f"[{_STYLE[c.state]}]{c.state}[/]", escape(c.detail), escape(c.hint))
     console = Console()
     console.print(table)
     failed = [c.name for c in results if c.blocking]
