@@ -16,7 +16,9 @@ Open it through the link with a URL: `sim://?gates=9&encoder=0&ticks_per_s=1000&
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -558,3 +560,116 @@ class SimulatorPort:
             self._unsubscribe()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
+
+
+class SimulatorServer:
+    """The simulator on a TCP socket, so `socket://127.0.0.1:PORT` reaches it like the
+    firmware under QEMU. One client at a time; the controller keeps its state across
+    connections unless `reset_on_connect` (an Uno resets when its port is opened).
+    `disconnect()` drops the client (a pulled cable); tests use it for reconnects."""
+
+    def __init__(
+        self,
+        url: str = "sim://",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reset_on_connect: bool = False,
+    ) -> None:
+        self.sim_url = url
+        self.reset_on_connect = reset_on_connect
+        self._listener = socket.create_server((host, port))
+        self._listener.settimeout(0.1)
+        self.host, self.port = self._listener.getsockname()[:2]
+        self.port_obj = SimulatorPort(url)
+        self.connections = 0
+        """Clients accepted so far."""
+        self._client: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._accept_loop, name="sim-server-accept", daemon=True),
+            threading.Thread(target=self._pump_out, name="sim-server-out", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def url(self) -> str:
+        """The pyserial URL of this server."""
+        return f"socket://{self.host}:{self.port}"
+
+    @property
+    def controller(self) -> SimController:
+        """The simulated controller (its state, fire log...)."""
+        return self.port_obj.controller
+
+    def __enter__(self) -> SimulatorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def disconnect(self) -> None:
+        """Drop the current client, as if the cable were pulled."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            client.close()
+
+    def close(self) -> None:
+        """Stop serving and end the threads."""
+        self._stop.set()
+        self.disconnect()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self.port_obj.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            client.settimeout(0.1)
+            self.disconnect()
+            if self.reset_on_connect:
+                old = self.port_obj
+                self.port_obj = SimulatorPort(self.sim_url)
+                old.close()
+            with self._lock:
+                self._client = client
+                self.connections += 1
+            self._pump_in(client)
+
+    def _pump_in(self, client: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                data = client.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            with contextlib.suppress(LinkError):
+                self.port_obj.write(data)
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        client.close()
+
+    def _pump_out(self) -> None:
+        while not self._stop.is_set():
+            data = self.port_obj.read(4096)
+            if not data:
+                continue
+            with self._lock:
+                client = self._client
+            if client is None:
+                continue  # nobody listening: bytes are lost, as on a real UART
+            with contextlib.suppress(OSError):
+                client.sendall(data)

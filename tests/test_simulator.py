@@ -1,0 +1,292 @@
+"""The simulated controller's logic, driven with explicit controller times (no threads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from firmware_bridge import protocol as p
+from firmware_bridge.clock import VirtualClock
+from firmware_bridge.errors import LinkError
+from firmware_bridge.framing import Deframer
+from firmware_bridge.simulator import SimController, SimOptions, SimulatorPort, SimulatorServer
+
+
+class Bench:
+    """A SimController and a host-side decoder of what it says."""
+
+    def __init__(self, options: SimOptions | None = None, now: int = 0) -> None:
+        self.sim = SimController(options or SimOptions(gates=4), now)
+        self.now = now
+        self.seq = 0
+        self._deframer = Deframer()
+
+    def send(self, msg: p.Message, seq: int | None = None) -> list[p.Message]:
+        if seq is None:
+            seq = self.seq
+            self.seq += 1
+        self.sim.receive(p.encode(msg, seq), self.now)
+        return self.out()
+
+    def at(self, now: int) -> list[p.Message]:
+        self.now = now & 0xFFFFFFFF
+        self.sim.advance(self.now)
+        return self.out()
+
+    def out(self) -> list[p.Message]:
+        frames = self._deframer.feed(self.sim.take_output())
+        return [p.decode(f, sender="controller") for f in frames]
+
+    def configure(self, n: int = 4, heartbeat_ms: int = 200) -> None:
+        (ack,) = [m for m in self.send(p.Config(heartbeat_ms, 1000, (10,) * n)) if _reply(m)]
+        assert isinstance(ack, p.Ack)
+
+
+def _reply(m: p.Message) -> bool:
+    return m.TYPE in p.REPLY_TYPES
+
+
+def replies(msgs: list[p.Message]) -> list[p.Message]:
+    return [m for m in msgs if _reply(m)]
+
+
+def events(msgs: list[p.Message], kind: type[p.Message]) -> list[p.Message]:
+    return [m for m in msgs if isinstance(m, kind)]
+
+
+def test_status_at_boot_and_hello_info() -> None:
+    bench = Bench(SimOptions(gates=6, encoder=True))
+    assert events(bench.at(0), p.Status)
+    out = bench.send(p.Hello())
+    info = out[0]
+    assert isinstance(info, p.HelloInfo)
+    assert (info.proto, info.n_gates, info.queue_size, info.time_hz) == (1, 6, 16, 1_000_000)
+    assert info.flags & p.FLAG_ENCODER and not info.flags & p.FLAG_CONFIGURED
+    assert isinstance(out[1], p.Status)
+
+
+def test_sort_fires_exactly_at_target_and_pulses_the_gate() -> None:
+    bench = Bench()
+    bench.configure()
+    assert isinstance(bench.send(p.Sort(7, 2, p.SortMode.TIME, 5000, 100))[0], p.Ack)
+    assert not events(bench.at(4999), p.Fired)
+    (fired,) = events(bench.at(5000), p.Fired)
+    assert fired == p.Fired(7, 2, 5000, 0)
+    assert bench.sim.gate_is_high(2, 5000) and bench.sim.gate_is_high(2, 14_999)
+    bench.at(15_000)
+    assert not bench.sim.gate_is_high(2, 15_000)
+
+
+def test_next_event_points_at_the_target() -> None:
+    bench = Bench()
+    bench.configure()
+    bench.send(p.Sort(1, 0, p.SortMode.TIME, 3000, 0))
+    assert bench.sim.next_event(0) == 3000
+
+
+def test_window_passed_means_late_and_never_fired() -> None:
+    bench = Bench()
+    bench.configure()
+    bench.at(10_000)
+    out = bench.send(p.Sort(9, 1, p.SortMode.TIME, 8000, 1000))
+    assert isinstance(out[0], p.Ack)
+    assert events(out, p.Late) == [p.Late(9, 1, 10_000, 8000)]
+    assert not bench.sim.fire_log
+    ok = bench.send(p.Sort(10, 1, p.SortMode.TIME, 9500, 1000))
+    assert events(ok, p.Fired) and bench.sim.fire_log[0].item == 10
+
+
+def test_wrap_around_targets_fire_in_order() -> None:
+    start = 0xFFFFFFFF - 2000
+    bench = Bench(now=start)
+    bench.configure()
+    bench.send(p.Sort(1, 0, p.SortMode.TIME, (start + 1000) & 0xFFFFFFFF, 0))
+    bench.send(p.Sort(2, 1, p.SortMode.TIME, (start + 4000) & 0xFFFFFFFF, 0))
+    assert [m.item for m in events(bench.at(start + 1000), p.Fired)] == [1]  # type: ignore[attr-defined]
+    (second,) = events(bench.at(start + 4000), p.Fired)
+    assert isinstance(second, p.Fired) and second.time == (start + 4000) & 0xFFFFFFFF < start
+
+
+def test_naks_for_bad_sorts() -> None:
+    bench = Bench()
+    bench.at(0)
+    assert bench.send(p.Sort(1, 0, 0, 10, 0)) == [p.Nak(0, 3, p.NakReason.NOT_CONFIGURED)]
+    bench.configure(n=2)
+    cases = [
+        (p.Sort(1, 2, 0, 10, 0), p.NakReason.BAD_GATE),
+        (p.Sort(1, 0, 7, 10, 0), p.NakReason.BAD_VALUE),
+        (p.Sort(1, 0, p.SortMode.POSITION, 10, 0), p.NakReason.BAD_VALUE),
+        (p.Sort(1, 0, 0, (1 << 30) + 1, 0), p.NakReason.BAD_TARGET),
+    ]
+    for msg, reason in cases:
+        (nak,) = bench.send(msg)
+        assert isinstance(nak, p.Nak) and nak.reason == reason, msg
+
+
+def test_config_validation() -> None:
+    bench = Bench(SimOptions(gates=4))
+    for cfg, reason in [
+        (p.Config(500, 1000, ()), p.NakReason.BAD_GATE),
+        (p.Config(500, 1000, (5,) * 5), p.NakReason.BAD_GATE),
+        (p.Config(49, 1000, (5,)), p.NakReason.BAD_VALUE),
+        (p.Config(500, 99, (5,)), p.NakReason.BAD_VALUE),
+        (p.Config(500, 1000, (5, 0)), p.NakReason.BAD_VALUE),
+    ]:
+        (nak,) = replies(bench.send(cfg))
+        assert isinstance(nak, p.Nak) and nak.reason == reason, cfg
+
+
+def test_queue_full_and_one_sort_per_item() -> None:
+    bench = Bench()
+    bench.configure()
+    for item in range(p.QUEUE_SIZE):
+        assert isinstance(bench.send(p.Sort(item, 0, 0, 100_000 + item, 0))[0], p.Ack)
+    (nak,) = bench.send(p.Sort(99, 0, 0, 200_000, 0))
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.QUEUE_FULL
+    bench.send(p.Cancel(0))
+    (dup,) = bench.send(p.Sort(1, 0, 0, 200_000, 0))
+    assert isinstance(dup, p.Nak) and dup.reason == p.NakReason.BAD_VALUE
+
+
+def test_duplicate_seq_is_answered_again_not_executed_again() -> None:
+    bench = Bench()
+    bench.configure()
+    first = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)
+    again = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)
+    assert isinstance(first[0], p.Ack) and events(first, p.Fired)
+    assert again == [p.Ack(40, p.MsgType.SORT)]
+    assert [r.item for r in bench.sim.fire_log] == [5]
+    # a NAK is replayed too, and HELLO clears the window
+    (nak,) = bench.send(p.Cancel(77), seq=41)
+    assert bench.send(p.Cancel(77), seq=41) == [nak]
+    bench.send(p.Hello())
+    out = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)
+    assert isinstance(out[0], p.Ack) and len(bench.sim.fire_log) == 2
+
+
+def test_window_holds_sixteen_commands() -> None:
+    bench = Bench()
+    bench.configure()
+    for seq in range(100, 117):
+        bench.send(p.Cancel(seq), seq=seq)
+    executed = len(bench.sim.executed)
+    bench.send(p.Cancel(116), seq=116)  # still in the window
+    assert len(bench.sim.executed) == executed
+    bench.send(p.Cancel(100), seq=100)  # pushed out: executed again
+    assert len(bench.sim.executed) == executed + 1
+
+
+def test_sync_and_query_are_never_cached() -> None:
+    bench = Bench()
+    bench.configure()
+    (r1,) = bench.send(p.Sync(1), seq=60)
+    bench.at(5000)
+    (r2,) = bench.send(p.Sync(1), seq=60)
+    assert isinstance(r1, p.SyncReply) and isinstance(r2, p.SyncReply)
+    assert (r1.time, r2.time) == (0, 5000)
+
+
+def test_heartbeat_loss_enters_safe_state_and_drops_the_queue() -> None:
+    bench = Bench()
+    bench.configure(heartbeat_ms=200)
+    bench.send(p.Sort(1, 0, 0, 1_000_000, 0))
+    bench.send(p.Sort(2, 1, 0, 1_000_000 + 1, 0))
+    assert not events(bench.at(200_000), p.SafeState)
+    (entered,) = events(bench.at(200_001), p.SafeState)
+    assert entered == p.SafeState(1, p.SafeReason.HEARTBEAT, 2)
+    assert bench.sim.belt_stop
+    (nak,) = replies(out := bench.send(p.Sort(3, 0, 0, 2_000_000, 0)))
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.SAFE_STATE
+    assert events(out, p.SafeState) == [entered]  # re-sent once on the next host frame
+    assert not events(bench.send(p.Heartbeat()), p.SafeState)
+    (fate,) = bench.send(p.Query(1))
+    assert isinstance(fate, p.FateReply) and fate.fate == p.Fate.DROPPED
+    out = bench.send(p.Resume())
+    assert out == [p.Ack(out[0].acked_seq, p.MsgType.RESUME), p.SafeState(0, 4, 0)]  # type: ignore[attr-defined]
+    assert not bench.sim.belt_stop
+    assert isinstance(bench.send(p.Sort(3, 0, 0, 2_000_000, 0))[0], p.Ack)
+
+
+def test_heartbeats_keep_it_out_of_the_safe_state() -> None:
+    bench = Bench()
+    bench.configure(heartbeat_ms=200)
+    for t in range(50_000, 2_000_000, 150_000):
+        bench.at(t)
+        assert not events(bench.send(p.Heartbeat()), p.SafeState)
+    assert not bench.sim.state.safe
+
+
+def test_safe_command_and_fates() -> None:
+    bench = Bench()
+    bench.configure()
+    bench.send(p.Sort(1, 0, 0, 50_000, 0))
+    bench.send(p.Sort(2, 0, 0, 60_000, 0))
+    bench.send(p.Cancel(2))
+    bench.at(50_000)
+    out = bench.send(p.Safe())
+    assert isinstance(out[0], p.Ack) and out[1] == p.SafeState(1, p.SafeReason.COMMAND, 0)
+    fates = {item: bench.send(p.Query(item))[-1] for item in (1, 2, 3)}
+    assert [f.fate for f in fates.values()] == [p.Fate.FIRED, p.Fate.CANCELLED, p.Fate.UNKNOWN]  # type: ignore[attr-defined]
+    assert fates[1].time == 50_000  # type: ignore[attr-defined]
+
+
+def test_position_mode_with_encoder() -> None:
+    bench = Bench(SimOptions(gates=2, encoder=True, ticks_per_s=1000))
+    bench.configure(n=2, heartbeat_ms=60_000)
+    bench.send(p.Sort(1, 1, p.SortMode.POSITION, 50, 2))
+    assert not events(bench.at(49_000), p.Fired)
+    (fired,) = events(bench.at(50_000), p.Fired)
+    assert isinstance(fired, p.Fired) and fired.position == 50
+
+
+def test_malformed_frames_are_counted_or_nakked() -> None:
+    bench = Bench()
+    bench.sim.receive(b"\x05\x01\x02\x00" + b"\x7f" * 60 + b"\x00", 0)
+    wire = bytearray(p.encode(p.Hello(), 1))
+    wire[2] ^= 0xFF
+    bench.sim.receive(bytes(wire), 0)
+    bench.sim.receive(bytes.fromhex("0401421203A8E400"), 0)  # unknown type 0x42
+    out = bench.out()
+    assert replies(out) == [p.Nak(0x12, 0x42, p.NakReason.UNKNOWN_TYPE)]
+    (status,) = events(bench.send(p.Hello()), p.Status)
+    assert isinstance(status, p.Status)
+    assert (status.crc_errors, status.frame_errors) == (1, 2)
+
+
+def test_options_from_url() -> None:
+    opts = SimOptions.from_url("sim://?gates=3&encoder=1&ticks_per_s=250&time0=4294967295")
+    assert opts == SimOptions(gates=3, encoder=True, ticks_per_s=250.0, time0=0xFFFFFFFF)
+    with pytest.raises(LinkError, match="unknown simulator option 'gate'"):
+        SimOptions.from_url("sim://?gate=3")
+    with pytest.raises(LinkError, match="gates=0"):
+        SimOptions.from_url("sim://?gates=0")
+
+
+def test_port_on_a_virtual_clock_fires_at_virtual_targets() -> None:
+    clock = VirtualClock(100.0)
+    port = SimulatorPort("sim://?gates=2", clock)
+    try:
+        deframer = Deframer()
+        port.write(p.encode(p.Config(50, 1000, (5, 5)), 0))
+        port.write(p.encode(p.Sort(1, 1, 0, 2_500_000, 0), 1))
+        clock.advance(10.0)  # far past the heartbeat timeout too: both happen in order
+        msgs = [p.decode(f) for f in deframer.feed(port.read(4096))]
+        fired = events(msgs, p.Fired)
+        safe = events(msgs, p.SafeState)
+        assert fired == []  # heartbeat (50 ms) expired first: the SORT was dropped
+        assert safe == [p.SafeState(1, p.SafeReason.HEARTBEAT, 1)]
+        assert port.controller.state.safe
+    finally:
+        port.close()
+
+
+def test_server_serves_the_simulator_over_tcp() -> None:
+    import socket
+
+    with SimulatorServer("sim://?gates=2") as server:
+        with socket.create_connection((server.host, server.port), timeout=2) as conn:
+            conn.sendall(p.encode(p.Hello(), 9))
+            deframer = Deframer()
+            got: list[p.Message] = []
+            while not any(isinstance(m, p.HelloInfo) for m in got):
+                got += [p.decode(f) for f in deframer.feed(conn.recv(4096))]
+        assert any(isinstance(m, p.HelloInfo) and m.n_gates == 2 for m in got)
