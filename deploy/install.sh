@@ -159,10 +159,15 @@ check_platform() {
 
 find_model() {
     if [[ -z $MODEL ]]; then
-        local candidates=("$SOURCE_DIR"/models/*.tflite)
-        if [[ -e ${candidates[0]} ]]; then
-            MODEL=${candidates[0]}
-        fi
+        # The bundled default model (sorter.classifier looks for this name), else any .tflite.
+        local candidates=("$SOURCE_DIR/models/cucumber9-int8.tflite" "$SOURCE_DIR"/models/*.tflite)
+        local candidate
+        for candidate in "${candidates[@]}"; do
+            if [[ -f $candidate ]]; then
+                MODEL=$candidate
+                break
+            fi
+        done
     fi
     if [[ -n $MODEL && ! -f $MODEL ]]; then
         die "--model $MODEL: no such file (give the exported .tflite from sorter-export)"
@@ -253,11 +258,19 @@ step_config() {
     fi
     [[ -f $example ]] || die "$example missing: the checkout is incomplete (run 'sorter config init $example')"
     token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    # Fill the dashboard token (`token = ""` under [dashboard]) so binding off localhost is safe.
-    awk -v token="$token" '
+    local model_path=""
+    if [[ -n $MODEL ]]; then
+        model_path=$PREFIX/models/$(basename "$MODEL")
+    fi
+    # Fill in what only the installer knows: the dashboard token (so binding off localhost is
+    # safe) and the installed model's path, each only where the example leaves it empty ("").
+    awk -v token="$token" -v model="$model_path" '
         /^\[/ { section = $0 }
         section == "[dashboard]" && /^[[:space:]]*token[[:space:]]*=[[:space:]]*""/ {
             sub(/""/, "\"" token "\"")
+        }
+        section == "[model]" && model != "" && /^[[:space:]]*path[[:space:]]*=[[:space:]]*""/ {
+            sub(/""/, "\"" model "\"")
         }
         { print }
     ' "$example" | install_content "$config" 0640 "root:$SERVICE_USER"
