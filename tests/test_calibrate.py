@@ -260,3 +260,26 @@ def test_command_with_a_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["calibrate", "0", "-c", str(tmp_path / "none.toml")])
     assert result.exit_code == 2
     assert "config file not found" in result.output
+
+
+def test_session_against_the_simulated_controller() -> None:
+    import time
+
+    from firmware_bridge.link import ControllerLink
+
+    answers = iter(["10mm", "12mm", "8mm"])
+    with ControllerLink("sim://?gates=4") as link:
+        link.configure(4, 40)
+        trials = run_session(
+            link=link,
+            gate=3,
+            travel_s=0.05,
+            trigger=time.monotonic,
+            ask=lambda _p: next(answers),
+            say=lambda _s: None,
+            speed_mm_s=200.0,
+            trials=3,
+        )
+    assert [t.status for t in trials] == ["fired"] * 3
+    result = propose_offset(3, 0.0, [t.error_ms for t in trials if t.error_ms is not None])
+    assert result.new_offset_ms == pytest.approx(50.0) and result.trusted
