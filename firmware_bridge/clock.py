@@ -260,7 +260,7 @@ class SyncEstimator:
     def to_host(self, ctrl_us: int, near: float) -> float:
         """Controller time (u32 us) -> host time (s), taking the wrap nearest to `near`."""
         here = self.to_controller(near)
-        return near + _i32(ctrl_us - here) / 1e6
+        return near + _i32(ctrl_us - here) / 1e6 / (1.0 + self.rate)
 
 
 def _i32(x: int) -> int:

@@ -190,6 +190,7 @@ class ControllerLink:
         reconnect: bool = True,
         auto_resume: bool = True,
         handshake: bool = True,
+        port_factory: Callable[[], Any] | None = None,
     ) -> None:
         if heartbeat_s < 0.05:
             raise LinkError(f"{url}: heartbeat_s={heartbeat_s} is below the protocol's 0.05 s")
@@ -207,6 +208,7 @@ class ControllerLink:
         self.reconnect = reconnect
         self.auto_resume = auto_resume
         self.handshake = handshake
+        self._port_factory = port_factory
         self._n_gates = n_gates
         self._pulse_ms = pulse_ms
         self.sync = SyncEstimator()
@@ -228,6 +230,7 @@ class ControllerLink:
         self._outstanding: dict[int, _Outstanding] = {}
         self._sorts: dict[int, Command] = {}
         self._next_query: dict[int, float] = {}
+        self._query_failures: dict[int, int] = {}
         self._deframer = Deframer()
         self._seen: OrderedDict[int, bytes] = OrderedDict()
         self._callbacks: list[EventCallback] = []
@@ -462,7 +465,9 @@ class ControllerLink:
     def _open(self) -> None:
         port: Any
         try:
-            if self.url.startswith("sim://"):
+            if self._port_factory is not None:
+                port = self._port_factory()
+            elif self.url.startswith("sim://"):
                 port = SimulatorPort(self.url, self.clock)
             else:
                 port = serial.serial_for_url(
@@ -724,13 +729,16 @@ class ControllerLink:
             if item is not None and self._sorts.get(item) is cmd:
                 del self._sorts[item]
             self._next_query.pop(cmd.seq, None)
+            self._query_failures.pop(cmd.seq, None)
             out = self._outstanding.get(cmd.seq)
             if out is not None and out.cmd is cmd:
                 del self._outstanding[cmd.seq]
 
     # ================================================================ supervisor
     def _heartbeat_virtual(self) -> bool:
-        return self.clock.virtual and isinstance(self._port, SimulatorPort)
+        return self.clock.virtual and isinstance(
+            getattr(self._port, "sim_port", self._port), SimulatorPort
+        )
 
     def _next_heartbeat(self) -> float | None:
         if self._state != "connected":
@@ -810,15 +818,18 @@ class ControllerLink:
                 cmd._finish(TIMEOUT, self.clock.now(), f"no answer after {cmd.attempts} tries")
 
     def _query_overdue(self, now: float) -> None:
+        """QUERY acked SORTs whose FIRED/LATE is overdue, and re-QUERY (every few ACK
+        timeouts, real time) SORTs whose fate is still being asked for."""
+        mono = time.monotonic()
         with self._lock:
-            sorts = [c for c in self._sorts.values() if c.acked and not c.done()]
+            sorts = [c for c in self._sorts.values() if not c.done()]
+            asked = dict(self._next_query)
         for cmd in sorts:
-            due = self._fate_due(cmd)
-            if due is None or now < due:
-                continue
-            with self._lock:
-                next_q = self._next_query.get(cmd.seq, 0.0)
-            if now >= next_q:
+            if cmd.seq not in asked:
+                due = self._fate_due(cmd)
+                if not cmd.acked or due is None or now < due:
+                    continue
+            if mono >= asked.get(cmd.seq, 0.0):
                 self._query(cmd)
 
     def _fate_due(self, cmd: Command) -> float | None:
@@ -832,7 +843,7 @@ class ControllerLink:
         item = sort.item
         assert item is not None
         with self._lock:
-            self._next_query[sort.seq] = self.clock.now() + max(0.2, 4 * self.ack_timeout_s)
+            self._next_query[sort.seq] = time.monotonic() + max(0.2, 4 * self.ack_timeout_s)
         self.stats.queries += 1
         query = Command(p.Query(item), self._next_seq())
 
@@ -840,6 +851,17 @@ class ControllerLink:
             if isinstance(reply, p.FateReply):
                 self._apply_fate(sort, reply)
 
+        def on_done(q: Command) -> None:
+            if q.status != TIMEOUT or sort.done() or self._state != "connected":
+                return
+            with self._lock:
+                self._query_failures[sort.seq] = self._query_failures.get(sort.seq, 0) + 1
+                failures = self._query_failures[sort.seq]
+            if failures >= 2:
+                self.stats.timeouts += 1
+                self._resolve_sort(sort, TIMEOUT, detail="no answer to the SORT nor to QUERY")
+
+        query.add_done_callback(on_done)
         self._send_command(query, on_reply)
 
     def _apply_fate(self, cmd: Command, reply: p.FateReply) -> None:

@@ -1,0 +1,371 @@
+"""ControllerLink against the simulator: handshake, fates, retries, QUERY, reconnect, errors.
+
+Timing is asserted exactly only on a VirtualClock (deterministic); real-clock tests check
+outcomes, never durations.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from firmware_bridge import protocol as p
+from firmware_bridge.clock import SyncEstimator, SyncSample, VirtualClock
+from firmware_bridge.errors import LinkError
+from firmware_bridge.framing import Deframer
+from firmware_bridge.link import ControllerLink
+from firmware_bridge.simulator import SimulatorPort, SimulatorServer
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `cond` until true or `timeout` (a bound on waiting, not an assertion of speed)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+class FilterPort:
+    """A SimulatorPort with frames dropped on the way in (`drop_in`) or out (`drop_out`)."""
+
+    def __init__(
+        self,
+        sim_port: SimulatorPort,
+        drop_in: Callable[[p.Message, int], bool] = lambda m, seq: False,
+        drop_out: Callable[[p.Message], bool] = lambda m: False,
+    ) -> None:
+        self.sim_port = sim_port
+        self.drop_in = drop_in
+        self.drop_out = drop_out
+        self._in = Deframer()
+        self._out = Deframer()
+        self.dropped_in: list[p.Message] = []
+        self.dropped_out: list[p.Message] = []
+
+    @property
+    def in_waiting(self) -> int:
+        return self.sim_port.in_waiting
+
+    def write(self, data: bytes) -> int:
+        for frame in self._in.feed(data):
+            msg = p.decode(frame)
+            if self.drop_in(msg, frame.seq):
+                self.dropped_in.append(msg)
+                continue
+            self.sim_port.write(p.encode(msg, frame.seq))
+        return len(data)
+
+    def read(self, size: int = 1) -> bytes:
+        out = bytearray()
+        for frame in self._out.feed(self.sim_port.read(size)):
+            msg = p.decode(frame)
+            if self.drop_out(msg):
+                self.dropped_out.append(msg)
+                continue
+            out += p.encode(msg, frame.seq)
+        return bytes(out)
+
+    def close(self) -> None:
+        self.sim_port.close()
+
+
+@pytest.fixture
+def vclock() -> VirtualClock:
+    return VirtualClock(1000.0)
+
+
+@pytest.fixture
+def vlink(vclock: VirtualClock) -> Iterator[ControllerLink]:
+    with ControllerLink("sim://?gates=4", clock=vclock, heartbeat_s=0.2) as link:
+        yield link
+
+
+def sim_of(link: ControllerLink) -> Any:
+    port = link._port
+    return getattr(port, "sim_port", port).controller
+
+
+def test_handshake_on_the_simulator(vlink: ControllerLink) -> None:
+    assert vlink.state == "connected"
+    assert vlink.info is not None and vlink.info.n_gates == 4 and vlink.info.proto == 1
+    assert vlink.sync.synced and vlink.sync.best_delay == 0.0
+    ctrl = sim_of(vlink)
+    assert ctrl.state.configured and ctrl.state.heartbeat_ms == 200
+
+
+def test_virtual_replay_fires_every_gate_at_its_exact_time(
+    vlink: ControllerLink, vclock: VirtualClock
+) -> None:
+    base = vclock.now()
+    cmds = [vlink.sort(i, i % 4, base + 0.3 + 0.037 * i, 0.002) for i in range(12)]
+    vclock.advance(5.0)  # one jump far beyond every target and the heartbeat timeout
+    for cmd in cmds:
+        assert cmd.wait(5) == "fired"
+        assert cmd.fired_at == pytest.approx(cmd.fire_at, abs=1e-6)
+    fired = [r.time for r in sim_of(vlink).fire_log]
+    assert fired == sorted(fired) and len(fired) == 12
+    assert not vlink.in_safe_state  # heartbeats went out at their virtual times
+
+
+def test_long_fast_replay_never_trips_the_heartbeat(
+    vlink: ControllerLink, vclock: VirtualClock
+) -> None:
+    for step in range(200):
+        vclock.advance(0.5 if step % 10 else 3.0)
+    assert not sim_of(vlink).state.safe
+    assert vlink.stats.frames_sent > 200 * 0.5 / 0.05
+
+
+def test_silent_host_trips_safe_state_drops_sorts_then_auto_resumes(
+    vlink: ControllerLink, vclock: VirtualClock
+) -> None:
+    events: list[p.Message] = []
+    vlink.on_event(events.append)
+    cmd = vlink.sort(1, 0, vclock.now() + 1.0)
+    assert wait_for(lambda: cmd.acked)
+    with vlink.heartbeat_paused():
+        vclock.advance(0.25)
+    assert cmd.wait(5) == "cancelled" and "HEARTBEAT" in cmd.detail
+    assert wait_for(lambda: any(isinstance(e, p.SafeState) and e.entered for e in events))
+    assert wait_for(lambda: not sim_of(vlink).state.safe)  # the link RESUMEd by itself
+    again = vlink.sort(2, 0, vclock.now() + 0.1)
+    vclock.advance(0.2)
+    assert again.wait(5) == "fired"
+
+
+def test_safe_and_resume(vlink: ControllerLink, vclock: VirtualClock) -> None:
+    pending = vlink.sort(1, 0, vclock.now() + 1.0)
+    assert vlink.safe().wait(5) == "acked"
+    assert pending.wait(5) == "cancelled"
+    assert wait_for(lambda: vlink.in_safe_state)
+    refused = vlink.sort(2, 0, vclock.now() + 1.0)
+    assert refused.wait(5) == "nak" and refused.nak_reason == p.NakReason.SAFE_STATE
+    vclock.advance(1.0)
+    assert sim_of(vlink).state.safe  # no auto-resume after the host's own SAFE
+    assert vlink.resume().wait(5) == "acked"
+    assert wait_for(lambda: not vlink.in_safe_state)
+
+
+def test_cancel_late_and_nak(vlink: ControllerLink, vclock: VirtualClock) -> None:
+    keep = vlink.sort(1, 1, vclock.now() + 0.5)
+    drop = vlink.sort(2, 1, vclock.now() + 0.5)
+    assert vlink.cancel(2).wait(5) == "acked"
+    assert drop.wait(5) == "cancelled"
+    late = vlink.sort(3, 1, vclock.now() - 0.5, window_s=0.01)
+    assert late.wait(5) == "late"
+    bad = vlink.sort(4, 9, vclock.now() + 0.5)
+    assert bad.wait(5) == "nak" and bad.nak_reason == p.NakReason.BAD_GATE
+    assert vlink.cancel(42).wait(5) == "nak"
+    vclock.advance(1.0)
+    assert keep.wait(5) == "fired"
+    assert [r.item for r in sim_of(vlink).fire_log] == [1]
+
+
+def test_done_callbacks_and_events(vlink: ControllerLink, vclock: VirtualClock) -> None:
+    seen: list[str] = []
+    events: list[str] = []
+    vlink.on_event(lambda m: events.append(m.TYPE.name))
+    cmd = vlink.sort(5, 0, vclock.now() + 0.1)
+    cmd.add_done_callback(lambda c: seen.append(c.status))
+    vclock.advance(1.5)
+    assert cmd.wait(5) == "fired"
+    assert wait_for(lambda: seen == ["fired"] and "FIRED" in events and "STATUS" in events)
+    late_seen: list[str] = []
+    cmd.add_done_callback(lambda c: late_seen.append(c.status))  # already done: at once
+    assert late_seen == ["fired"]
+
+
+def test_lost_sort_frames_are_retried_with_the_same_seq_and_run_once(vclock: VirtualClock) -> None:
+    counts: dict[int, int] = {}
+
+    def drop_first_two(msg: p.Message, seq: int) -> bool:
+        if not isinstance(msg, p.Sort):
+            return False
+        counts[seq] = counts.get(seq, 0) + 1
+        return counts[seq] <= 2
+
+    holder: dict[str, FilterPort] = {}
+
+    def factory() -> FilterPort:
+        holder["port"] = FilterPort(SimulatorPort("sim://?gates=2", vclock), drop_in=drop_first_two)
+        return holder["port"]
+
+    with ControllerLink("sim://", clock=vclock, ack_timeout_s=0.05, port_factory=factory) as link:
+        cmd = link.sort(1, 0, vclock.now() + 1.0)
+        assert wait_for(lambda: cmd.acked)
+        assert cmd.attempts == 3 and link.stats.retries >= 2
+        assert list(counts.values()) == [3]  # one seq, sent three times
+        vclock.advance(2.0)
+        assert cmd.wait(5) == "fired"
+        assert [r.item for r in holder["port"].sim_port.controller.fire_log] == [1]
+
+
+def test_lost_acks_are_answered_again_not_executed_again(vclock: VirtualClock) -> None:
+    dropped = {"n": 0}
+
+    def drop_acks(msg: p.Message) -> bool:
+        if isinstance(msg, p.Ack) and msg.acked_type == p.MsgType.SORT and dropped["n"] < 2:
+            dropped["n"] += 1
+            return True
+        return False
+
+    port = FilterPort(SimulatorPort("sim://?gates=2", vclock), drop_out=drop_acks)
+    link = ControllerLink("sim://", clock=vclock, ack_timeout_s=0.05, port_factory=lambda: port)
+    with link:
+        cmd = link.sort(1, 0, vclock.now() + 1.0)
+        assert wait_for(lambda: cmd.acked)
+        vclock.advance(2.0)
+        assert cmd.wait(5) == "fired"
+        executed = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
+        assert executed == [cmd.seq] and dropped["n"] == 2
+
+
+def test_lost_fired_event_is_recovered_by_query(vclock: VirtualClock) -> None:
+    port = FilterPort(
+        SimulatorPort("sim://?gates=2", vclock), drop_out=lambda m: isinstance(m, p.Fired)
+    )
+    with ControllerLink(
+        "sim://", clock=vclock, fate_margin_s=0.05, port_factory=lambda: port
+    ) as link:
+        cmd = link.sort(1, 1, vclock.now() + 0.2)
+        vclock.advance(0.5)
+        assert cmd.wait(5) == "fired"
+        assert "QUERY" in cmd.detail and link.stats.queries >= 1
+        assert cmd.fired_at == pytest.approx(cmd.fire_at, abs=1e-6)
+        assert len(port.dropped_out) == 1
+
+
+def test_sort_without_any_answer_times_out(vclock: VirtualClock) -> None:
+    mute = {"on": False}
+    port = FilterPort(SimulatorPort("sim://?gates=2", vclock), drop_in=lambda m, s: mute["on"])
+    with ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=0.03, retries=2, port_factory=lambda: port
+    ) as link:
+        mute["on"] = True
+        cmd = link.sort(1, 1, vclock.now() + 5.0)
+        assert cmd.wait(10) == "timeout"  # no ACK, and QUERY unanswered twice
+        assert "QUERY" in cmd.detail and cmd.attempts == 3
+        vclock.advance(10.0)
+        assert not port.sim_port.controller.fire_log
+
+
+def test_real_clock_sorts_fire(tmp_path: Any) -> None:
+    with ControllerLink("sim://?gates=3") as link:
+        now = link.clock.now()
+        cmds = [link.sort(i, i % 3, now + 0.05 + 0.01 * i, window_s=0.05) for i in range(5)]
+        assert [c.wait(5) for c in cmds] == ["fired"] * 5
+        assert all(c.fired_at is not None for c in cmds)
+
+
+def test_reconnects_and_resolves_in_flight_commands() -> None:
+    with (
+        SimulatorServer("sim://?gates=3") as server,
+        ControllerLink(server.url, ack_timeout_s=0.1) as link,
+    ):
+        now = link.clock.now()
+        before = link.sort(1, 0, now + 0.6, window_s=0.05)
+        assert wait_for(lambda: before.acked)
+        server.disconnect()
+        assert wait_for(lambda: link.state != "connected" or link.stats.reconnects == 1)
+        during = link.sort(2, 1, link.clock.now() + 0.8, window_s=0.05)
+        assert wait_for(lambda: link.state == "connected")
+        assert before.wait(5) == "fired" and during.wait(5) == "fired"
+        assert link.stats.reconnects == 1 and server.connections == 2
+        items = sorted(r.item for r in server.controller.fire_log)
+        assert items == [1, 2]
+
+
+def test_controller_reset_while_away_means_timeout() -> None:
+    with (
+        SimulatorServer("sim://?gates=3", reset_on_connect=True) as server,
+        ControllerLink(server.url, ack_timeout_s=0.1) as link,
+    ):
+        cmd = link.sort(1, 0, link.clock.now() + 0.5, window_s=0.05)
+        assert wait_for(lambda: cmd.acked)
+        server.disconnect()
+        assert cmd.wait(5) == "timeout"
+        assert "does not know" in cmd.detail
+        assert link.state == "connected"
+
+
+def test_close_ends_every_thread_and_pending_command() -> None:
+    before = set(threading.enumerate())
+    link = ControllerLink("sim://?gates=2").start()
+    cmd = link.sort(1, 0, link.clock.now() + 60)
+    link.close()
+    assert cmd.status == "timeout" and link.state == "closed"
+    assert wait_for(lambda: set(threading.enumerate()) <= before)
+    with pytest.raises(LinkError, match="closed"):
+        link.sort(2, 0, link.clock.now() + 1)
+
+
+def test_missing_device_is_a_one_line_error_naming_it() -> None:
+    with pytest.raises(LinkError) as err:
+        ControllerLink("/dev/ttyDOES-NOT-EXIST").start()
+    text = str(err.value)
+    assert "/dev/ttyDOES-NOT-EXIST" in text and "check" in text and "\n" not in text
+
+
+def test_nobody_listening_on_socket_is_an_error() -> None:
+    with SimulatorServer() as server:
+        url = server.url
+    with pytest.raises(LinkError, match=url.replace("socket://", "")):
+        ControllerLink(url).start()
+
+
+def test_silent_port_gives_a_hello_timeout() -> None:
+    link = ControllerLink("loop://", open_timeout_s=0.3)
+    with pytest.raises(LinkError, match=r"no answer to HELLO within 0\.3 s"):
+        link.start()
+    assert link.state == "closed"
+
+
+def test_loop_without_handshake_ignores_its_own_echo() -> None:
+    with ControllerLink("loop://", handshake=False, reconnect=False) as link:
+        link.send(p.Heartbeat())
+        link.send_raw(b"\x01\x02\x00")
+        assert wait_for(lambda: link.stats.bad_messages >= 1)
+        assert link._deframer.frame_errors >= 1
+
+
+def test_bad_simulator_option_is_reported() -> None:
+    with pytest.raises(LinkError, match="unknown simulator option"):
+        ControllerLink("sim://?gatez=3").start()
+
+
+def test_sync_estimator_handles_wrap_and_drift() -> None:
+    est = SyncEstimator(window=8, rate_span_s=5.0)
+    rate = 0.002  # controller 2000 ppm fast
+    base = 0xFFFF0000
+    for k in range(8):
+        t = 100.0 + k * 1.0
+        delay = 0.004 if k % 3 else 0.001
+        ctrl = (base + round((t + delay / 2 - 100.0) * (1 + rate) * 1e6)) & 0xFFFFFFFF
+        est.add(SyncSample(t, t + delay, ctrl))
+    assert est.rate == pytest.approx(rate, rel=0.2)
+    t = 110.0
+    want = (base + round((t - 100.0) * (1 + rate) * 1e6)) & 0xFFFFFFFF
+    assert abs(p.time_diff(est.to_controller(t), want)) < 200
+    assert est.to_host(want, near=109.0) == pytest.approx(t, abs=2e-4)
+
+
+def test_virtual_clock_wakes_in_order_and_never_goes_back() -> None:
+    clock = VirtualClock(0.0)
+    seen: list[float] = []
+    wakes = [0.5, 0.2, 0.9]
+    unsubscribe = clock.subscribe(
+        seen.append, lambda: min((w for w in wakes if w > clock.now()), default=None)
+    )
+    clock.advance(1.0)
+    assert seen == [0.2, 0.5, 0.9, 1.0]
+    with pytest.raises(ValueError):
+        clock.set(0.5)
+    unsubscribe()
+    clock.advance(1.0)
+    assert seen[-1] == 1.0
