@@ -305,6 +305,10 @@ class RunOptions:
     """Install SIGINT/SIGTERM handlers (only from the main thread)."""
     classifier: ClassifierLike | None = None
     """An already loaded classifier (tests, benchmarks); else one is loaded from the model."""
+    source: FrameSource | None = None
+    """An already built frame source (instead of camera/video/images); treated as live."""
+    link: Any = None
+    """An already built controller link (instead of opening config.serial.url)."""
 
 
 @dataclass
@@ -438,7 +442,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
     if truth is not None:
         config = geometry_from_truth(config, truth)
         log.info("belt geometry from %s: %s", opts.truth, config.belt)
-    live = opts.camera is not None
+    live = opts.camera is not None or opts.source is not None
     url = config.serial.url
     sim = url.startswith("sim://")
     mode = opts.mode or ("realtime" if live or not (sim or opts.dry_run) else "fast")
@@ -458,7 +462,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
     Policy(config, classifier.labels)  # check per-grade thresholds against the labels early
 
     recorder = _StartRecorder(clock)
-    source = open_source(
+    source = opts.source or open_source(
         camera=opts.camera,
         video=opts.video,
         images=opts.images,
@@ -481,7 +485,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
     with contextlib.ExitStack() as stack:
         stack.enter_context(_Signals(stop, opts.handle_signals))
         if not opts.dry_run:
-            link = _open_link(config, url, clock)
+            link = opts.link if opts.link is not None else _open_link(config, url, clock)
             stack.enter_context(link)
             _configure_link(link, config)
             status.set_link(str(getattr(link, "state", "connected")), safe=False)
