@@ -50,6 +50,7 @@ from sorter.metadata import (
     sidecar_path,
 )
 from training import data as D
+from training.export_cli import native_output_captured
 from training.model import inference_model
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,13 @@ def convert(graph: keras.Model, calibration: np.ndarray | None) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    # Keras prints "Saved artifact at ..." for its temporary SavedModel: keep stdout clean.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    # Keras prints "Saved artifact at ..." for its temporary SavedModel and the converter's
+    # C++ side chats on stderr: keep both out of the user's terminal (debug log keeps them).
+    with (
+        native_output_captured(),
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         # TF1-era warning about quantized_input_stats; the representative set replaces them.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         try:
@@ -454,7 +460,7 @@ def export_run(
         calibration = x_train[stratified_sample(y_train, opts.calibration_images, opts.seed)]
         progress(f"calibrating int8 ranges on {len(calibration)} training images (stratified)")
     graph = export_graph(run.model, "float32" if opts.quantize else "uint8")
-    progress(f"converting to a {mode} TFLite model")
+    progress(f"converting to TFLite ({mode})")
     tflite = convert(graph, calibration)
     if opts.quantize:
         tflite = pin_raw_pixel_input(tflite)
@@ -471,7 +477,8 @@ def export_run(
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.tflite"
         probe_path.write_bytes(embed_metadata(tflite, meta.to_json().encode()))
-        clf = Classifier(probe_path)
+        with native_output_captured():  # LiteRT's delegate banner
+            clf = Classifier(probe_path)
         splits = [s for s in ("val", "test") if _split_size(run.path, s)] or ["train"]
         for split in splits:
             x, y = D.load_split_images(run.path, split)
