@@ -1,0 +1,108 @@
+"""Compare recipes on one dataset over several seeds (how the default arch was chosen).
+
+    python -m training.compare data/c9 --out runs/compare --seeds 1 2 \\
+        --recipe pi-cnn --recipe deep-mnist --recipe deep-mnist-literal
+
+Each run makes its own stratified split from its seed: 80% train, 10% validation (early
+stopping, checkpoint choice) and 10% test (scored once, never used for choices). One JSON
+line per run goes to OUT/results.jsonl as soon as the run ends; the table is printed at the
+end (mean and spread of the held-out accuracy over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+from training.model import AugmentConfig
+from training.train import TrainConfig, train
+
+RECIPES: dict[str, tuple[str, bool, float | None]] = {
+    "pi-cnn": ("pi-cnn", True, None),
+    "pi-cnn-noaug": ("pi-cnn", False, None),
+    "deep-mnist": ("deep-mnist", True, 3e-4),
+    "deep-mnist-literal": ("deep-mnist", False, 1e-4),
+    "softmax": ("softmax", False, None),
+}
+"""recipe name -> (arch, augmentation on, Adam learning rate or None for the arch default)."""
+
+
+def run(
+    data_dir: Path, out: Path, recipes: list[str], seeds: list[int], epochs: int, patience: int
+) -> None:
+    """Train every recipe for every seed; append one JSON line per run to OUT/results.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    for seed in seeds:
+        for name in recipes:
+            arch, aug, lr = RECIPES[name]
+            res = train(
+                TrainConfig(
+                    data_dir=data_dir,
+                    out=out / f"{name}-s{seed}",
+                    arch=arch,
+                    epochs=epochs,
+                    patience=patience,
+                    learning_rate=lr,
+                    seed=seed,
+                    val_fraction=0.1,
+                    test_fraction=0.1,
+                    augment=AugmentConfig() if aug else AugmentConfig.off(),
+                    reports=False,
+                    verbose=2,
+                )
+            )
+            row = {
+                "recipe": name,
+                "seed": seed,
+                "params": res.params,
+                "val": res.val_accuracy,
+                "test": res.test_accuracy,
+                "epochs": res.epochs_run,
+                "seconds": round(res.seconds, 1),
+            }
+            with results.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    table(results)
+
+
+def table(results: Path) -> None:
+    """Print the markdown table of OUT/results.jsonl (mean and spread over seeds)."""
+    rows = [json.loads(ln) for ln in results.read_text().splitlines() if ln.strip()]
+    print("| recipe | params | val acc | held-out acc (mean ± spread) | seeds | epochs | s/run |")
+    print("|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        rs = [r for r in rows if r["recipe"] == name]
+        te = [r["test"] for r in rs]
+        va = [r["val"] for r in rs]
+        spread = (max(te) - min(te)) / 2
+        print(
+            f"| {name} | {rs[0]['params']:,} | {statistics.mean(va):.1%} "
+            f"| {statistics.mean(te):.1%} ± {spread:.1%} | {len(rs)} "
+            f"| {statistics.mean(r['epochs'] for r in rs):.0f} "
+            f"| {statistics.mean(r['seconds'] for r in rs):.0f} |"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("runs/compare"))
+    ap.add_argument("--recipe", action="append", choices=sorted(RECIPES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--patience", type=int, default=20)
+    ap.add_argument("--table-only", action="store_true")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if a.table_only:
+        table(a.out / "results.jsonl")
+        return
+    run(a.data_dir, a.out, a.recipe or ["pi-cnn", "deep-mnist"], a.seeds, a.epochs, a.patience)
+
+
+if __name__ == "__main__":
+    main()
