@@ -87,6 +87,47 @@ def table(results: Path) -> None:
         )
 
 
+def int8_size_and_latency(run_dir: Path, repeats: int = 300) -> tuple[int, float]:
+    """Convert a run to a full-int8 LiteRT model (uint8 in) and time one-image inference.
+
+    Returns (model bytes, median milliseconds per image at one thread). A quick estimate for
+    the comparison; the shipped export (and its accuracy check) is sorter-export's job.
+    """
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from training.data import load_split_images
+    from training.evaluate import load_run_model
+    from training.model import inference_model
+
+    infer = inference_model(load_run_model(run_dir), batch_size=1)
+    x, _ = load_split_images(run_dir, "val")
+
+    def representative() -> object:
+        for img in x[:100]:
+            yield [img[None].astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(infer)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.uint8
+    blob = conv.convert()
+    interp = Interpreter(model_content=blob, num_threads=1)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]["index"]
+    times = []
+    for i in range(repeats):
+        interp.set_tensor(inp, x[i % len(x)][None])
+        t = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t)
+    return len(blob), 1000 * statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data_dir", type=Path)
@@ -96,8 +137,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--latency", type=Path, nargs="+", help="run folders to convert and time")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if a.latency:
+        for rd in a.latency:
+            size, ms = int8_size_and_latency(rd)
+            print(f"{rd}: int8 {size / 1e6:.2f} MB, {ms:.3f} ms/image (1 thread, median)")
+        return
     if a.table_only:
         table(a.out / "results.jsonl")
         return
