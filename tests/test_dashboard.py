@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import shutil
+import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -233,3 +240,191 @@ def test_parse_bind(text: str, expected: tuple[str, int]) -> None:
 def test_parse_bind_rejects_garbage() -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         parse_bind("host:port")
+
+
+# ------------------------------------------------------------------------------------------
+# In a real headless browser: Debian's chromium, driven over the DevTools protocol on a pipe
+# (--remote-debugging-pipe: JSON messages separated by NUL on fds 3 and 4; no extra packages).
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Browser:
+    """A headless chromium and one page, controlled with DevTools protocol commands."""
+
+    def __init__(self, profile: Path) -> None:
+        assert CHROMIUM is not None
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        args = [
+            "--headless",
+            "--no-sandbox",  # tests run as root in containers
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--window-size=1000,1400",
+            "about:blank",
+        ]
+        wrapper = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        self.proc = subprocess.Popen(
+            ["bash", "-c", wrapper, CHROMIUM, *args],
+            pass_fds=(to_browser_r, from_browser_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._buf = b""
+        self._id = 0
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        attached = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})
+        self.session = attached["sessionId"]
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self._id += 1
+        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_browser, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + 30.0
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    assert "error" not in reply, reply
+                    return dict(reply.get("result", {}))
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"chromium did not answer {method}"
+            ready, _, _ = select.select([self._from_browser], [], [], remaining)
+            if ready:
+                chunk = os.read(self._from_browser, 1 << 16)
+                assert chunk, "chromium closed the DevTools pipe"
+                self._buf += chunk
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", {"url": url}, self.session)
+
+    def js(self, expression: str) -> Any:
+        result = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, self.session
+        )
+        return result.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    def close(self) -> None:
+        os.close(self._to_browser)  # chromium exits when its pipe closes
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        os.close(self._from_browser)
+
+
+class _Replay:
+    """Plays a video through a real Status in real time, as the loop does: frames in and
+    processed, the latest frame with an item box, and a decision every `every` frames."""
+
+    def __init__(self, video: Path, status: Status, every: int = 4) -> None:
+        self.video, self.status, self.every = video, status, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from sorter.sources import VideoSource
+
+        grades = ("2L", "L", "M", "S", "C")
+        while not self.stop.is_set():
+            with VideoSource(self.video, realtime=True) as source:
+                for frame in source:
+                    if self.stop.is_set():
+                        return
+                    self.status.frame_in()
+                    x = 4 * (frame.index % 40)
+                    box = Overlay(id=frame.index // self.every, box=(x, 40, 30, 30))
+                    self.status.frame_done(frame.image, [box])
+                    if frame.index % self.every == 0:
+                        item = self.status.items + 1
+                        grade = grades[item % len(grades)]
+                        record = {
+                            "item": item,
+                            "t_line": frame.t,
+                            "label": grade,
+                            "confidence": 0.9,
+                            "bin": grade,
+                            "gate": item % 5,
+                            "status": "fired",
+                        }
+                        crop = frame.image[40:70, x : x + 30]
+                        self.status.decided(record, latency_s=0.004 * (item % 7), crop=crop)
+                        self.status.event("FIRED", f"item {item} gate {item % 5}")
+
+    def __enter__(self) -> _Replay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("replay") / "belt.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (160, 120))
+    for i in range(40):
+        frame = np.full((120, 160, 3), (20, 80, 200), np.uint8)
+        cv2.rectangle(frame, (4 * i, 40), (4 * i + 30, 70), (40, 200, 40), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
+def test_in_a_real_browser_counts_move_the_frame_shows_and_the_token_is_enforced(
+    tmp_path: Path, short_video: Path
+) -> None:
+    status = Status(url="sim://")
+    status.set_link("connected", safe=False)
+    browser = _Browser(tmp_path / "profile")
+    try:
+        with _Replay(short_video, status), serve(status, "127.0.0.1", 0) as srv:
+            browser.goto(srv.url)
+            items = "Number(document.getElementById('items').textContent)"
+            first = browser.wait_for(f"{items} > 0 && {items}")
+            browser.wait_for(f"{items} > {first}")  # the counts move
+            # the live view is a real decoded JPEG of the frame size
+            assert browser.wait_for("document.getElementById('frame').naturalWidth") == 160
+            assert browser.js("document.querySelectorAll('#bins .row').length") >= 2
+            assert browser.wait_for("document.querySelectorAll('#decisions tr').length") >= 1
+            assert browser.js("document.getElementById('link').textContent") == "link: connected"
+            assert browser.js("document.querySelectorAll('#hist div').length") == 9
+            assert (
+                browser.wait_for(
+                    "document.querySelector('#decisions img') && "
+                    "document.querySelector('#decisions img').naturalWidth"
+                )
+                == 30
+            )  # the crop of the latest decision
+        with _Replay(short_video, status), serve(status, "0.0.0.0", 0, token="farm-42") as srv:
+            browser.goto(srv.url)
+            body = browser.wait_for("document.body && document.body.innerText")
+            assert "token required" in body
+            browser.goto(srv.url + "?token=farm-42")
+            assert browser.wait_for(f"{items} > 0 && {items}")
+            assert browser.wait_for("document.getElementById('frame').naturalWidth") == 160
+            alarms = "document.getElementById('alarms').hidden"
+            assert browser.js(alarms) is True
+    finally:
+        browser.close()

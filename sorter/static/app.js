@@ -73,7 +73,9 @@
     bars("bins", s.bins);
     bars("grades", s.grades);
     histogram(lat);
-    $("events").replaceChildren(...(s.events || []).slice(0, 30).map((e) => {
+    // Periodic STATUS reports would drown the rest: show what happened, not the heartbeat.
+    const events = (s.events || []).filter((e) => e.kind !== "STATUS");
+    $("events").replaceChildren(...events.slice(0, 30).map((e) => {
       const li = el("li");
       li.append(el("span", "kind", e.kind), el("span", "", e.text + " (" + fmt(e.t, 1) + " s)"));
       return li;
