@@ -14,6 +14,7 @@ Pure: arrays in, a Verdict out.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ import numpy as np
 
 from sorter.config import Config
 from sorter.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,13 @@ class Policy:
                     f"thresholds.per_grade.{grade}: not a grade of the model "
                     f"(labels: {', '.join(self.labels)}); fix the config"
                 )
+        unmapped = [g for g in self.labels if g not in config.bins.grades]
+        if unmapped:
+            log.warning(
+                "grades %s of the model are not in [bins.grades]: they go to the %r bin",
+                ", ".join(unmapped),
+                config.bins.reject,
+            )
         self.reject_bin = config.bins.reject
         self.reject_gate = config.gate_for_bin(self.reject_bin)
 

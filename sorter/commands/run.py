@@ -165,6 +165,11 @@ def run_command(
     else:
         _print_summary(err_console, result.summary, result.scorecard)
     if "error" in result.summary:
+        typer.echo(
+            f"error: {result.summary['error']} ({result.summary['items']} decisions before it "
+            f"are kept in {config.logging.db})",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
