@@ -1,0 +1,130 @@
+"""`python -m benchmarks` (what `make bench` runs): all nine figures in one run.
+
+python -m benchmarks                 full run (~15 min on 2 cores), writes results/
+python -m benchmarks --smoke         tiny sizes, checks only that every figure is produced
+python -m benchmarks --only 3,4      a subset (still one table)
+"""
+
+from __future__ import annotations
+
+import os
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+from benchmarks import machine
+from benchmarks.core import REPO, Context
+from benchmarks.report import document, table
+from benchmarks.runner import FIGURES, run_figures
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cucumber-9" / "prototype_1"
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _parse_only(only: str | None) -> set[int] | None:
+    if not only:
+        return None
+    try:
+        wanted = {int(x) for x in only.split(",") if x.strip()}
+    except ValueError as err:
+        raise typer.BadParameter(f"--only {only!r}: give figure numbers like 3,4") from err
+    bad = wanted - {f.NUMBER for f in FIGURES}
+    if bad:
+        raise typer.BadParameter(f"--only: no figure {sorted(bad)}; figures are 1..9")
+    return wanted
+
+
+@app.command()
+def main(
+    smoke: bool = typer.Option(False, help="Tiny sizes (<= 60 s); checks figures are produced."),
+    only: str | None = typer.Option(None, help="Comma-separated figure numbers to run."),
+    out: Path | None = typer.Option(
+        None,
+        help="Markdown results file. Default: benchmarks/results/<machine>-<date>.md "
+        "for a full run, none for --smoke.",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write results as JSON."),
+    data: Path = typer.Option(
+        Path(os.environ.get("C9", str(DEFAULT_DATA))),
+        help="CUCUMBER-9 prototype_1 batches (env C9).",
+    ),
+    seed: int = typer.Option(0, help="Seed of the validation split and the generated belts."),
+    keep: bool = typer.Option(False, help="Keep the scratch directory (models, videos, logs)."),
+) -> None:
+    """Measure accuracy and speed, each figure against its baseline in the same run."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    wanted = _parse_only(only)
+    if not data.exists():
+        typer.echo(
+            f"error: CUCUMBER-9 data not found at {data}; pass --data DIR or set C9=DIR", err=True
+        )
+        raise typer.Exit(2)
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="sorter-bench-"))
+    ctx = Context(smoke=smoke, workdir=workdir, data_dir=data, seed=seed, python=sys.executable)
+    try:
+        results = run_figures(ctx, wanted)
+    finally:
+        if keep:
+            typer.echo(f"scratch kept in {workdir}", err=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = time.monotonic() - t0
+    mode = "smoke (tiny sizes; figures not meaningful)" if smoke else "full"
+    if not smoke:
+        ctx.note(
+            "The machine was shared with other work (builds, tests, training by other "
+            "developers) while this ran: treat absolute times as noisy; ratios against the "
+            "same-run baseline are the figures to compare."
+        )
+    info = machine.describe()
+    command = "python -m benchmarks" + " ".join(f" {a}" for a in sys.argv[1:])
+    doc = document(
+        results,
+        info,
+        title=f"Benchmarks {started:%Y-%m-%d} on {info['cpu']}",
+        started=f"{started:%Y-%m-%d %H:%M}",
+        total_s=total,
+        mode=mode,
+        notes=ctx.notes,
+        command=command.strip(),
+    )
+    typer.echo(table(results))
+    for n in ctx.notes:
+        typer.echo(f"- {n}")
+    typer.echo(f"total {total / 60:.1f} min")
+    if out is None and not smoke and wanted is None:
+        out = REPO / "benchmarks" / "results" / f"{machine.machine_slug()}-{started:%Y-%m-%d}.md"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(doc, encoding="utf-8")
+        typer.echo(f"written {out}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "mode": "smoke" if smoke else "full",
+            "machine": info,
+            "total_s": total,
+            "notes": ctx.notes,
+            "figures": [r.as_dict() for r in results],
+        }
+        json_out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,109 @@
+"""Figure 1: grading accuracy on CUCUMBER-9, float and int8, over 3 training seeds.
+
+The default architecture and the literal Deep-MNIST, each as the float Keras model and as
+the int8 LiteRT export, next to a softmax regression on the pixels trained the same way
+(same split, same recipe, same epoch budget). Accuracy is on a held-out split (fixed seed)
+that neither training nor early stopping saw; mean and spread (min-max) over the seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import models
+from benchmarks.core import Context, NotAvailable, Row, ratio
+
+NUMBER = 1
+TITLE = "Grading accuracy (CUCUMBER-9)"
+
+log = logging.getLogger(__name__)
+
+
+def missing() -> str | None:
+    return models.training_missing()
+
+
+def seeds(ctx: Context) -> list[int]:
+    return [0] if ctx.smoke else [0, 1, 2]
+
+
+def int8_accuracy(ctx: Context, arch: str, seed: int) -> float:
+    """Accuracy of the int8 export, run by the device's Classifier on the held-out split."""
+    from sorter.classifier import Classifier
+
+    path = models.exported(ctx, arch, seed, quantize=True)
+    run = models.trained(ctx, arch, seed)
+    x, y = models.test_arrays(ctx, run)
+    clf = Classifier(model_path=path, num_threads=2)
+    probs = np.concatenate([clf.classify(x[i : i + 64]) for i in range(0, len(x), 64)])
+    return float(np.mean(np.argmax(probs, axis=1) == y))
+
+
+def spread(values: list[float]) -> str:
+    """ "mean% (min-max)" of accuracies in [0, 1]."""
+    arr = 100 * np.asarray(values)
+    if arr.size == 1:
+        return f"{arr[0]:.1f}% (1 seed)"
+    return f"{arr.mean():.1f}% ({arr.min():.1f}-{arr.max():.1f})"
+
+
+def run(ctx: Context) -> list[Row]:
+    arch_list = models.archs()
+    default = arch_list[0]
+    if ctx.smoke:  # two trainings are enough to show the figure is produced
+        arch_list = [default, "softmax"]
+    float_acc: dict[str, list[float]] = {}
+    int8_acc: dict[str, list[float]] = {}
+    epochs_run: dict[str, list[int]] = {}
+    int8_reason = ""
+    for arch in arch_list:
+        for seed in seeds(ctx):
+            res = models.trained(ctx, arch, seed)
+            if res.test_accuracy is None:
+                raise RuntimeError(f"{res.run_dir}: no test accuracy; the split has no test/")
+            float_acc.setdefault(arch, []).append(float(res.test_accuracy))
+            epochs_run.setdefault(arch, []).append(int(res.epochs_run))
+            if arch == "softmax" or int8_reason or (ctx.smoke and arch != default):
+                continue
+            try:
+                int8_acc.setdefault(arch, []).append(int8_accuracy(ctx, arch, seed))
+            except NotAvailable as err:
+                int8_reason = str(err)
+    base = float(np.mean(float_acc["softmax"]))
+    n_seeds = len(seeds(ctx))
+    rows = []
+    for arch in arch_list:
+        kinds = [("float (Keras)", float_acc)]
+        if arch != "softmax":
+            kinds.append(("int8 (LiteRT)", int8_acc))
+        for kind, table in kinds:
+            values = table.get(arch)
+            label = f"{arch}{' (default)' if arch == default else ''} {kind}"
+            if not values:
+                rows.append(Row(label, f"not available: {int8_reason or 'no export'}"))
+                continue
+            rows.append(
+                Row(
+                    measure=label,
+                    value=spread(values),
+                    baseline="softmax regression, float",
+                    baseline_value=spread(float_acc["softmax"]),
+                    ratio=ratio(float(np.mean(values)), base),
+                    note=f"epochs run {epochs_run[arch]}" if kind.startswith("float") else "",
+                )
+            )
+    ctx.note(
+        f"Accuracy: {n_seeds} training seed(s) per network, epoch budget {models.epochs(ctx)} "
+        "per run (early stopping on val loss, best weights restored), recipe of "
+        "training.train (sorter-train) with its default augmentation (none for softmax); "
+        "int8 = the sorter-export full-integer model run by sorter.classifier."
+    )
+    ctx.cache["accuracy"] = {"float": float_acc, "int8": int8_acc}
+    return rows
+
+
+def run_dir(ctx: Context, arch: str, seed: int = 0) -> Path:
+    return Path(models.trained(ctx, arch, seed).run_dir)

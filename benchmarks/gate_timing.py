@@ -1,0 +1,142 @@
+"""Figure 8: gate timing against the emulated firmware, in real time.
+
+A few hundred SORT commands, each with a fire time a little ahead, are sent through
+ControllerLink to the real firmware running under qemu-system-avr; the controller reports
+when each gate fired and the link maps that back to the host clock. The error is fired time
+minus the ideal fire time. Baseline: the same sequence against the Python simulator (sim://)
+on the same monotonic clock, i.e. what the host side alone contributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from contextlib import AbstractContextManager
+from typing import Any
+
+from benchmarks.core import REPO, Context, NotAvailable, Row, fmt_ms, need_modules, percentiles
+
+NUMBER = 8
+TITLE = "Gate timing (fired - ideal)"
+
+log = logging.getLogger(__name__)
+
+LEAD_S = 0.15
+"""How far ahead of sending each command's fire time is (well past the safety margin)."""
+SPACING_S = 0.02
+"""Interval between commands' fire times: 7-8 commands pending at once, inside the queue of 16."""
+WINDOW_S = 0.1
+"""Window each SORT may still fire in: wide, so a late fire is measured rather than dropped."""
+LOOP_WINDOW_S = 0.005
+"""The loop's default window (serial.window_ms): fires later than this would be LATE there."""
+N_GATES = 9
+PULSE_MS = 10
+
+
+def missing() -> str | None:
+    if shutil.which("qemu-system-avr") is None:
+        return "qemu-system-avr not installed"
+    return need_modules("firmware_bridge.link", "firmware_bridge.clock") or (
+        None
+        if (REPO / "tests" / "qemu_controller.py").exists()
+        else "tests/qemu_controller.py (the firmware harness) not present yet"
+    )
+
+
+def _qemu() -> AbstractContextManager[str]:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.qemu_controller import qemu_controller
+
+    cm: AbstractContextManager[str] = qemu_controller()
+    return cm
+
+
+def fired_time(cmd: Any) -> float | None:
+    """The host-clock time the controller reported the gate fired (None if unknown)."""
+    for attr in ("fired_at", "fired_t", "t_fired", "fired_host"):
+        value = getattr(cmd, attr, None)
+        if value is not None:
+            return float(value)
+    return None
+
+
+def measure(url: str, n: int) -> dict[str, Any]:
+    """Send `n` SORTs over `url` in real time; return errors (s) and fate counts."""
+    from firmware_bridge.clock import MonotonicClock
+    from firmware_bridge.link import ControllerLink
+
+    clock = MonotonicClock()
+    link = ControllerLink(url, clock=clock)
+    errors: list[float] = []
+    fates: dict[str, int] = {}
+    with link:
+        link.configure(N_GATES, PULSE_MS)
+        cmds = []
+        t_first = clock.now() + LEAD_S
+        for i in range(n):
+            fire_at = t_first + i * SPACING_S
+            # Send each command LEAD_S before it is due, as the loop does.
+            while clock.now() < fire_at - LEAD_S:
+                time.sleep(0.001)
+            cmd = link.sort(item=i + 1, gate=i % N_GATES, fire_at=fire_at, window_s=WINDOW_S)
+            cmds.append((fire_at, cmd))
+        deadline = time.monotonic() + LEAD_S + 5.0
+        for fire_at, cmd in cmds:
+            cmd.wait(max(0.0, deadline - time.monotonic()))
+            status = str(getattr(cmd, "status", "?"))
+            fates[status] = fates.get(status, 0) + 1
+            fired = fired_time(cmd)
+            if status == "fired" and fired is not None:
+                errors.append(fired - fire_at)
+    return {"errors": errors, "fates": fates}
+
+
+def _row(label: str, stats: dict[str, float], base: dict[str, float], key: str, fates: str) -> Row:
+    ratio_text = "-"
+    if base[key] and stats[key] == stats[key] and base[key] == base[key]:
+        ratio_text = f"{abs(stats[key]) / max(abs(base[key]), 1e-6):.3g}x (|err|)"
+    return Row(
+        measure=f"{label} {key}",
+        value=fmt_ms(stats[key]),
+        baseline="simulator (sim://), same commands",
+        baseline_value=fmt_ms(base[key]),
+        ratio=ratio_text,
+        note=fates,
+    )
+
+
+def run(ctx: Context) -> list[Row]:
+    n = 12 if ctx.smoke else 300
+    try:
+        ctx_mgr = _qemu()
+    except ImportError as err:
+        raise NotAvailable(f"firmware harness: {err}") from err
+    sim = measure("sim://?gates=9", n)
+    with ctx_mgr as url:
+        qemu = measure(url, n)
+    if not qemu["errors"]:
+        return [
+            Row(
+                measure="firmware under QEMU",
+                value="no command fired (see fates)",
+                baseline="simulator (sim://), same commands",
+                baseline_value=f"fates {sim['fates']}",
+                note=f"n={n}, fates {qemu['fates']}: QEMU fell behind real time (machine loaded?)",
+            )
+        ]
+    stats = percentiles(qemu["errors"])
+    base = percentiles(sim["errors"])
+    beyond = sum(1 for e in qemu["errors"] if abs(e) > LOOP_WINDOW_S)
+    fates = (
+        f"n={n}, fates {qemu['fates']} (sim {sim['fates']}); window {WINDOW_S * 1000:.0f} ms, "
+        f"{beyond} fired more than {LOOP_WINDOW_S * 1000:.0f} ms off"
+    )
+    ctx.cache["gate_timing"] = {"qemu": stats, "sim": base}
+    return [
+        _row("firmware under QEMU", stats, base, "p50", fates),
+        _row("firmware under QEMU", stats, base, "p99", ""),
+        _row("firmware under QEMU", stats, base, "max", ""),
+    ]
