@@ -164,7 +164,7 @@ class VideoSource(FrameSource):
         self.fps = fps
         self.frame_count = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         self._cap = cap
-        self._first = first
+        self._first: np.ndarray | None = first
 
     def stop(self) -> None:
         if self._cap is not None:
@@ -179,6 +179,7 @@ class VideoSource(FrameSource):
         fps = self.fps
         t0 = self.clock.now()
         pending: np.ndarray | None = self._first
+        self._first = None
         index = 0
         while True:
             if pending is not None:
