@@ -228,6 +228,8 @@ step_dirs() {
     run install -d -m 0755 -o root -g root "$CONFIG_DIR"
     run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR" "$STATE_DIR/crops" "$LOG_DIR"
     run install -d -m 0755 "$PREFIX/models"
+    # The unit's Documentation= points here.
+    run install -m 0644 "$SCRIPT_DIR/README.md" "$PREFIX/README.md"
 }
 
 step_model() {
