@@ -127,13 +127,13 @@ def test_colour_classifier_grades_the_source_images(tmp_path: Path) -> None:
 def child_main() -> None:
     """`python -c 'from tests.test_pipeline_standins import child_main; child_main()' ARGS`:
     run the real loop on a video with the colour classifier (for the kill -9 test).
-    ARGS: VIDEO DB MODE."""
+    ARGS: VIDEO DB MODE JSONL."""
     from sorter.audit import DecisionLog
     from sorter.config import Config
     from sorter.pipeline import RunOptions, run
     from sorter.status import Status
 
-    video, db, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    video, db, mode, jsonl = sys.argv[1:5]
     truth = Path(video).with_suffix(".json")
     opts = RunOptions(
         video=Path(video),
@@ -143,5 +143,5 @@ def child_main() -> None:
         classifier=ColourClassifier(),
         progress=lambda st: print(f"frame {st.frames}", flush=True),
     )
-    result = run(Config(), opts, DecisionLog(db), Status())
+    result = run(Config(), opts, DecisionLog(db, jsonl_path=jsonl), Status())
     print(json.dumps(result.summary, default=str), flush=True)
