@@ -364,7 +364,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = _placeholder_jpeg("waiting for frames")
         else:
             image, overlays = frame
-            line_x = self.settings.status.snapshot().get("line_x")
+            status = self.settings.status
+            line_x = getattr(status, "line_x", None)
+            if line_x is None and not hasattr(status, "line_x"):
+                line_x = status.snapshot().get("line_x")
             body = self.settings.frame_cache.get(
                 frame, line_x, lambda: encode_jpeg(render_frame(image, overlays, line_x))
             )

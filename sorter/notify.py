@@ -117,14 +117,18 @@ class Notifier:
         return self.send(*lines)
 
     def watchdog(self, now: float | None = None) -> bool:
-        """WATCHDOG=1, at most once per half watchdog interval; returns True when sent."""
-        if self.socket_path is None:
-            return False
+        """WATCHDOG=1, at most once per half watchdog interval; returns True when sent.
+
+        Sends nothing when systemd runs no watchdog for this process (no `WATCHDOG_USEC`,
+        or a `WATCHDOG_PID` that is not ours), so calling it per frame costs nothing.
+        """
         interval = self.watchdog_interval()
+        if self.socket_path is None or interval is None:
+            return False
         t = time.monotonic() if now is None else now
         # Keep-alive at a quarter of the timeout is plenty; skip the rest.
         last = self._last_watchdog
-        if interval is not None and last is not None and t - last < interval / 2:
+        if last is not None and t - last < interval / 2:
             return False
         if self.send("WATCHDOG=1"):
             self._last_watchdog = t

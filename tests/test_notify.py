@@ -61,9 +61,18 @@ def test_watchdog_is_rate_limited_to_the_watchdog_interval(
     n.close()
 
 
-def test_watchdog_meant_for_another_pid_has_no_interval() -> None:
-    n = Notifier.from_env({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid() + 1)})
-    assert n.watchdog_interval() is None
+def test_no_watchdog_datagrams_when_systemd_runs_no_watchdog_for_us(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    sock, path = notify_socket
+    other = {"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    for env in ({"NOTIFY_SOCKET": path}, {"NOTIFY_SOCKET": path, **other}):
+        n = Notifier.from_env(env)
+        assert n.watchdog_interval() is None
+        assert [n.watchdog(now=float(t)) for t in range(5)] == [False] * 5
+        n.close()
+    assert n.status("still here")  # the socket works; only the keep-alives were skipped
+    assert sock.recv(4096) == b"STATUS=still here"
 
 
 def test_abstract_socket_names_are_supported() -> None:
@@ -91,7 +100,7 @@ def test_off_systemd_every_call_is_a_silent_no_op(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_vanished_socket_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    n = Notifier(socket_path=str(tmp_path / "gone.sock"))
+    n = Notifier(socket_path=str(tmp_path / "gone.sock"), watchdog_usec=2_000_000)
     assert n.ready() is False
     assert n.watchdog() is False
     assert "sd_notify" in caplog.text
