@@ -11,20 +11,17 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
+from tensorflow.lite.python import schema_py_generated as schema_fb
+from tensorflow.lite.tools import flatbuffer_utils
+from typer.testing import CliRunner
 
-tf = pytest.importorskip("tensorflow")  # the training extra; always installed by make test
-
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-from tensorflow.lite.python import schema_py_generated as schema_fb  # noqa: E402
-from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from sorter.classifier import Classifier  # noqa: E402
-from sorter.errors import DatasetError, ModelError  # noqa: E402
-from sorter.metadata import METADATA_NAME, ModelMetadata, read_embedded_metadata  # noqa: E402
-from training import data as D  # noqa: E402
-from training import export as E  # noqa: E402
-from training.export_cli import app as export_app  # noqa: E402
+from sorter.classifier import Classifier
+from sorter.errors import DatasetError, ModelError
+from sorter.metadata import METADATA_NAME, ModelMetadata, read_embedded_metadata
+from training import data as D
+from training import export as E
+from training.export_cli import app as export_app
 
 pytestmark = pytest.mark.slow
 
