@@ -196,6 +196,12 @@ def test_disk_space(tmp_path: Path) -> None:
     assert d.check_disk([""]).state == d.SKIP
 
 
+def test_disk_not_writable_is_reported(tmp_path: Path) -> None:
+    check = d.check_disk([tmp_path / "decisions.db"], min_free_mb=1, writable=lambda _p: False)
+    assert check.state == d.WARN
+    assert f"{tmp_path} is not writable" in check.detail and "sudo -u sorter" in check.hint
+
+
 def test_clock() -> None:
     assert d.check_clock(ntp_synchronized=lambda: True).state == d.OK
     unset = d.check_clock(wall=lambda: 0.0)

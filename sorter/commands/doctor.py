@@ -166,7 +166,12 @@ def check_config(path: str | Path | None) -> tuple[Check, Any]:
 
     if path is None:
         return (
-            Check("config", WARN, "no config file given: using the built-in defaults", "--config"),
+            Check(
+                "config",
+                WARN,
+                "no config file given: using the built-in defaults",
+                "pass --config PATH (the service reads /etc/produce-sorter/sorter.toml)",
+            ),
             Config(),
         )
     try:
@@ -324,9 +329,17 @@ def _controller_hello(url: str, timeout_s: float) -> tuple[Any, float]:
         link.close()
 
 
-def check_disk(paths: Iterable[str | Path], *, min_free_mb: float = MIN_FREE_MB) -> Check:
-    """Enough free space where the decision log and crops go (first existing parent)."""
-    findings, state = [], OK
+def check_disk(
+    paths: Iterable[str | Path],
+    *,
+    min_free_mb: float = MIN_FREE_MB,
+    writable: Callable[[Path], bool] = lambda p: os.access(p, os.W_OK),
+) -> Check:
+    """Enough free space where the decision log and crops go (first existing parent), and
+    writable by this user (run the doctor as the service user to check the service)."""
+    findings: list[str] = []
+    hints: list[str] = []
+    state = OK
     seen: set[int] = set()
     for raw in paths:
         if not str(raw):
@@ -335,21 +348,22 @@ def check_disk(paths: Iterable[str | Path], *, min_free_mb: float = MIN_FREE_MB)
         existing = p
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
+        if not writable(existing):
+            findings.append(f"{existing} is not writable by this user")
+            hints.append(f"run as the service user (sudo -u sorter ...) or fix {existing}'s owner")
+            state = FAIL if state == FAIL else WARN
         device = os.stat(existing).st_dev
-        if device in seen:  # one line per filesystem
+        if device in seen:  # one free-space line per filesystem
             continue
         seen.add(device)
-        usage = shutil.disk_usage(existing)
-        free_mb = usage.free / 1e6
+        free_mb = shutil.disk_usage(existing).free / 1e6
         findings.append(f"{p}: {free_mb:,.0f} MB free")
-        if free_mb < min_free_mb:
-            state = FAIL
-        elif free_mb < WARN_FREE_MB and state == OK:
-            state = WARN
+        if free_mb < max(min_free_mb, WARN_FREE_MB):
+            hints.append("free space or move [logging] db/crops_dir to a bigger disk")
+            state = FAIL if free_mb < min_free_mb else (WARN if state == OK else state)
     if not findings:
         return Check("disk", SKIP, "no log or crop paths configured")
-    hint = "" if state == OK else "free space or move [logging] db/crops_dir to a bigger disk"
-    return Check("disk", state, "; ".join(findings), hint)
+    return Check("disk", state, "; ".join(findings), "; ".join(dict.fromkeys(hints)))
 
 
 def check_clock(
