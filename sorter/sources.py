@@ -340,8 +340,11 @@ class CameraSource(FrameSource):
         cam = self._picam
         metadata: dict[str, Any] = {}
         for _ in range(max(1, self.settings.settle_frames)):
-            with cam.captured_request() as request:
+            request = self._picamera2_request()
+            try:
                 metadata = request.get_metadata()
+            finally:
+                request.release()
         controls: dict[str, Any] = {"AeEnable": False, "AwbEnable": False}
         for key in ("ExposureTime", "AnalogueGain", "ColourGains"):
             if key in metadata:
@@ -402,10 +405,29 @@ class CameraSource(FrameSource):
             yield Frame(index, self.clock.now(), image)
             index += 1
 
+    def _picamera2_request(self) -> Any:
+        """The next completed request, or SourceError when none comes within the timeout.
+
+        The caller releases it. Asks asynchronously (`wait=False`) and waits on the job with
+        a deadline, so a camera that stops delivering is reported, not waited on forever.
+        """
+        cam = self._picam
+        job = cam.capture_request(wait=False)
+        try:
+            return cam.wait(job, timeout=self.settings.read_timeout_s)
+        except TimeoutError as err:
+            raise SourceError(
+                f"camera {self.device}: stopped delivering frames for "
+                f"{self.settings.read_timeout_s:.1f} s; {CAMERA_HELP}"
+            ) from err
+
     def _read(self) -> np.ndarray | None:
         if self._picam is not None:
-            with self._picam.captured_request() as request:
+            request = self._picamera2_request()
+            try:
                 array = request.make_array("main")
+            finally:
+                request.release()  # every buffer goes back to the camera
             return np.ascontiguousarray(array[:, :, :3])
         if self._cap is None:
             return None

@@ -157,6 +157,7 @@ def no_picamera2(monkeypatch: pytest.MonkeyPatch) -> None:
 def fake_pi(monkeypatch: pytest.MonkeyPatch) -> object:
     monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2)
     monkeypatch.setattr(fake_picamera2, "BUSY", False)
+    monkeypatch.setattr(fake_picamera2, "STALL_AFTER", None)
     monkeypatch.setattr(fake_picamera2, "CAMERAS", list(fake_picamera2.CAMERAS))
     fake_picamera2.OPENED.clear()
     return fake_picamera2
@@ -213,6 +214,19 @@ def test_busy_picamera2_is_reported_with_the_reason(fake_pi: object) -> None:
         CameraSource(0, CameraSettings(backend="picamera2")),
     ):
         pass
+
+
+def test_picamera2_that_stops_delivering_is_reported(fake_pi: object) -> None:
+    fake_picamera2.STALL_AFTER = 8  # 5 settle frames, then 3 frames, then nothing
+    got = []
+    with (
+        pytest.raises(SourceError, match=r"camera 0: stopped delivering frames"),
+        CameraSource(0, CameraSettings(size=(32, 24), settle_frames=5)) as cam,
+    ):
+        got.extend(f.index for f in cam)
+    assert got == [0, 1, 2]
+    picam = fake_picamera2.OPENED[-1]
+    assert picam.outstanding == 0 and picam.closed
 
 
 def test_no_csi_camera_falls_back_to_opencv(fake_pi: object) -> None:

@@ -3,9 +3,10 @@
 Install it for a test with `monkeypatch.setitem(sys.modules, "picamera2", fake_module)`.
 It mimics picamera2 0.3.x: `Picamera2.global_camera_info()`, `Picamera2(camera_num)`,
 `create_video_configuration(main=..., controls=..., buffer_count=...)`, `configure`,
-`start`, `capture_array(name)`, `capture_metadata()`, `captured_request()` (a context
-manager yielding a request with `make_array(name)` / `get_metadata()` / `release()`),
-`set_controls`, `stop`, `close`, `camera_controls`, `sensor_resolution`.
+`start`, `capture_array(name)`, `capture_metadata()`, `capture_request(wait=False)` (a
+job) with `wait(job, timeout)`, `captured_request()` (a context manager yielding a request
+with `make_array(name)` / `get_metadata()` / `release()`), `set_controls`, `stop`, `close`,
+`camera_controls`, `sensor_resolution`.
 
 Frames: format "BGR888" (libcamera's name for R, G, B byte order) gives RGB arrays; the
 scene is a fixed colour (`SCENE_RGB`) with the frame number in pixel (0, 0). Automatic
@@ -40,6 +41,21 @@ BUSY = False
 
 OPENED: list[Picamera2] = []
 """Every camera object created (tests inspect their calls)."""
+
+STALL_AFTER: int | None = None
+"""When set, the camera delivers this many frames and then none (waits time out)."""
+
+
+class Job:
+    """What picamera2 hands back for `wait=False`: a result to wait for with a timeout."""
+
+    def __init__(self, camera: Picamera2) -> None:
+        self._camera = camera
+
+    def get_result(self, timeout: float | None = None) -> CompletedRequest:
+        if STALL_AFTER is not None and self._camera.frame >= STALL_AFTER:
+            raise TimeoutError("fake camera: no frame")  # the real one waits `timeout` first
+        return self._camera._next()
 
 
 class CompletedRequest:
@@ -196,16 +212,20 @@ class Picamera2:
         self.outstanding += 1
         return request
 
+    def wait(self, job: Job, timeout: float | None = None) -> CompletedRequest:
+        return job.get_result(timeout=timeout)
+
+    def capture_request(self, wait: Any = None, flush: Any = None) -> Any:
+        job = Job(self)
+        return job if wait is False else self.wait(job)
+
     @contextmanager
-    def captured_request(self, flush: Any = None, wait: Any = None) -> Iterator[CompletedRequest]:
-        request = self._next()
+    def captured_request(self, wait: Any = None, flush: Any = None) -> Iterator[CompletedRequest]:
+        request = self.capture_request(wait=wait, flush=flush)
         try:
             yield request
         finally:
             request.release()
-
-    def capture_request(self, flush: Any = None, wait: Any = None) -> CompletedRequest:
-        return self._next()
 
     def capture_array(self, name: str = "main", wait: Any = None) -> np.ndarray:
         with self.captured_request() as request:
