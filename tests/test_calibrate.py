@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,32 @@ def test_session_against_the_simulated_controller() -> None:
     assert [t.status for t in trials] == ["fired"] * 3
     result = propose_offset(3, 0.0, [t.error_ms for t in trials if t.error_ms is not None])
     assert result.new_offset_ms == pytest.approx(50.0) and result.trusted
+
+
+def test_camera_trigger_reports_when_the_marker_crosses_the_line() -> None:
+    import numpy as np
+
+    from sorter.commands.calibrate import camera_trigger
+    from sorter.config import Config, apply_overrides
+    from sorter.pipeline import make_locator, make_tracker
+    from sorter.sources import Frame
+
+    config = apply_overrides(Config(), {"locate.method": "color", "belt.decision_line": 0.5})
+    fps, speed_px_s = 20.0, 200.0
+
+    def frames() -> Iterator[Frame]:
+        for i in range(60):
+            t = i / fps
+            img = np.full((240, 320, 3), (230, 120, 40), np.uint8)  # orange belt
+            x = round(-40 + speed_px_s * t)  # a 60 px green marker entering from the left
+            if x + 60 > 0:
+                img[90:150, max(0, x) : max(0, x + 60)] = (40, 180, 60)
+            yield Frame(i, t, img)
+
+    locator = make_locator(config)
+    tracker = make_tracker(config, (320, 240))
+    trigger = camera_trigger(frames(), locator.locate, tracker, timeout_s=30.0)
+    t_line = trigger()
+    # the centre (x + 30) reaches the line at x = 130: t = (130 + 40) / 200 = 0.85 s
+    assert t_line == pytest.approx(0.85, abs=0.06)
+    assert trigger() is None  # the stream ended without another crossing
