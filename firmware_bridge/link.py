@@ -234,6 +234,7 @@ class ControllerLink:
         self._deframer = Deframer()
         self._seen: OrderedDict[int, bytes] = OrderedDict()
         self._callbacks: list[EventCallback] = []
+        self._msg_callbacks: list[EventCallback] = []
         self._stop = threading.Event()
         self._port_ready = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -405,10 +406,13 @@ class ControllerLink:
         self._last_sync_clock = self.clock.now()
         return sample[0]
 
-    def request(self, msg: p.Message, timeout: float | None = None) -> p.Message:
+    def request(
+        self, msg: p.Message, timeout: float | None = None, *, seq: int | None = None
+    ) -> p.Message:
         """Send a command and wait (with retries) for its reply; raise `LinkError` on
-        timeout. NAKs are returned, not raised."""
-        cmd = Command(msg, self._next_seq())
+        timeout. NAKs are returned, not raised. `seq` reuses a sequence number (tests of
+        the controller's duplicate window)."""
+        cmd = Command(msg, self._next_seq() if seq is None else seq & 0xFFFF)
         self._send_command(cmd)
         self._wait_or_raise(cmd, timeout)
         assert cmd.reply is not None
@@ -434,6 +438,19 @@ class ControllerLink:
             with self._lock:
                 if callback in self._callbacks:
                     self._callbacks.remove(callback)
+
+        return remove
+
+    def on_message(self, callback: EventCallback) -> Callable[[], None]:
+        """Call `callback(msg)` for every message from the controller, replies included
+        (monitors, tests). Returns a function that removes it."""
+        with self._lock:
+            self._msg_callbacks.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._msg_callbacks:
+                    self._msg_callbacks.remove(callback)
 
         return remove
 
@@ -576,16 +593,17 @@ class ControllerLink:
         return p.Config(round(self.heartbeat_s * 1000), round(self.status_s * 1000), pulses)
 
     # ================================================================ handshake
-    def _shake_hands(self) -> None:
-        """HELLO until answered (an Uno resets when the port opens), CONFIG, RESUME, SYNC."""
-        deadline = time.monotonic() + self.open_timeout_s
+    def wait_hello(self, timeout: float | None = None) -> p.HelloInfo:
+        """Send HELLO every 0.3 s until HELLO_INFO answers (an Uno resets when its port is
+        opened and its bootloader swallows the first bytes). Raises `LinkError`."""
+        limit = self.open_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
         info: p.HelloInfo | None = None
         while info is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
                 raise LinkError(
-                    f"{self.url}: no answer to HELLO within {self.open_timeout_s:.1f} s; "
-                    f"{_hint(self.url)}"
+                    f"{self.url}: no answer to HELLO within {limit:.1f} s; {_hint(self.url)}"
                 )
             cmd = Command(p.Hello(), self._next_seq())
             self._send_command(cmd)
@@ -596,6 +614,11 @@ class ControllerLink:
                 info = cmd.reply
             if self._port is None:
                 raise LinkError(f"{self.url}: the port closed during the handshake")
+        return info
+
+    def _shake_hands(self) -> None:
+        """HELLO until answered, check it, CONFIG, RESUME, SYNC."""
+        info = self.wait_hello()
         if info.proto != PROTO_VERSION:
             raise LinkError(
                 f"{self.url}: controller speaks protocol {info.proto}, this host speaks "
@@ -640,6 +663,10 @@ class ControllerLink:
                     log.debug("%s: ignoring frame: %s", self.url, err)
                     continue
                 self.stats.frames_received += 1
+                with self._lock:
+                    listeners = list(self._msg_callbacks)
+                for fn in listeners:
+                    _call(fn, msg)
                 try:
                     self._dispatch(msg, frame.seq, p.body(msg, frame.seq))
                 except Exception:
