@@ -18,11 +18,13 @@ app = typer.Typer(
 from sorter.commands import calibrate as _calibrate_cmd  # noqa: E402
 from sorter.commands import classify as _classify_cmd  # noqa: E402
 from sorter.commands import config as _config_cmd  # noqa: E402
+from sorter.commands import controller as _controller_cmd  # noqa: E402
 from sorter.commands import doctor as _doctor_cmd  # noqa: E402
 from sorter.commands import run as _run_cmd  # noqa: E402
 from sorter.commands import simulate as _simulate_cmd  # noqa: E402
 
 app.add_typer(_config_cmd.app, name="config")
+app.add_typer(_controller_cmd.app, name="controller")  # sorter controller ...
 app.command("run")(_run_cmd.run_command)  # sorter run
 _classify_cmd.register(app)  # sorter classify, sorter bench
 _simulate_cmd.register(app)  # sorter simulate-belt, sorter calibrate-belt
