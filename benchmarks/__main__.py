@@ -23,7 +23,7 @@ from pathlib import Path
 
 import typer
 
-from benchmarks import machine
+from benchmarks import machine, pi_estimate
 from benchmarks.core import REPO, Context
 from benchmarks.report import document, table
 from benchmarks.runner import FIGURES, run_figures
@@ -91,6 +91,15 @@ def main(
             "same-run baseline are the figures to compare."
         )
     info = machine.describe()
+    extra = []
+    if "model_cost" in ctx.cache:
+        extra.append(
+            "## Raspberry Pi: ESTIMATE, not measured\n\n"
+            "Expected int8 latency per crop, scaled from figure 3's multiply-accumulates and "
+            "published TensorFlow Lite figures for the Pi 4 and Pi 5 (sources and assumptions "
+            "in benchmarks/pi_estimate.py). Replace with a measured run on a Pi.\n\n"
+            + pi_estimate.table(ctx.cache["model_cost"])
+        )
     command = "python -m benchmarks" + " ".join(f" {a}" for a in sys.argv[1:])
     doc = document(
         results,
@@ -101,6 +110,7 @@ def main(
         mode=mode,
         notes=ctx.notes,
         command=command.strip(),
+        extra=extra,
     )
     typer.echo(table(results))
     for n in ctx.notes:

@@ -50,6 +50,7 @@ def document(
     mode: str,
     notes: list[str],
     command: str,
+    extra: list[str] | None = None,
 ) -> str:
     """The full results file: header, machine, the table, run notes and per-figure times."""
     out = [f"# {title}", ""]
@@ -69,6 +70,9 @@ def document(
         out.append("## Notes")
         out.append("")
         out.extend(f"- {n}" for n in notes)
+        out.append("")
+    for section in extra or []:
+        out.append(section)
         out.append("")
     out.append("## Time per figure")
     out.append("")
