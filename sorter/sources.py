@@ -280,6 +280,7 @@ class CameraSource(FrameSource):
         """The backend actually opened: "picamera2" or "opencv"."""
         self._picam: Any = None
         self._cap: Any = None
+        self._first_opencv: np.ndarray | None = None
         self._tried: list[str] = []
 
     # --- opening ---
@@ -368,7 +369,7 @@ class CameraSource(FrameSource):
             self._tried.append(f"OpenCV VideoCapture({self.device!r}): opened but no frame")
             return False
         self._cap = cap
-        self._first_opencv: np.ndarray | None = bgr
+        self._first_opencv = bgr
         self.backend = "opencv"
         if s.lock_exposure:
             # Best effort: V4L2 takes 1 for manual exposure; not every webcam honours it.
@@ -376,6 +377,8 @@ class CameraSource(FrameSource):
                 cap.read()
             cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, 1)
             cap.set(cv2.CAP_PROP_AUTO_WB, 0)
+            if s.settle_frames > 1:
+                self._first_opencv = None  # taken before exposure settled: not kept
         got = (bgr.shape[1], bgr.shape[0])
         if got != tuple(s.size):
             log.warning("camera %s delivers %sx%s, not the %sx%s asked", self.device, *got, *s.size)
@@ -431,9 +434,8 @@ class CameraSource(FrameSource):
             return np.ascontiguousarray(array[:, :, :3])
         if self._cap is None:
             return None
-        first = getattr(self, "_first_opencv", None)
-        if first is not None:
-            self._first_opencv = None
+        if self._first_opencv is not None:
+            first, self._first_opencv = self._first_opencv, None
             return as_rgb(first, source=self.name)
         deadline = time.monotonic() + self.settings.read_timeout_s
         while True:
