@@ -221,8 +221,8 @@ class Locator:
             mean = cv2.resize(bg.mean, (w, h), interpolation=cv2.INTER_AREA)
             spread = cv2.resize(bg.spread, (w, h), interpolation=cv2.INTER_AREA)
             tol = (self.config.spread_k * spread + self.config.threshold).astype(np.float32)
-            gray = mean.mean(axis=2)
-            self._scaled = _ScaledBackground(mean, tol, float(np.median(gray)))
+            gray = cv2.cvtColor(np.clip(mean + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+            self._scaled = _ScaledBackground(mean, tol, float(np.median(gray[::4, ::4])))
             self._scaled_for = shape
         return self._scaled
 
@@ -234,12 +234,16 @@ class Locator:
         c = self.config
         if c.method == "background":
             bg = self._background_at(small.shape[:2])
-            x = small.astype(np.float32)
             gain = 1.0
             if c.compensate_gain and bg.median_gray > 1.0:
-                gain = float(np.clip(np.median(x.mean(axis=2)) / bg.median_gray, 0.5, 2.0))
-            diff = np.abs(x - gain * bg.mean) - gain * bg.tolerance
-            raw = (diff.max(axis=2) > 0).astype(np.uint8) * 255
+                gray = cv2.cvtColor(small[::4, ::4], cv2.COLOR_RGB2GRAY)
+                gain = float(np.clip(np.median(gray) / bg.median_gray, 0.5, 2.0))
+            # |frame - gain * belt| > gain * tolerance, in any channel (uint8 OpenCV ops).
+            ref = cv2.convertScaleAbs(bg.mean, alpha=gain)
+            tol = cv2.convertScaleAbs(bg.tolerance, alpha=gain)
+            over = cv2.compare(cv2.absdiff(small, ref), tol, cv2.CMP_GT)
+            r, g, b = cv2.split(over)
+            raw = cv2.max(cv2.max(r, g), b)
         else:
             hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
             belt = cv2.inRange(hsv, np.array(c.belt_hsv_lower), np.array(c.belt_hsv_upper))
