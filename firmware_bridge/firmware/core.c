@@ -538,6 +538,20 @@ void core_rx_byte(core_t *c, uint8_t byte, uint32_t now, int32_t position)
     }
 }
 
+uint8_t core_due_soon(const core_t *c, uint32_t now, uint32_t horizon_us)
+{
+    if (c->safe) {
+        return 0;
+    }
+    for (uint8_t i = 0; i < c->queue_len && i < QUEUE_SIZE; i++) {
+        const pending_t *e = &c->queue[i];
+        if (e->mode != MODE_TIME || (int32_t)(e->target - now) < (int32_t)horizon_us) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 void core_poll(core_t *c, uint32_t now, int32_t position)
 {
     c->now = now;

@@ -86,6 +86,9 @@ void core_rx_byte(core_t *c, uint8_t byte, uint32_t now, int32_t position);
 /* Fires due commands, ends pulses, supervises the heartbeat, sends STATUS. Call often
  * (at least once a millisecond). */
 void core_poll(core_t *c, uint32_t now, int32_t position);
+/* True when a pending command may come due within `horizon_us` of `now` (TIME targets
+ * that close, any POSITION command): the caller should then poll without sleeping. */
+uint8_t core_due_soon(const core_t *c, uint32_t now, uint32_t horizon_us);
 /* Reports a fault (e.g. FAULT_RX_OVERFLOW from the UART driver). */
 void core_fault(core_t *c, uint8_t code, uint16_t detail);
 /* Enters the safe state now (gates low, belt stop, queue dropped). */

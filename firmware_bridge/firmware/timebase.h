@@ -32,10 +32,11 @@
 #error "TIMER1_PRESCALER must be 64, 256 or 1024"
 #endif
 
-/* A compare interrupt every TICK_COUNTS counts (256 us) raises a tick. Besides pacing
- * the main loop it is what makes QEMU's I/O thread run often enough to pass received
- * bytes on promptly. */
-#define TICK_COUNTS 4u
+/* A compare interrupt every TICK_COUNTS counts (1.024 ms) raises a tick that paces the
+ * main loop's housekeeping (pulse ends, heartbeat, STATUS); commands coming due within
+ * a tick are polled for without sleeping (avr_main.c). */
+#define TICK_COUNTS 16u
+#define TICK_US (TICK_COUNTS * US_PER_COUNT)
 #define TICK_GUARD 64u /* counts before the wrap without a tick (4 ms) */
 
 void timebase_init(void);
