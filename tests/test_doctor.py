@@ -266,3 +266,13 @@ def test_cli_exits_1_when_something_blocks(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "2 problem(s) block running: model, controller" in result.output
+
+
+@pytest.mark.qemu
+def test_controller_check_against_the_firmware_under_qemu() -> None:
+    from tests.qemu_controller import qemu_controller
+
+    with qemu_controller() as url:
+        check = d.check_controller(url, expected_gates=4, timeout_s=10.0)
+    assert check.state == d.OK, check
+    assert "protocol 1" in check.detail and url in check.detail
