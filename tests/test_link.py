@@ -369,3 +369,55 @@ def test_virtual_clock_wakes_in_order_and_never_goes_back() -> None:
     unsubscribe()
     clock.advance(1.0)
     assert seen[-1] == 1.0
+
+
+# ------------------------------------------------------------------ bench tools and CLIs
+def test_bench_ping_fire_and_monitor_on_the_simulator() -> None:
+    from firmware_bridge import bench
+
+    result = bench.ping("sim://?gates=5&encoder=1", count=3)
+    assert result.info.n_gates == 5 and result.samples == 3
+    text = "\n".join(result.lines())
+    assert "gates 5" in text and "encoder" in text
+    fired = bench.fire("sim://?gates=5", 4, pulse_ms=20)
+    assert (fired.status, fired.gate) == ("fired", 4)
+    with pytest.raises(LinkError, match=r"gate 5 does not exist; .* gates 0\.\.4"):
+        bench.fire("sim://?gates=5", 5)
+    lines: list[str] = []
+    stop = threading.Event()
+    worker = threading.Thread(target=bench.monitor, args=("sim://", lines.append, stop))
+    worker.start()
+    try:
+        assert wait_for(lambda: any("STATUS" in line for line in lines))
+        assert any(line.startswith("connected to sim://") for line in lines)
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+    assert not worker.is_alive()
+
+
+def test_sorter_controller_commands() -> None:
+    from typer.testing import CliRunner
+
+    from sorter.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["controller", "ping", "sim://?gates=3", "--count", "2"])
+    assert ok.exit_code == 0 and "gates 3" in ok.output
+    fire = runner.invoke(app, ["controller", "fire", "sim://", "2"])
+    assert fire.exit_code == 0 and "gate 2: fired" in fire.output
+    bad = runner.invoke(app, ["controller", "ping", "/dev/ttyNO-SUCH-PORT"])
+    assert bad.exit_code == 2
+    lines = [line for line in bad.output.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: /dev/ttyNO-SUCH-PORT: cannot open")
+
+
+def test_python_m_firmware_bridge(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware_bridge.__main__ import main
+
+    assert main(["ping", "sim://?gates=2", "--count", "1"]) == 0
+    assert "gates 2" in capsys.readouterr().out
+    assert main(["fire", "sim://", "1"]) == 0
+    assert main(["ping", "socket://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: socket://127.0.0.1:1: cannot open the port")
