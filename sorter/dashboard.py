@@ -158,8 +158,11 @@ def render_frame(
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()
     h, w = out.shape[:2]
-    scale = max(0.4, min(w, h) / 600.0)
-    thick = max(2, round(scale * 2))
+    # Sizes relative to the frame, so labels stay readable when a phone scales it down.
+    scale = max(0.4, min(w, h) / 320.0)
+    thick = max(2, round(scale * 1.5))
+    font = 0.45 * scale
+    font_thick = max(1, round(scale))
     if line_x is not None and math.isfinite(line_x):
         x = round(line_x)
         cv2.line(out, (x, 0), (x, h - 1), (255, 60, 60), thick, cv2.LINE_AA)
@@ -173,7 +176,7 @@ def render_frame(
             label += f" {ov['grade']} {100.0 * float(ov.get('confidence') or 0.0):.0f}%"
         if ov.get("bin"):
             label += f" -> {ov['bin']}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, font_thick)
         ty = y - 4 if y - th - base - 4 >= 0 else y + bh + th + 4
         cv2.rectangle(out, (x, ty - th - base), (x + tw + 4, ty + base), colour, cv2.FILLED)
         cv2.putText(
@@ -181,9 +184,9 @@ def render_frame(
             label,
             (x + 2, ty),
             cv2.FONT_HERSHEY_SIMPLEX,
-            0.5 * scale,
+            font,
             (0, 0, 0),
-            1,
+            font_thick,
             cv2.LINE_AA,
         )
     return out
