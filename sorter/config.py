@@ -145,9 +145,9 @@ class SerialConfig:
 
     url: str = "/dev/sorter-controller"
     """Device path, socket://HOST:PORT (emulated firmware) or sim:// (Python simulator)."""
-    heartbeat_ms: int = field(default=250, metadata=_rng(50, 60000))
+    heartbeat_ms: int = field(default=500, metadata=_rng(50, 60000))
     """Controller heartbeat timeout: silent this long, it puts the gates in the safe state."""
-    ack_timeout_ms: int = field(default=100, metadata=_rng(5, 10000))
+    ack_timeout_ms: int = field(default=250, metadata=_rng(5, 10000))
     """How long to wait for an ACK before resending a command."""
     retries: int = field(default=3, metadata=_rng(0, 20))
     """Resends of an unanswered command before it is reported as timeout."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from rich.console import Console
+from rich.table import Table
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 """Histogram buckets for the frame -> command latency, in seconds."""
@@ -275,3 +277,58 @@ def _overlay_dict(o: Overlay) -> dict[str, Any]:
         "confidence": o.confidence,
         "bin": o.bin,
     }
+
+
+# ------------------------------------------------------------------------------------
+# Terminal views
+
+
+def render_status(snap: dict[str, Any]) -> Table:
+    """The live terminal view of a status snapshot."""
+    t = Table(title="produce-sorter", show_header=False, expand=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    lat = snap.get("latency_ms", {})
+    p50, p99 = lat.get("p50"), lat.get("p99")
+    t.add_row("fps in / processed", f"{snap['fps_in']:.1f} / {snap['fps_processed']:.1f}")
+    t.add_row("frames / drops", f"{snap['frames']} / {snap['drops']}")
+    t.add_row("items / per min", f"{snap['items']} / {snap['items_per_min']:.0f}")
+    t.add_row("bins", " ".join(f"{k}:{v}" for k, v in sorted(snap["bins"].items())) or "-")
+    t.add_row("fates", " ".join(f"{k}:{v}" for k, v in sorted(snap["statuses"].items())) or "-")
+    t.add_row(
+        "latency p50 / p99",
+        "-" if p50 is None else f"{p50:.1f} / {p99:.1f} ms",
+    )
+    link = snap["link"]
+    t.add_row("link", f"{link['state']} {link['url']}" + (" SAFE" if link.get("safe") else ""))
+    for alarm in snap.get("alarms", []):
+        t.add_row("[red]alarm[/red]", f"[red]{alarm['text']}[/red]")
+    return t
+
+
+def print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> None:
+    """Print the end-of-run summary (and the scorecard when there is one)."""
+    t = Table(title="run summary", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    lat = summary.get("latency_s", {})
+    t.add_row(
+        "frames (in / processed / dropped)",
+        f"{summary['frames_in']} / {summary['frames']} / {summary['drops']}",
+    )
+    t.add_row("items decided", str(summary["items"]))
+    t.add_row("bins", " ".join(f"{k}:{v}" for k, v in sorted(summary["bins"].items())) or "-")
+    t.add_row("fates", " ".join(f"{k}:{v}" for k, v in sorted(summary["statuses"].items())))
+    if lat.get("n"):
+        t.add_row(
+            "latency frame -> command",
+            f"p50 {lat['p50'] * 1000:.1f} ms, p99 {lat['p99'] * 1000:.1f} ms",
+        )
+    t.add_row("wall time", f"{summary['wall_s']:.1f} s ({summary['mode']})")
+    if "error" in summary:
+        t.add_row("[red]stopped by[/red]", f"[red]{summary['error']}[/red]")
+    console.print(t)
+    if scorecard is not None:
+        from sorter.scorecard import render_scorecard
+
+        console.print(render_scorecard(scorecard))

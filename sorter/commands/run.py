@@ -12,13 +12,12 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from sorter.audit import DecisionLog
 from sorter.config import DEFAULT_PATH, Config, apply_overrides, load_config
 from sorter.errors import SorterError
 from sorter.pipeline import RunOptions, run
-from sorter.status import Status
+from sorter.status import Status, print_summary, render_status
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +39,6 @@ def _load(config_path: Path | None) -> tuple[Config, bool]:
     if DEFAULT_PATH.exists():
         return load_config(DEFAULT_PATH), True
     return Config(), False
-
-
-def status_table(snap: dict[str, Any]) -> Table:
-    """The live terminal view of a status snapshot."""
-    t = Table(title="produce-sorter", show_header=False, expand=False)
-    t.add_column("what", style="bold")
-    t.add_column("value")
-    lat = snap.get("latency_ms", {})
-    p50, p99 = lat.get("p50"), lat.get("p99")
-    t.add_row("fps in / processed", f"{snap['fps_in']:.1f} / {snap['fps_processed']:.1f}")
-    t.add_row("frames / drops", f"{snap['frames']} / {snap['drops']}")
-    t.add_row("items / per min", f"{snap['items']} / {snap['items_per_min']:.0f}")
-    t.add_row("bins", " ".join(f"{k}:{v}" for k, v in sorted(snap["bins"].items())) or "-")
-    t.add_row("fates", " ".join(f"{k}:{v}" for k, v in sorted(snap["statuses"].items())) or "-")
-    t.add_row(
-        "latency p50 / p99",
-        "-" if p50 is None else f"{p50:.1f} / {p99:.1f} ms",
-    )
-    link = snap["link"]
-    t.add_row("link", f"{link['state']} {link['url']}" + (" SAFE" if link.get("safe") else ""))
-    for alarm in snap.get("alarms", []):
-        t.add_row("[red]alarm[/red]", f"[red]{alarm['text']}[/red]")
-    return t
 
 
 def run_command(
@@ -123,14 +99,14 @@ def run_command(
         server = _start_dashboard(config, status, dashboard)
         live: Live | None = None
         if not as_json and err_console.is_terminal:
-            live = Live(status_table(status.snapshot()), console=err_console, auto_refresh=False)
+            live = Live(render_status(status.snapshot()), console=err_console, auto_refresh=False)
         last = [0.0]
 
         def progress(st: Status) -> None:
             now = time.monotonic()
             if live is not None and now - last[0] > 0.5:
                 last[0] = now
-                live.update(status_table(st.snapshot()), refresh=True)
+                live.update(render_status(st.snapshot()), refresh=True)
 
         opts = RunOptions(
             camera=cam,
@@ -148,7 +124,7 @@ def run_command(
             result = run(config, opts, decisions, status)
         finally:
             if live is not None:
-                live.update(status_table(status.snapshot()), refresh=True)
+                live.update(render_status(status.snapshot()), refresh=True)
                 live.stop()
             if server is not None:
                 server.stop()
@@ -163,7 +139,7 @@ def run_command(
     if as_json:
         typer.echo(json.dumps(result.summary, default=str))
     else:
-        _print_summary(err_console, result.summary, result.scorecard)
+        print_summary(err_console, result.summary, result.scorecard)
     if "error" in result.summary:
         typer.echo(
             f"error: {result.summary['error']} ({result.summary['items']} decisions before it "
@@ -184,30 +160,3 @@ def _start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
     server = dashboard.serve(status, host, port, token=config.dashboard.token or None)
     log.info("dashboard at %s", getattr(server, "url", f"http://{host}:{port}/"))
     return server
-
-
-def _print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> None:
-    t = Table(title="run summary", show_header=False)
-    t.add_column("what", style="bold")
-    t.add_column("value")
-    lat = summary.get("latency_s", {})
-    t.add_row(
-        "frames (in / processed / dropped)",
-        f"{summary['frames_in']} / {summary['frames']} / {summary['drops']}",
-    )
-    t.add_row("items decided", str(summary["items"]))
-    t.add_row("bins", " ".join(f"{k}:{v}" for k, v in sorted(summary["bins"].items())) or "-")
-    t.add_row("fates", " ".join(f"{k}:{v}" for k, v in sorted(summary["statuses"].items())))
-    if lat.get("n"):
-        t.add_row(
-            "latency frame -> command",
-            f"p50 {lat['p50'] * 1000:.1f} ms, p99 {lat['p99'] * 1000:.1f} ms",
-        )
-    t.add_row("wall time", f"{summary['wall_s']:.1f} s ({summary['mode']})")
-    if "error" in summary:
-        t.add_row("[red]stopped by[/red]", f"[red]{summary['error']}[/red]")
-    console.print(t)
-    if scorecard is not None:
-        from sorter.scorecard import render_scorecard
-
-        console.print(render_scorecard(scorecard))
