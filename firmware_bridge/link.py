@@ -329,6 +329,8 @@ class ControllerLink:
         """Fire `gate` for `item` at host-clock time `fire_at` (TIME mode), at belt
         `position` (POSITION mode, needs an encoder) or, with neither, now (NOW mode).
         Returns at once; the Command ends fired/late/nak/timeout/cancelled."""
+        if not 0 <= item <= 0xFFFFFFFF or not 0 <= gate <= 0xFF:
+            raise ValueError(f"item {item} must be a u32 and gate {gate} a u8")
         if position is not None:
             msg = p.Sort(item, gate, p.SortMode.POSITION, position & 0xFFFFFFFF, window_ticks)
         elif fire_at is not None:
@@ -456,7 +458,8 @@ class ControllerLink:
 
     @contextlib.contextmanager
     def heartbeat_paused(self) -> Iterator[None]:
-        """Send no heartbeats (nor re-SYNCs) inside the block: simulates a silent host."""
+        """Send no heartbeats, re-SYNCs or automatic RESUME inside the block: simulates a
+        silent host (retries and QUERYs of outstanding commands still go out)."""
         with self._lock:
             self._heartbeat_paused += 1
         try:
@@ -954,7 +957,10 @@ class ControllerLink:
             self._open()
             self._state = "connecting"
             self._seen.clear()
-            self._shake_hands()
+            if self.handshake:
+                self._shake_hands()
+            else:
+                self.info = self.wait_hello()
         except LinkError as err:
             log.info("%s: reconnect failed: %s", self.url, err)
             self._close_port()
