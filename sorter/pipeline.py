@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 import threading
 import time
@@ -497,6 +498,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
         )
         stack.enter_context(src)
         notify.ready()
+        last_notify = time.monotonic()
         timeline = Timeline(0.0)
         scheduler = Scheduler(config, clock, link, timeline=timeline, dry_run=opts.dry_run)
         try:
@@ -543,6 +545,11 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
                     loop.process(frame, received)
                 frames_seen += 1
                 notify.watchdog()
+                if link is not None:
+                    status.set_link(str(getattr(link, "state", "connected")))
+                if time.monotonic() - last_notify > 5.0:
+                    last_notify = time.monotonic()
+                    _notify_status(status)
                 if opts.progress is not None:
                     opts.progress(status)
         except SorterError as err:  # a source that broke mid-stream: keep what was done
@@ -654,12 +661,23 @@ def _stall(status: Status, link: Any, stall_s: float) -> None:
 
 
 def _on_event(status: Status, event: Any) -> None:
-    kind = type(event).__name__.upper()
+    """A controller event (FIRED, LATE, SAFE_STATE, FAULT...) for the status view."""
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).upper()  # SafeState
+    if kind == "STATUS":  # periodic, not news
+        return
     status.event(kind, str(event))
-    if kind in ("SAFESTATE", "SAFE_STATE"):
+    if kind == "SAFE_STATE":
         entered = bool(getattr(event, "entered", True))
         status.set_link("safe" if entered else "connected", safe=entered)
         status.alarm("safe_state", "controller in the safe state" if entered else None)
+
+
+def _notify_status(status: Status) -> None:
+    snap = status.snapshot()
+    notify.status(
+        f"{snap['fps_processed']:.1f} fps, {snap['items']} items, {snap['drops']} drops, "
+        f"link {snap['link']['state']}"
+    )
 
 
 def _flush_pending(

@@ -170,6 +170,10 @@ class Status:
                 self.link["safe"] = safe
             up = state in ("connected", "ready", "up")
             is_safe = bool(self.link["safe"])
+            if state in ("lost", "disconnected"):
+                self._alarms["controller_lost"] = "controller link lost; reconnecting"
+            else:
+                self._alarms.pop("controller_lost", None)
         self._m_link.set(1 if up else 0)
         self._m_safe.set(1 if is_safe else 0)
 
