@@ -727,10 +727,16 @@ class ControllerLink:
             else:
                 self._resolve_sort(cmd, LATE, detail=f"late at controller time {msg.time}")
         elif isinstance(msg, p.SafeState):
+            again = self.in_safe_state and bool(msg.entered)
             self.in_safe_state = bool(msg.entered)
             if msg.entered:
                 reason = _enum_name(p.SafeReason, msg.reason)
-                log.warning("%s: controller entered the safe state (%s)", self.url, reason)
+                level = (
+                    logging.INFO
+                    if again or msg.reason == p.SafeReason.COMMAND
+                    else (logging.WARNING)
+                )
+                log.log(level, "%s: controller in the safe state (%s)", self.url, reason)
                 with self._lock:
                     dropped = [c for c in self._sorts.values() if c.acked and not c.done()]
                 for cmd in dropped:

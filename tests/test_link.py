@@ -421,3 +421,60 @@ def test_python_m_firmware_bridge(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ping", "socket://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: socket://127.0.0.1:1: cannot open the port")
+
+
+def _pty_controller(master: int, stop: threading.Event) -> None:
+    """Bridge a pty master to a SimulatorPort: a 'device' at the slave's path."""
+    import os
+    import select
+
+    sim = SimulatorPort("sim://?gates=2")
+    try:
+        while not stop.is_set():
+            ready, _, _ = select.select([master], [], [], 0.01)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:
+                    return
+                sim.write(data)
+            out = sim.read(4096) if sim.in_waiting else b""
+            if out:
+                os.write(master, out)
+    finally:
+        sim.close()
+
+
+def test_a_device_path_works_like_any_other_port() -> None:
+    import os
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    path = os.ttyname(slave)
+    stop = threading.Event()
+    worker = threading.Thread(target=_pty_controller, args=(master, stop))
+    worker.start()
+    try:
+        with ControllerLink(path, reconnect=False) as link:
+            assert link.info is not None and link.info.n_gates == 2
+            assert link.sort(1, 1).wait(5) == "fired"
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_device_nobody_reads_does_not_hang_the_link() -> None:
+    import os
+
+    master, slave = os.openpty()
+    try:
+        link = ControllerLink(os.ttyname(slave), open_timeout_s=0.5, reconnect=False)
+        with pytest.raises(LinkError, match="no answer to HELLO"):
+            link.start()
+        assert link.state == "closed"
+    finally:
+        os.close(master)
+        os.close(slave)
