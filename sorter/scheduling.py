@@ -7,7 +7,9 @@ Times here are on two timelines:
   controller microseconds with SYNC. `Timeline` converts between the two (a camera's frames
   are already on the host clock: offset 0; a realtime replay starts the video at a host time).
 
-Fire time = t_line + distance_mm / speed_mm_s + the gate's offset_ms. A command whose fire
+Fire time = t_line + distance_mm / speed_mm_s + the gate's offset_ms. With an encoder
+(belt.encoder_ticks_per_mm) and a link that maps time to belt position, the SORT is sent
+in POSITION mode instead: position at t_line + distance_mm * ticks_per_mm. A command whose fire
 time is less than the safety margin ahead of the clock now is NOT sent: the item is logged
 `late` and rides to the reject lane, never fired late in silence.
 """
@@ -43,7 +45,16 @@ class CommandLike(Protocol):
 class LinkLike(Protocol):
     """The part of firmware_bridge.link.ControllerLink the scheduler uses."""
 
-    def sort(self, item: int, gate: int, fire_at: float, window_s: float = ...) -> Any: ...
+    def sort(
+        self,
+        item: int,
+        gate: int,
+        fire_at: float | None = ...,
+        window_s: float = ...,
+        *,
+        position: int | None = ...,
+        window_ticks: int = ...,
+    ) -> Any: ...
 
 
 @dataclass
@@ -98,6 +109,7 @@ class Scheduler:
         self.dry_run = dry_run or link is None
         self.margin_s = config.serial.safety_margin_ms / 1000.0
         self.window_s = config.serial.window_ms / 1000.0
+        self._warned_position = False
 
     def travel_s(self, gate: int) -> float:
         """Seconds from the decision line to `gate` (its calibration offset included)."""
@@ -107,6 +119,31 @@ class Scheduler:
     def fire_time(self, gate: int, t_line: float) -> float:
         """When an item that crossed the line at `t_line` reaches `gate` (source timeline)."""
         return t_line + self.travel_s(gate)
+
+    def position_target(self, gate: int, t_line: float) -> tuple[int, int] | None:
+        """(target ticks, window ticks) for POSITION mode, or None to schedule by time.
+
+        Needs an encoder (belt.encoder_ticks_per_mm > 0) and a link that maps a host time
+        to the belt position (`position_at(t_host) -> ticks`). The late check above still
+        uses the time estimate from the belt speed.
+        """
+        ticks_per_mm = self.config.belt.encoder_ticks_per_mm
+        if ticks_per_mm <= 0 or self.link is None:
+            return None
+        position_at = getattr(self.link, "position_at", None)
+        if not callable(position_at):
+            if not self._warned_position:
+                self._warned_position = True
+                log.warning(
+                    "belt.encoder_ticks_per_mm is set but this link cannot map time to belt "
+                    "position; gates are timed from belt.speed_mm_s"
+                )
+            return None
+        g = self.config.gates[str(gate)]
+        speed_ticks_s = self.config.belt.speed_mm_s * ticks_per_mm
+        line_pos = float(position_at(self.timeline.to_host(t_line)))
+        target = line_pos + g.distance_mm * ticks_per_mm + g.offset_ms / 1000.0 * speed_ticks_s
+        return round(target), max(1, round(self.window_s * speed_ticks_s))
 
     def schedule(
         self,
@@ -138,7 +175,11 @@ class Scheduler:
             return Scheduled(item, gate, fire_at, "late")
         assert self.link is not None
         try:
-            cmd = self.link.sort(item, gate, fire_at=fire_host, window_s=self.window_s)
+            target = self.position_target(gate, t_line)
+            if target is not None:
+                cmd = self.link.sort(item, gate, position=target[0], window_ticks=target[1])
+            else:
+                cmd = self.link.sort(item, gate, fire_at=fire_host, window_s=self.window_s)
         except BridgeError as err:  # link lost or not synced: the item rides to reject
             log.error("item %d: SORT not sent: %s", item, err)
             return Scheduled(item, gate, fire_at, "timeout")

@@ -19,11 +19,31 @@ class RecordingLink:
         self.sent: list[tuple[int, int, float, float]] = []
         self.fail = fail
 
-    def sort(self, item: int, gate: int, fire_at: float, window_s: float = 0.005) -> Any:
+    def sort(
+        self,
+        item: int,
+        gate: int,
+        fire_at: float | None = None,
+        window_s: float = 0.005,
+        *,
+        position: int | None = None,
+        window_ticks: int = 0,
+    ) -> Any:
         if self.fail:
             raise LinkError("sim://: link lost")
-        self.sent.append((item, gate, fire_at, window_s))
+        if position is not None:
+            self.sent.append((item, gate, float(position), float(window_ticks)))
+        else:
+            assert fire_at is not None
+            self.sent.append((item, gate, fire_at, window_s))
         return _Cmd()
+
+
+class EncoderLink(RecordingLink):
+    """A link that knows the belt position: 1000 ticks at host time 0, 2000 ticks/s."""
+
+    def position_at(self, t_host: float) -> float:
+        return 1000.0 + 2000.0 * t_host
 
 
 class _Cmd:
@@ -99,3 +119,18 @@ def test_link_error_means_timeout_not_a_crash() -> None:
 def test_timeline_round_trip() -> None:
     tl = Timeline(offset=12.5)
     assert tl.to_source(tl.to_host(3.25)) == pytest.approx(3.25)
+
+
+def test_encoder_schedules_by_belt_position() -> None:
+    # 4 ticks/mm at 500 mm/s = 2000 ticks/s; gate 1 is 500 mm = 2000 ticks past the line
+    config = parse_config(CONFIG)
+    config.belt.encoder_ticks_per_mm = 4.0
+    link = EncoderLink()
+    out = Scheduler(config, VirtualClock(0.0), link).schedule(9, 1, t_line=0.5)
+    assert out.status == "pending"
+    # line crossed at 0.5 s -> 2000 ticks; + 2000 ticks to the gate; window 4 ms = 8 ticks
+    assert link.sent == [(9, 1, 4000.0, 8.0)]
+    # a plain link cannot map time to position: timed from the speed instead
+    plain = RecordingLink()
+    Scheduler(config, VirtualClock(0.0), plain).schedule(9, 1, t_line=0.5)
+    assert plain.sent == [(9, 1, pytest.approx(1.5), pytest.approx(0.004))]
