@@ -23,10 +23,10 @@ TITLE = "Gate timing (fired - ideal)"
 
 log = logging.getLogger(__name__)
 
-LEAD_S = 0.15
+LEAD_S = 0.25
 """How far ahead of sending each command's fire time is (well past the safety margin)."""
-SPACING_S = 0.02
-"""Interval between commands' fire times: 7-8 commands pending at once, inside the queue of 16."""
+SPACING_S = 0.05
+"""Interval between commands' fire times: about 5 pending at once, well inside the queue of 16."""
 WINDOW_S = 0.1
 """Window each SORT may still fire in: wide, so a late fire is measured rather than dropped."""
 LOOP_WINDOW_S = 0.005

@@ -185,6 +185,7 @@ def sorter_run(
     truth: Path | None = None,
     tag: str = "run",
     timeout: float = 600,
+    thresholds_off: bool = False,
 ) -> tuple[dict[str, Any], ProcResult]:
     """`sorter run --video ... --json` in a subprocess; its JSON summary and process figures."""
     outdir = ctx.workdir / "runs" / tag
@@ -207,7 +208,7 @@ def sorter_run(
         str(outdir / "decisions.jsonl"),
         "--json",
     ]
-    config = loop_config(ctx, truth or video.with_suffix(".json"))
+    config = loop_config(ctx, truth or video.with_suffix(".json"), thresholds_off=thresholds_off)
     if config is not None:
         cmd += ["--config", str(config)]
     if truth is not None:
@@ -218,8 +219,12 @@ def sorter_run(
     return parse_json_summary(res.stdout), res
 
 
-def loop_config(ctx: Context, truth: Path) -> Path | None:
-    """A config file matching the generated belt's geometry (camera scale, speed, line)."""
+def loop_config(ctx: Context, truth: Path, *, thresholds_off: bool = False) -> Path | None:
+    """A config file matching the generated belt's geometry (camera scale, speed, line).
+
+    `thresholds_off`: confidence and margin 0, so every item goes to its top grade's bin
+    (bins then compare directly with the classifier's top-1 accuracy).
+    """
     if not truth.exists():
         return None
     t = json.loads(truth.read_text(encoding="utf-8"))
@@ -229,7 +234,8 @@ def loop_config(ctx: Context, truth: Path) -> Path | None:
         return None
     width = float(t.get("size", SIZE)[0])
     line = float(t.get("line_x", width / 2)) / width
-    path = ctx.workdir / f"config-{truth.stem}.toml"
+    path = ctx.workdir / f"config-{truth.stem}{'-nothresh' if thresholds_off else ''}.toml"
+    thresholds = ["[thresholds]", "confidence = 0.0", "margin = 0.0", ""] if thresholds_off else []
     path.write_text(
         "\n".join(
             [
@@ -241,6 +247,7 @@ def loop_config(ctx: Context, truth: Path) -> Path | None:
                 "[logging]",
                 f'db = "{ctx.workdir / "decisions.db"}"',
                 "",
+                *thresholds,
             ]
         ),
         encoding="utf-8",

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 TARGET_ITEMS_S = 10.0
 """Issue 5: replay of a generated belt at 10 items/s must score no misses, no duplicates."""
-RATES = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0)
+RATES = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
 SMOKE_RATES = (6.0,)
-SECONDS_OF_BELT = 8.0
+SECONDS_OF_BELT = 6.0
 """Each step's belt lasts about this long (more items at higher rates)."""
 
 
@@ -51,12 +51,14 @@ def read_scorecard(summary: dict[str, Any]) -> dict[str, float]:
         raise RuntimeError(f"sorter run --truth --json gave no 'scorecard'; keys {sorted(summary)}")
     missed = _num(card, "missed", "misses", "n_missed")
     dup = _num(card, "duplicated", "duplicates", "n_duplicated")
-    correct = _num(card, "correct_bin_rate", "correct_bin", "correct_rate", "correct_bin_pct")
-    items = _num(card, "items", "n_items", "items_in_truth", "truth")
+    pct = _num(card, "correct_bin_pct")
+    correct = pct / 100.0 if pct is not None else _num(card, "correct_bin_rate")
+    items = _num(card, "items", "n_items", "items_in_truth")
+    if correct is None and items:
+        count = _num(card, "correct_bin")
+        correct = count / items if count is not None else None
     if missed is None or dup is None or correct is None:
         raise RuntimeError(f"scorecard lacks missed/duplicated/correct bin: {sorted(card)}")
-    if correct > 1.0:  # a percentage
-        correct /= 100.0
     return {"missed": missed, "duplicated": dup, "correct": correct, "items": items or 0.0}
 
 
@@ -82,56 +84,74 @@ def classifier_accuracy(model: Path, truth: Path, data_dir: Path) -> float:
     return float(np.mean([p == it["label"] for p, it in zip(pred, items, strict=True)]))
 
 
+def _step_text(s: dict[str, float]) -> str:
+    verdict = "pass" if s["ok"] else ("clean" if s["clean"] else "FAIL")
+    return (
+        f"{s['rate']:g}/s {verdict} (miss {s['missed']:.0f}, dup {s['duplicated']:.0f}, "
+        f"bin {100 * s['correct']:.1f}% vs clf {100 * s['accuracy']:.1f}%)"
+    )
+
+
 def run(ctx: Context) -> list[Row]:
     model = loop.model_path(ctx)
     rates = SMOKE_RATES if ctx.smoke else RATES
     steps: list[dict[str, float]] = []
-    best: dict[str, float] | None = None
     for rate in rates:
         count = 3 if ctx.smoke else max(20, int(rate * SECONDS_OF_BELT))
         video, truth = loop.make_belt(ctx, f"rate-{rate:g}", items_per_s=rate, count=count)
-        summary, _ = loop.sorter_run(ctx, video, truth=truth, tag=f"fig7-{rate:g}")
+        summary, _ = loop.sorter_run(
+            ctx, video, truth=truth, tag=f"fig7-{rate:g}", thresholds_off=True
+        )
         card = read_scorecard(summary)
         acc = classifier_accuracy(model, truth, loop.c9_tree(ctx))
-        ok = card["missed"] == 0 and card["duplicated"] == 0 and card["correct"] >= acc - 0.01
-        step = {"rate": rate, "accuracy": acc, "ok": float(ok), **card}
+        clean = card["missed"] == 0 and card["duplicated"] == 0
+        ok = clean and card["correct"] >= acc - 0.01
+        step = {"rate": rate, "accuracy": acc, "ok": float(ok), "clean": float(clean), **card}
         steps.append(step)
-        log.info("sorting rate %.1f items/s: %s", rate, step)
-        if not ok:
+        log.info("sorting rate %.1f items/s: %s", rate, _step_text(step))
+        if not clean:  # tracking has broken down: faster belts only get worse
             break
-        best = step
-    tried = ", ".join(
-        f"{s['rate']:g}/s: {'pass' if s['ok'] else 'FAIL'} (miss {s['missed']:.0f}, dup "
-        f"{s['duplicated']:.0f}, bin {100 * s['correct']:.1f}% vs clf {100 * s['accuracy']:.1f}%)"
-        for s in steps
-    )
-    if best is None:
-        return [
-            Row(
-                measure="fastest clean belt",
-                value=f"none of the steps passed (slowest {rates[0]:g} items/s)",
-                baseline="issue 5 target",
-                baseline_value=f"{TARGET_ITEMS_S:g} items/s",
-                ratio="0x",
-                note=tried,
-            )
-        ]
-    capped = " (the fastest step tried: may go higher)" if best is steps[-1] else ""
-    return [
+    tried = "; ".join(_step_text(s) for s in steps)
+    passed = [s for s in steps if s["ok"]]
+    clean_steps = [s for s in steps if s["clean"]]
+    best = passed[-1] if passed else None
+    fastest_clean = clean_steps[-1] if clean_steps else None
+
+    def rate_text(step: dict[str, float] | None) -> str:
+        if step is None:
+            return f"none (slowest tried {rates[0]:g} items/s)"
+        capped = " (fastest tried)" if step is steps[-1] and step["clean"] else ""
+        return f"{step['rate']:g} items/s{capped}"
+
+    rows = [
         Row(
-            measure="fastest clean belt, 640x480",
-            value=f"{best['rate']:g} items/s{capped}",
+            measure="fastest belt: no misses, no duplicates, bin within 1 pt of classifier",
+            value=rate_text(best),
             baseline="issue 5 target",
             baseline_value=f"{TARGET_ITEMS_S:g} items/s",
-            ratio=ratio(best["rate"], TARGET_ITEMS_S),
-            note=tried,
+            ratio=ratio(best["rate"] if best else 0.0, TARGET_ITEMS_S),
+            note=f"640x480, 30 fps, items {loop.SPACING_PX:g} px apart; thresholds off "
+            f"(bin = top grade); steps: {tried}",
         ),
         Row(
-            measure=f"correct bin at {best['rate']:g} items/s",
-            value=f"{100 * best['correct']:.1f}%",
-            baseline="classifier on the same items' images",
-            baseline_value=f"{100 * best['accuracy']:.1f}%",
-            ratio=ratio(best["correct"], best["accuracy"]),
-            note=f"{best['items']:.0f} items, no misses, no duplicates",
+            measure="fastest belt with no misses and no duplicates (tracking limit)",
+            value=rate_text(fastest_clean),
+            baseline="issue 5 target",
+            baseline_value=f"{TARGET_ITEMS_S:g} items/s",
+            ratio=ratio(fastest_clean["rate"] if fastest_clean else 0.0, TARGET_ITEMS_S),
         ),
     ]
+    ref = best or fastest_clean
+    if ref is not None:
+        rows.append(
+            Row(
+                measure=f"correct bin at {ref['rate']:g} items/s",
+                value=f"{100 * ref['correct']:.1f}%",
+                baseline="classifier on the same items' source images",
+                baseline_value=f"{100 * ref['accuracy']:.1f}%",
+                ratio=ratio(ref["correct"], ref["accuracy"]),
+                note=f"{ref['items']:.0f} items; the gap is belt vs clean images "
+                "(noise, blur, lighting, mp4), not speed, when it is the same at every step",
+            )
+        )
+    return rows
