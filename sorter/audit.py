@@ -137,10 +137,12 @@ class DecisionLog:
         self._jsonl: IO[str] | None = None
         self._records: dict[int, DecisionRecord] = {}
         self._written: set[int] = set()
+        self._opened = False
 
     # -- lifecycle ------------------------------------------------------------------
     def open(self, *, source: str = "", model: str = "", labels: list[str] | None = None) -> None:
         """Open (creating) the database, JSON-lines file and crops folder."""
+        self._opened = True
         if self.db_path is not None:
             try:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +177,11 @@ class DecisionLog:
                     f"{self.crops_dir}: cannot create the crops folder ({err.strerror})"
                 ) from err
 
+    @property
+    def is_open(self) -> bool:
+        """True between open() and close()."""
+        return self._db is not None or self._jsonl is not None or self._opened
+
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Write what is still unwritten to the JSON lines, store the summary, close."""
         with self._lock:
@@ -192,6 +199,7 @@ class DecisionLog:
             if self._jsonl is not None:
                 self._jsonl.close()
                 self._jsonl = None
+            self._opened = False
 
     def __enter__(self) -> DecisionLog:
         self.open()

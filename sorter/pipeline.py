@@ -478,11 +478,6 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
     source_error: SorterError | None = None
     stalled = False
     status.link["url"] = "dry-run" if opts.dry_run else url
-    decisions.open(
-        source=str(opts.camera if live else opts.video or opts.images),
-        model=str(getattr(classifier, "model_path", "")),
-        labels=list(classifier.labels),
-    )
     with contextlib.ExitStack() as stack:
         stack.enter_context(_Signals(stop, opts.handle_signals))
         if not opts.dry_run:
@@ -492,17 +487,25 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
             status.set_link(str(getattr(link, "state", "connected")), safe=False)
             if hasattr(link, "on_event"):
                 link.on_event(lambda ev: _on_event(status, ev))
-        threaded = mode == "realtime"
+        # live and paced replays capture on their own thread (drop oldest); still images
+        # and fast replays are read in step with processing
+        threaded = mode == "realtime" and opts.images is None
         src: FrameSource = (
             ThreadedSource(source, maxsize=config.camera.queue_frames) if threaded else source
         )
         stack.enter_context(src)
+        decisions.open(
+            source=str(opts.camera if opts.camera is not None else opts.video or opts.images),
+            model=str(getattr(classifier, "model_path", "")),
+            labels=list(classifier.labels),
+        )
+        stack.callback(_close_if_open, decisions)
         notify.ready()
         last_notify = time.monotonic()
         timeline = Timeline(0.0)
         scheduler = Scheduler(config, clock, link, timeline=timeline, dry_run=opts.dry_run)
         try:
-            for frame, received in _frames(src, config.camera.stall_s, stop):
+            for frame, received in _frames(src, config.camera.stall_s, stop, status):
                 if frame is None:  # stall
                     if not stalled:
                         stalled = True
@@ -564,37 +567,45 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
             with contextlib.suppress(Exception):
                 link.safe()
             status.set_link("safe", safe=True)
-    records = decisions.records()
-    scorecard = None
-    summary: dict[str, Any] = {
-        "frames": frames_seen,
-        "wall_s": time.monotonic() - wall0,
-        "mode": mode,
-        "serial": "dry-run" if opts.dry_run else url,
-    }
-    snap = status.snapshot()
-    summary.update(
-        {
-            "frames_in": snap["frames_in"],
-            "drops": snap["drops"],
-            "items": snap["items"],
-            "lost": loop.lost if loop else 0,
-            "bins": snap["bins"],
-            "grades": snap["grades"],
-            "statuses": _count(r.status for r in records),
-            "stages": snap["stages"],
-            "latency_s": status.latency_percentiles(),
-            "stopped": stop.is_set(),
-            "run": decisions.run,
+        records = decisions.records()
+        scorecard = None
+        summary: dict[str, Any] = {
+            "frames": frames_seen,
+            "wall_s": time.monotonic() - wall0,
+            "mode": mode,
+            "serial": "dry-run" if opts.dry_run else url,
         }
-    )
-    if source_error is not None:
-        summary["error"] = str(source_error)
-    if truth is not None:
-        scorecard = _score(records, truth, config)
-        summary["scorecard"] = scorecard.as_dict() if hasattr(scorecard, "as_dict") else scorecard
-    decisions.close(summary)
+        snap = status.snapshot()
+        summary.update(
+            {
+                "frames_in": snap["frames_in"],
+                "drops": snap["drops"],
+                "items": snap["items"],
+                "lost": loop.lost if loop else 0,
+                "bins": snap["bins"],
+                "grades": snap["grades"],
+                "statuses": _count(r.status for r in records),
+                "stages": snap["stages"],
+                "latency_s": status.latency_percentiles(),
+                "stopped": stop.is_set(),
+                "run": decisions.run,
+            }
+        )
+        if source_error is not None:
+            summary["error"] = str(source_error)
+        if truth is not None:
+            scorecard = _score(records, truth, config)
+            summary["scorecard"] = (
+                scorecard.as_dict() if hasattr(scorecard, "as_dict") else scorecard
+            )
+        decisions.close(summary)
     return RunResult(summary=summary, records=records, scorecard=scorecard)
+
+
+def _close_if_open(decisions: DecisionLog) -> None:
+    """Close the log on an error path (the normal path closes it with the summary)."""
+    if decisions.is_open:
+        decisions.close()
 
 
 class _StartRecorder:
@@ -619,7 +630,7 @@ class _StartRecorder:
 
 
 def _frames(
-    src: FrameSource, stall_s: float, stop: threading.Event
+    src: FrameSource, stall_s: float, stop: threading.Event, status: Status
 ) -> Iterator[tuple[Frame | None, float]]:
     """(frame, perf_counter when read); (None, t) once per `stall_s` without frames."""
     if isinstance(src, ThreadedSource):
@@ -640,11 +651,14 @@ def _frames(
         return
     it = iter(src)
     while not stop.is_set():
+        t0 = time.perf_counter()
         try:
             frame = next(it)
         except StopIteration:
             return
-        yield frame, time.perf_counter()
+        received = time.perf_counter()
+        status.add_stage("decode", received - t0)
+        yield frame, received
 
 
 def _stall(status: Status, link: Any, stall_s: float) -> None:
