@@ -43,7 +43,7 @@ from sorter.errors import ConfigError, SorterError
 from sorter.policy import Policy, Verdict
 from sorter.preprocess import to_model_input
 from sorter.scheduling import Scheduler, Timeline
-from sorter.sources import Frame, FrameSource, ThreadedSource, open_source
+from sorter.sources import CameraSettings, Frame, FrameSource, ThreadedSource, open_source
 from sorter.status import Overlay, Status
 from sorter.tracking import Track, Tracker, TrackerConfig
 from sorter.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
@@ -364,6 +364,18 @@ def make_locator(config: Config) -> Locator:
     return Locator(lc, background)
 
 
+def camera_settings(config: Config) -> CameraSettings:
+    """sorter.sources.CameraSettings from [camera]. A camera silent for camera.stall_s is
+    reported as stalled (controller put safe); silent 5x longer (at least 10 s) ends the run."""
+    c = config.camera
+    return CameraSettings(
+        size=(c.width, c.height),
+        fps=c.fps,
+        backend=c.backend,
+        read_timeout_s=max(10.0, 5.0 * c.stall_s),
+    )
+
+
 def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
     """sorter.tracking.Tracker from the [belt] and [track] sections for this frame size."""
     b, t = config.belt, config.track
@@ -469,6 +481,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
         images=opts.images,
         realtime=mode == "realtime" and not live,
         clock=recorder,
+        camera_settings=camera_settings(config),
     )
     wall0 = time.monotonic()
     stop = opts.stop

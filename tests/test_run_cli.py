@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -156,3 +157,37 @@ def test_config_init_and_check(tmp_path: Path) -> None:
     line = one_error_line(r.stderr)
     n = next(i for i, x in enumerate(path.read_text().splitlines(), 1) if "retries = -1" in x)
     assert line.startswith(f"error: {path}:{n}: serial.retries: must be >= 0")
+
+
+def test_dashboard_serves_the_running_loop(tmp_path: Path, belt: tuple[Path, Path]) -> None:
+    from sorter.audit import DecisionLog
+    from sorter.commands.run import start_dashboard
+    from sorter.config import Config
+    from sorter.pipeline import RunOptions, run
+    from sorter.status import Status
+    from tests.qemu_controller import free_port
+    from tests.test_pipeline_standins import ColourClassifier
+
+    status = Status()
+    server = start_dashboard(Config(), status, f"127.0.0.1:{free_port()}")
+    seen: list[dict[str, object]] = []
+
+    def progress(st: Status) -> None:
+        if st.frames in (30, 75):
+            with urllib.request.urlopen(f"{server.url.rstrip('/')}/api/status") as resp:
+                seen.append(json.loads(resp.read()))
+
+    try:
+        run(
+            Config(),
+            RunOptions(
+                video=belt[0], dry_run=True, classifier=ColourClassifier(), progress=progress,
+                handle_signals=False,
+            ),
+            DecisionLog(tmp_path / "d.db"),
+            status,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert [s["frames"] for s in seen] == [30, 75]
+    assert seen[1]["items"] > seen[0]["items"]  # type: ignore[operator]

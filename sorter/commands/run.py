@@ -25,13 +25,6 @@ DEV_DB = "sorter-decisions.db"
 """Decision log used when no config file exists at all (a development checkout)."""
 
 
-def _parse_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SorterError(f"--dashboard {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
-
-
 def _load(config_path: Path | None) -> tuple[Config, bool]:
     """(config, from_file). Without --config the default file is used when it exists."""
     if config_path is not None:
@@ -96,7 +89,7 @@ def run_command(
             crops_dir=config.logging.crops_dir or None,
             review_below=config.thresholds.review_below,
         )
-        server = _start_dashboard(config, status, dashboard)
+        server = start_dashboard(config, status, dashboard)
         live: Live | None = None
         if not as_json and err_console.is_terminal:
             live = Live(render_status(status.snapshot()), console=err_console, auto_refresh=False)
@@ -149,14 +142,18 @@ def run_command(
         raise typer.Exit(1)
 
 
-def _start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
+def start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
+    """Serve the dashboard for `status` when asked (flag HOST:PORT, or [dashboard] enabled)."""
     if flag is None and not config.dashboard.enabled:
         return None
-    host, port = _parse_hostport(flag) if flag else (config.dashboard.host, config.dashboard.port)
     try:
         from sorter import dashboard
     except ImportError as err:
         raise SorterError("the dashboard is not available in this install") from err
+    if flag:
+        host, port = dashboard.parse_bind(flag, config.dashboard.port)
+    else:
+        host, port = config.dashboard.host, config.dashboard.port
     server = dashboard.serve(status, host, port, token=config.dashboard.token or None)
     log.info("dashboard at %s", getattr(server, "url", f"http://{host}:{port}/"))
     return server
