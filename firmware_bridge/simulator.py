@@ -6,7 +6,9 @@ state, CONFIG, RESUME, QUERY, periodic STATUS. It is pure: bytes in, bytes out.
 
 `SimulatorPort` puts it behind the same small serial-port interface the link uses for
 pyserial (`write`, `read`, `close`, ...), on a clock:
-- with a `MonotonicClock` a thread wakes at each due event (real time);
+- with a `MonotonicClock` a thread wakes at each due event (real time); events are
+  still stamped with their own due times, like a microcontroller's timer, so a busy host
+  thread does not make the simulated controller late;
 - with a `VirtualClock` it subscribes to the clock and does its due work whenever the
   clock moves, stopping the clock at each due event, so a replay run as fast as possible
   still fires every gate at exactly its virtual target time, deterministically.
@@ -94,6 +96,8 @@ class Pending:
     """Target time (us) or position (ticks)."""
     window: int
     """Allowed lateness (us or ticks)."""
+    arrived: int = 0
+    """Controller time (us) the SORT was accepted."""
 
 
 @dataclass
@@ -211,19 +215,65 @@ class SimController:
         return max(1, min(candidates))
 
     def advance(self, now: int) -> None:
-        """Do everything due at or before `now`."""
+        """Do everything due at or before `now`, in time order, each at its own due time.
+
+        Like the firmware's timer, a SORT fires at its target even when this is called a
+        little later (a busy host thread must not make the simulated controller late);
+        only a SORT that *arrived* after its window is LATE.
+        """
         st = self.state
         for gate, until in list(st.gate_high_until.items()):
             if p.time_diff(until, now) <= 0:
                 del st.gate_high_until[gate]
-        if self._supervising() and p.time_diff(now, st.last_rx) > st.heartbeat_ms * 1000:
-            self._enter_safe(p.SafeReason.HEARTBEAT, now)
-        for entry in list(st.queue):
-            self._maybe_fire(entry, now)
-        if p.time_diff(now, st.next_status) >= 0:
-            self._send_status(now)
-            period = st.status_ms * 1000
-            st.next_status = (now + period) & 0xFFFFFFFF
+        for _ in range(10_000):
+            due = self._earliest_due(now)
+            if due is None:
+                return
+            when, what = due
+            if what is None:
+                self._send_status(when)
+                period = st.status_ms * 1000
+                st.next_status = (when + period) & 0xFFFFFFFF
+                if p.time_diff(now, st.next_status) >= period:  # a long jump: skip ahead
+                    st.next_status = (now + period) & 0xFFFFFFFF
+            elif what == "heartbeat":
+                self._enter_safe(p.SafeReason.HEARTBEAT, when)
+            else:
+                assert isinstance(what, Pending)
+                self._fire_or_late(what, when)
+
+    def _earliest_due(self, now: int) -> tuple[int, Pending | str | None] | None:
+        """(time, event) of the earliest event due at or before `now`; event is a Pending
+        SORT, "heartbeat" or None (STATUS)."""
+        st = self.state
+        best: tuple[int, Pending | str | None] | None = None
+
+        def consider(when: int, what: Pending | str | None) -> None:
+            nonlocal best
+            if p.time_diff(when, now) > 0:
+                return
+            if best is None or p.time_diff(when, best[0]) < 0:
+                best = (when, what)
+
+        if self._supervising():
+            consider((st.last_rx + st.heartbeat_ms * 1000 + 1) & 0xFFFFFFFF, "heartbeat")
+        for entry in st.queue:
+            when = self._due_time(entry, now)
+            if when is not None:
+                consider(when, entry)
+        consider(st.next_status, None)
+        return best
+
+    def _due_time(self, entry: Pending, now: int) -> int | None:
+        if entry.mode == p.SortMode.NOW:
+            return entry.arrived
+        if entry.mode == p.SortMode.TIME:
+            if p.time_diff(entry.target, entry.arrived) < 0:
+                return entry.arrived
+            return entry.target
+        if p.time_diff(self.position(now), entry.target) >= 0:
+            return now
+        return None
 
     def _due_in(self, entry: Pending, now: int) -> int | None:
         if entry.mode == p.SortMode.NOW:
@@ -236,7 +286,7 @@ class SimController:
         ticks = p.time_diff(entry.target, self.position(now))
         return int(ticks * 1e6 / rate) + 1 if ticks > 0 else 0
 
-    def _maybe_fire(self, entry: Pending, now: int) -> None:
+    def _fire_or_late(self, entry: Pending, now: int) -> None:
         st = self.state
         if entry.mode == p.SortMode.NOW:
             late_by = 0
@@ -244,8 +294,6 @@ class SimController:
             late_by = p.time_diff(now, entry.target)
         else:
             late_by = p.time_diff(self.position(now), entry.target)
-        if late_by < 0:
-            return
         st.queue.remove(entry)
         if late_by > entry.window and entry.mode != p.SortMode.NOW:
             st.late = min(st.late + 1, 0xFFFF)
@@ -374,7 +422,9 @@ class SimController:
             reason = self._check_sort(msg, now)
             if reason:
                 return reason, None
-            st.queue.append(Pending(msg.item, msg.gate, msg.mode, msg.target, msg.window_us))
+            st.queue.append(
+                Pending(msg.item, msg.gate, msg.mode, msg.target, msg.window_us, arrived=now)
+            )
             return 0, None
         if isinstance(msg, p.Cancel):
             for entry in st.queue:

@@ -78,6 +78,17 @@ def test_sort_fires_exactly_at_target_and_pulses_the_gate() -> None:
     assert not bench.sim.gate_is_high(2, 15_000)
 
 
+def test_processing_late_still_fires_at_the_target_in_time_order() -> None:
+    bench = Bench()
+    bench.configure(heartbeat_ms=200)
+    bench.send(p.Sort(1, 0, p.SortMode.TIME, 5000, 100))
+    bench.send(p.Sort(2, 1, p.SortMode.TIME, 4000, 100))
+    out = bench.at(150_000)  # the host thread woke up late: the controller was not
+    assert [(m.item, m.time) for m in events(out, p.Fired)] == [(2, 4000), (1, 5000)]  # type: ignore[attr-defined]
+    out = bench.at(400_000)  # heartbeat expired at 200_001, STATUS due at 1_000_000
+    assert events(out, p.SafeState) == [p.SafeState(1, p.SafeReason.HEARTBEAT, 0)]
+
+
 def test_next_event_points_at_the_target() -> None:
     bench = Bench()
     bench.configure()
