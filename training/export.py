@@ -77,7 +77,7 @@ class ExportOptions:
     """Full-integer int8 (uint8 input/output); False writes a float32 model."""
     out: Path | None = None
     """Output .tflite; None -> <run>/model-int8.tflite or <run>/model-float.tflite."""
-    calibration_images: int = 300
+    calibration_images: int = 1000
     """Training images (stratified by grade) used to calibrate the int8 ranges."""
     threshold_points: float = 1.0
     """Largest allowed accuracy drop, in percentage points, exported vs float Keras."""

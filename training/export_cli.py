@@ -64,7 +64,7 @@ def export(
     ] = None,
     calibration_images: Annotated[
         int, typer.Option(help="Training images (stratified) used to calibrate int8 ranges.")
-    ] = 300,
+    ] = 1000,
     threshold: Annotated[
         float, typer.Option(help="Largest allowed accuracy drop vs the float model, in points.")
     ] = 1.0,
