@@ -61,6 +61,9 @@ def main(
         help="CUCUMBER-9 prototype_1 batches (env C9).",
     ),
     seed: int = typer.Option(0, help="Seed of the validation split and the generated belts."),
+    epochs: int = typer.Option(
+        12, min=1, help="Epoch budget per training run of figure 1 (sizes the full run)."
+    ),
     keep: bool = typer.Option(False, help="Keep the scratch directory (models, videos, logs)."),
 ) -> None:
     """Measure accuracy and speed, each figure against its baseline in the same run."""
@@ -74,7 +77,14 @@ def main(
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="sorter-bench-"))
-    ctx = Context(smoke=smoke, workdir=workdir, data_dir=data, seed=seed, python=sys.executable)
+    ctx = Context(
+        smoke=smoke,
+        workdir=workdir,
+        data_dir=data,
+        seed=seed,
+        epochs=epochs,
+        python=sys.executable,
+    )
     try:
         results = run_figures(ctx, wanted)
     finally:

@@ -85,7 +85,7 @@ def split_tree(ctx: Context) -> Path:
 
 def epochs(ctx: Context) -> int:
     """The epoch budget per training run (early stopping may end sooner)."""
-    return 1 if ctx.smoke else int(os.environ.get("BENCH_EPOCHS", "25"))
+    return 1 if ctx.smoke else ctx.epochs
 
 
 def trained(ctx: Context, arch: str, seed: int) -> Any:
