@@ -95,7 +95,6 @@ def int8_size_and_latency(run_dir: Path, repeats: int = 300) -> tuple[int, float
     """
     import time
 
-    import numpy as np
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
@@ -108,7 +107,7 @@ def int8_size_and_latency(run_dir: Path, repeats: int = 300) -> tuple[int, float
 
     def representative() -> object:
         for img in x[:100]:
-            yield [img[None].astype(np.float32)]
+            yield [img[None]]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(infer)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
