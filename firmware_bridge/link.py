@@ -45,6 +45,10 @@ FINAL = frozenset({FIRED, LATE, NAK, TIMEOUT, CANCELLED, ACKED})
 """Statuses a command ends in."""
 
 EventCallback = Callable[[p.Message], None]
+_EFFECT_TYPES = frozenset(
+    {p.MsgType.CONFIG, p.MsgType.SORT, p.MsgType.CANCEL, p.MsgType.RESUME, p.MsgType.SAFE}
+)
+"""Commands the controller keeps in its duplicate window."""
 
 
 @dataclass(eq=False)
@@ -166,6 +170,7 @@ class _Outstanding:
     deadline: float
     on_reply: Callable[[p.Message], None] | None = None
     waited: bool = False
+    effect_index: int = 0
 
 
 class ControllerLink:
@@ -231,6 +236,7 @@ class ControllerLink:
         self._sorts: dict[int, Command] = {}
         self._next_query: dict[int, float] = {}
         self._query_failures: dict[int, int] = {}
+        self._effects = 0
         self._deframer = Deframer()
         self._seen: OrderedDict[int, bytes] = OrderedDict()
         self._callbacks: list[EventCallback] = []
@@ -549,8 +555,10 @@ class ControllerLink:
             raise LinkError(f"{self.url}: the link is closed")
         wire = p.encode(cmd.msg, cmd.seq)
         with self._lock:
+            if cmd.msg.TYPE in _EFFECT_TYPES:
+                self._effects += 1
             self._outstanding[cmd.seq] = _Outstanding(
-                cmd, wire, time.monotonic() + self.ack_timeout_s, on_reply
+                cmd, wire, time.monotonic() + self.ack_timeout_s, on_reply, False, self._effects
             )
         cmd.sent_at = self.clock.now()
         cmd.attempts = 1
@@ -571,7 +579,7 @@ class ControllerLink:
             cmd._event.wait(min(remaining, 0.02))
             mono = time.monotonic()
             due = out is not None and cmd.reply is None and out.deadline <= mono
-            if due and out is not None and cmd.attempts <= self.retries:
+            if due and out is not None and cmd.attempts <= self.retries and self._may_retry(out):
                 cmd.attempts += 1
                 out.deadline = mono + self.ack_timeout_s
                 self.stats.retries += 1
@@ -838,7 +846,7 @@ class ControllerLink:
             overdue = [o for o in self._outstanding.values() if o.deadline <= mono and not o.waited]
         for out in overdue:
             cmd = out.cmd
-            if cmd.attempts <= self.retries:
+            if cmd.attempts <= self.retries and self._may_retry(out):
                 cmd.attempts += 1
                 out.deadline = mono + self.ack_timeout_s
                 self.stats.retries += 1
@@ -852,6 +860,16 @@ class ControllerLink:
             else:
                 self.stats.timeouts += 1
                 cmd._finish(TIMEOUT, self.clock.now(), f"no answer after {cmd.attempts} tries")
+
+    def _may_retry(self, out: _Outstanding) -> bool:
+        """A SORT may be resent with its seq only while the controller's duplicate window
+        (the last 16 effectful commands) still holds it: resent later, it would run
+        twice. Past that the link asks with QUERY instead."""
+        if not isinstance(out.cmd.msg, p.Sort):
+            return True
+        with self._lock:
+            newer = self._effects - out.effect_index
+        return newer < p.DEDUP_WINDOW - 1
 
     def _query_overdue(self, now: float) -> None:
         """QUERY acked SORTs whose FIRED/LATE is overdue, and re-QUERY (every few ACK

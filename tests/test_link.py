@@ -478,3 +478,33 @@ def test_a_device_nobody_reads_does_not_hang_the_link() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_sort_is_not_resent_once_the_duplicate_window_has_moved_on(
+    vclock: VirtualClock,
+) -> None:
+    """16 newer SORTs push a SORT's seq out of the controller's window: resending it
+    would run it twice, so the link asks with QUERY instead."""
+    first_sort_ack: list[int] = []
+
+    def drop_first_sort_ack(m: p.Message) -> bool:
+        if not (isinstance(m, p.Ack) and m.acked_type == p.MsgType.SORT):
+            return False
+        if not first_sort_ack:
+            first_sort_ack.append(m.acked_seq)
+        return m.acked_seq == first_sort_ack[0]
+
+    port = FilterPort(SimulatorPort("sim://?gates=4", vclock), drop_out=drop_first_sort_ack)
+    with ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=0.5, port_factory=lambda: port
+    ) as link:
+        start = vclock.now()
+        lonely = link.sort(1, 0, start + 1.0)
+        others = [link.sort(100 + k, k % 4, start + 1.0 + 0.01 * (k + 1)) for k in range(16)]
+        assert wait_for(lambda: all(o.acked for o in others))
+        assert wait_for(lambda: lonely.acked, timeout=10)  # learnt from QUERY: PENDING
+        assert lonely.attempts == 1 and link.stats.queries >= 1
+        vclock.advance(2.0)
+        assert lonely.wait(5) == "fired"
+        executed = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
+        assert executed.count(lonely.seq) == 1
