@@ -648,8 +648,17 @@ class ControllerLink:
         if not self._want_safe:
             self.request(p.Resume())
         self.sync.reset()
-        for _ in range(5):
-            self.sync_once()
+        good = 0
+        for _ in range(10):  # 5 good round trips; a noisy line may lose a few
+            try:
+                self.sync_once()
+            except LinkError:
+                continue
+            good += 1
+            if good == 5:
+                break
+        if not good:
+            raise LinkError(f"{self.url}: no answer to SYNC; {_hint(self.url)}")
 
     # ================================================================ reader
     def _reader(self) -> None:
