@@ -160,6 +160,14 @@ def test_presplit_train_test_carves_val_from_train(tmp_path: Path) -> None:
     assert all(rel.startswith("test/") for rel, _ in split["test"])
 
 
+def test_train_folder_alone_is_a_split_tree(tmp_path: Path) -> None:
+    make_grade_tree(tmp_path / "train", per_grade=10)
+    scan = D.scan_dataset(tmp_path)
+    assert scan.presplit and scan.labels == ["blue", "green", "red"]
+    split = D.make_split(scan, val_fraction=0.2, test_fraction=0.0, seed=0)
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (24, 6, 0)
+
+
 def test_presplit_unknown_grade_in_test_is_an_error(tmp_path: Path) -> None:
     make_grade_tree(tmp_path / "train", per_grade=6)
     make_grade_tree(tmp_path / "test", per_grade=2, grades={"purple": (128, 0, 128)})

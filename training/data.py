@@ -143,7 +143,8 @@ def scan_dataset(
     if not root.is_dir():
         raise DatasetError(f"{data_dir}: dataset folder not found; give a folder of grade folders")
     top = _grade_dirs(root)
-    presplit = any(d.name == "train" for d in top) and any(d.name in ("val", "test") for d in top)
+    names = {d.name for d in top}
+    presplit = "train" in names and (bool(names & {"val", "test"}) or names == {"train"})
     scan = DatasetScan(root=root, labels=[], samples=[], presplit=presplit)
     if presplit:
         extra = [d.name for d in top if d.name not in SPLITS]
