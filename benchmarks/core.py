@@ -87,7 +87,7 @@ class Context:
     """CUCUMBER-9 source batches (prototype_1)."""
     seed: int = 0
     """Seed of the validation split and of generated belts."""
-    epochs: int = 12
+    epochs: int = 10
     """Epoch budget of each training run in figure 1 (early stopping may end sooner)."""
     python: str = ""
     """Interpreter used for subprocesses (`sorter run`, Keras latency)."""

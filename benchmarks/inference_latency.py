@@ -34,7 +34,10 @@ def litert_times(path: Path, threads: int, runs: int) -> list[float]:
     return times
 
 
-def keras_times(ctx: Context, model_file: Path, threads: int, runs: int) -> list[float]:
+def keras_times(
+    ctx: Context, model_file: Path, threads: int, runs: int
+) -> tuple[list[float], list[float]]:
+    """(predict times, direct-call times) in a fresh process with `threads` TF threads."""
     cmd = [
         ctx.python,
         "-m",
@@ -52,8 +55,8 @@ def keras_times(ctx: Context, model_file: Path, threads: int, runs: int) -> list
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"keras latency process failed: {out.stderr.strip()[-300:]}")
-    times: list[float] = json.loads(out.stdout.strip().splitlines()[-1])["times"]
-    return times
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return list(result["times"]), list(result.get("direct", []))
 
 
 def keras_times_here(model_file: Path, runs: int) -> list[float]:
@@ -82,7 +85,7 @@ def run(ctx: Context) -> list[Row]:
     if ctx.smoke:
         arch_list = arch_list[:1]
     runs_lite = 50 if ctx.smoke else 1000
-    runs_keras = 10 if ctx.smoke else 200
+    runs_keras = 10 if ctx.smoke else 50
     threads = (1,) if ctx.smoke else THREADS
     rows = []
     for arch in arch_list:
@@ -92,10 +95,15 @@ def run(ctx: Context) -> list[Row]:
             for kind in ("int8", "float")
         }
         for t in threads:
+            direct_note = ""
             if ctx.smoke:  # no second TensorFlow start-up: time predict in this process
                 k = percentiles(keras_times_here(run_dir / "model.keras", runs_keras))
             else:
-                k = percentiles(keras_times(ctx, run_dir / "model.keras", t, runs_keras))
+                pred, direct = keras_times(ctx, run_dir / "model.keras", t, runs_keras)
+                k = percentiles(pred)
+                if direct:
+                    p50 = fmt_ms(percentiles(direct)["p50"])
+                    direct_note = f"; Keras direct model(x) call p50 {p50}"
             for kind, path in lite.items():
                 s = percentiles(litert_times(path, t, runs_lite))
                 rows.append(
@@ -105,7 +113,7 @@ def run(ctx: Context) -> list[Row]:
                         baseline=f"Keras predict, {t} thread{'s' if t > 1 else ''}",
                         baseline_value=f"p50 {fmt_ms(k['p50'])}, p99 {fmt_ms(k['p99'])}",
                         ratio=f"{ratio(k['p50'], s['p50'])} faster",
-                        note=f"{s['n']} / {k['n']} calls",
+                        note=f"{s['n']} / {k['n']} calls{direct_note}",
                     )
                 )
     return rows

@@ -3,7 +3,8 @@
     python -m benchmarks.keras_latency RUN_DIR/model.keras --threads 2 --runs 100
 
 TensorFlow fixes its thread pools at first use, so each thread count needs its own process.
-Prints one JSON object: {"threads", "times": [seconds per predict call, ...]}.
+Prints one JSON object: {"threads", "times": [seconds per predict call, ...], "direct":
+[seconds per direct `model(x)` call, ...]}.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ def main() -> None:
         model.predict(x, verbose=0)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"threads": args.threads, "times": times}))
+    # The same network called directly (no predict() loop machinery), for context.
+    direct = []
+    for i in range(args.warmup + args.runs):
+        t0 = time.perf_counter()
+        model(x, training=False)
+        if i >= args.warmup:
+            direct.append(time.perf_counter() - t0)
+    print(json.dumps({"threads": args.threads, "times": times, "direct": direct}))
 
 
 if __name__ == "__main__":
