@@ -464,8 +464,9 @@ class ControllerLink:
 
     @contextlib.contextmanager
     def heartbeat_paused(self) -> Iterator[None]:
-        """Send no heartbeats, re-SYNCs or automatic RESUME inside the block: simulates a
-        silent host (retries and QUERYs of outstanding commands still go out)."""
+        """Inside the block the link sends nothing on its own initiative (heartbeats,
+        re-SYNCs, retries, QUERYs, automatic RESUME): simulates a silent host. Commands the
+        caller sends still go out."""
         with self._lock:
             self._heartbeat_paused += 1
         try:
@@ -826,17 +827,18 @@ class ControllerLink:
                 log.exception("%s: supervisor step failed", self.url)
 
     def _tick(self) -> None:
+        if self._heartbeat_paused > 0:
+            return  # a silent host: nothing goes out on the link's own initiative
         mono = time.monotonic()
         now = self.clock.now()
         self._retry_overdue(mono)
-        paused = self._heartbeat_paused > 0
         beat_due = mono - self._last_tx_mono >= self.heartbeat_s / 4
-        if beat_due and not paused and not self._heartbeat_virtual():
+        if beat_due and not self._heartbeat_virtual():
             self.send(p.Heartbeat())
-        if self._resume_wanted and not self._want_safe and not paused:
+        if self._resume_wanted and not self._want_safe:
             self._resume_wanted = False
             self._send_command(Command(p.Resume(), self._next_seq()))
-        if not paused and now - self._last_sync_clock >= self.sync_interval_s:
+        if now - self._last_sync_clock >= self.sync_interval_s:
             self._last_sync_clock = now
             self._start_sync()
         self._query_overdue(now)
