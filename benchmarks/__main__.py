@@ -65,6 +65,11 @@ def main(
         10, min=1, help="Epoch budget per training run of figure 1 (sizes the full run)."
     ),
     keep: bool = typer.Option(False, help="Keep the scratch directory (models, videos, logs)."),
+    controller: str | None = typer.Option(
+        None,
+        help="Gate timing (figure 8) against this controller URL, e.g. /dev/ttyACM0 "
+        "(a real Uno), instead of the firmware under QEMU.",
+    ),
 ) -> None:
     """Measure accuracy and speed, each figure against its baseline in the same run."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -83,6 +88,7 @@ def main(
         data_dir=data,
         seed=seed,
         epochs=epochs,
+        controller=controller,
         python=sys.executable,
     )
     try:

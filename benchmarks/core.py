@@ -89,6 +89,9 @@ class Context:
     """Seed of the validation split and of generated belts."""
     epochs: int = 10
     """Epoch budget of each training run in figure 1 (early stopping may end sooner)."""
+    controller: str | None = None
+    """Figure 8 against this controller URL (e.g. a real Uno on /dev/ttyACM0) instead of
+    the firmware under QEMU."""
     python: str = ""
     """Interpreter used for subprocesses (`sorter run`, Keras latency)."""
     cache: dict[str, Any] = field(default_factory=dict)
