@@ -575,7 +575,7 @@ class ControllerLink:
                 out.waited = True
         while cmd.reply is None:
             remaining = end - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._stop.is_set():
                 break
             cmd._event.wait(min(remaining, 0.02))
             mono = time.monotonic()
