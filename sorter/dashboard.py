@@ -350,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
         snap = self.settings.status.snapshot()
         snap["alarms"] = derive_alarms(snap)
         snap["has_frame"] = callable(getattr(self.settings.status, "latest_frame", None))
-        body = json.dumps(snap, default=_json_default, allow_nan=False).encode()
+        body = json.dumps(_finite(snap), default=_json_default, allow_nan=False).encode()
         self._send(HTTPStatus.OK, body, "application/json")
 
     def _metrics(self) -> None:
@@ -385,6 +385,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"no crop for that item\n", "text/plain")
             return
         self._send(HTTPStatus.OK, encode_jpeg(np.asarray(crop, dtype=np.uint8)), "image/jpeg")
+
+
+def _finite(value: Any) -> Any:
+    """The snapshot with NaN/inf (not JSON) replaced by None, recursively."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

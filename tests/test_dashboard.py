@@ -212,7 +212,13 @@ def test_render_frame_leaves_the_input_untouched() -> None:
 def test_status_without_registry_gets_metrics_from_its_snapshot() -> None:
     class Minimal:
         def snapshot(self) -> dict[str, Any]:
-            return {"frames": 3, "drops": 1, "bins": {"L": 2}, "items_per_min": 12.0}
+            return {
+                "frames": 3,
+                "drops": 1,
+                "bins": {"L": 2},
+                "items_per_min": 12.0,
+                "latency_ms": {"p50": float("nan"), "p99": np.float32("inf")},
+            }
 
     with serve(Minimal(), "127.0.0.1", 0) as srv:
         with _get(srv.url + "metrics") as r:
@@ -220,6 +226,8 @@ def test_status_without_registry_gets_metrics_from_its_snapshot() -> None:
         assert 'sorter_items_total{bin="L"} 2.0' in text
         assert "sorter_items_per_minute 12.0" in text
         assert _status_code(srv.url + "frame.jpg") == 200
+        with _get(srv.url + "api/status") as r:
+            assert json.load(r)["latency_ms"] == {"p50": None, "p99": None}  # valid JSON
 
 
 @pytest.mark.parametrize(
