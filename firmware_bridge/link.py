@@ -237,6 +237,7 @@ class ControllerLink:
         self._next_query: dict[int, float] = {}
         self._query_failures: dict[int, int] = {}
         self._effects = 0
+        self._resync_wanted = ""
         self._deframer = Deframer()
         self._seen: OrderedDict[int, bytes] = OrderedDict()
         self._callbacks: list[EventCallback] = []
@@ -764,8 +765,13 @@ class ControllerLink:
         elif isinstance(msg, p.Status):
             self.last_status = msg
             self.in_safe_state = bool(msg.flags & p.FLAG_SAFE)
+            lost_config = not msg.flags & p.FLAG_CONFIGURED
+            if lost_config and self.handshake and self._state == "connected":
+                self._resync_wanted = "the controller lost its CONFIG (was it reset?)"
         elif isinstance(msg, p.Fault):
             log.warning("%s: controller fault %s", self.url, p.describe(msg))
+            if msg.code == p.FaultCode.WATCHDOG_RESET and self._state == "connected":
+                self._resync_wanted = "the controller restarted (watchdog)"
 
     def _host_time(self, ctrl_us: int, near: float) -> float | None:
         try:
@@ -829,6 +835,9 @@ class ControllerLink:
     def _tick(self) -> None:
         if self._heartbeat_paused > 0:
             return  # a silent host: nothing goes out on the link's own initiative
+        if self._resync_wanted:
+            self._resync()
+            return
         mono = time.monotonic()
         now = self.clock.now()
         self._retry_overdue(mono)
@@ -970,6 +979,24 @@ class ControllerLink:
             cmd.msg = p.Sort(msg.item, msg.gate, msg.mode, target, msg.window_us)
         log.info("%s: resending SORT for item %s (seq %d)", self.url, cmd.item, cmd.seq)
         self._send_command(cmd)
+
+    def _resync(self) -> None:
+        """The controller reset under us (same port): handshake again, then QUERY what was
+        in flight (a reset controller answers UNKNOWN: those end "timeout")."""
+        reason, self._resync_wanted = self._resync_wanted, ""
+        log.warning("%s: %s; shaking hands again", self.url, reason)
+        self._state = "connecting"
+        try:
+            self._shake_hands()
+        except LinkError as err:
+            self._lost(err)
+            return
+        self._state = "connected"
+        self.stats.reconnects += 1
+        with self._lock:
+            sorts = [c for c in self._sorts.values() if not c.done()]
+        for cmd in sorts:
+            self._query(cmd)
 
     # ================================================================ reconnect
     def _expire_while_lost(self) -> None:

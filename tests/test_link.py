@@ -508,3 +508,31 @@ def test_a_sort_is_not_resent_once_the_duplicate_window_has_moved_on(
         assert lonely.wait(5) == "fired"
         executed = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
         assert executed.count(lonely.seq) == 1
+
+
+def test_a_controller_reset_on_the_same_port_is_noticed_and_resynced() -> None:
+    from firmware_bridge.simulator import SimController, SimOptions
+
+    with ControllerLink("sim://?gates=3", ack_timeout_s=0.1) as link:
+        cmd = link.sort(1, 0, link.clock.now() + 30.0)
+        assert wait_for(lambda: cmd.acked)
+        port = link._port
+        with port._lock:  # power glitch: a fresh controller, same port, nothing configured
+            port.controller = SimController(SimOptions(gates=3), port.now_us())
+            port._tick(port.now_us())  # its boot STATUS: configured flag clear
+        assert cmd.wait(5) == "timeout" and "does not know" in cmd.detail
+        assert wait_for(lambda: link.state == "connected" and link.stats.reconnects == 1)
+        assert port.controller.state.configured
+        assert link.sort(2, 1).wait(5) == "fired"
+
+
+def test_position_mode_through_the_link() -> None:
+    with ControllerLink("sim://?gates=2&encoder=1&ticks_per_s=2000") as link:
+        assert link.info is not None and link.info.flags & p.FLAG_ENCODER
+        fired: list[p.Fired] = []
+        link.on_event(lambda m: fired.append(m) if isinstance(m, p.Fired) else None)
+        cmd = link.sort(1, 1, position=200, window_ticks=50)
+        assert cmd.wait(5) == "fired"
+        assert wait_for(lambda: len(fired) == 1)
+        assert 200 <= fired[0].position <= 250 and fired[0].item == 1
+        assert link.query(1).fate == p.Fate.FIRED
