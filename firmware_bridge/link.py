@@ -238,6 +238,7 @@ class ControllerLink:
         self._query_failures: dict[int, int] = {}
         self._effects = 0
         self._resync_wanted = ""
+        self._last_resync = -1e9
         self._deframer = Deframer()
         self._seen: OrderedDict[int, bytes] = OrderedDict()
         self._callbacks: list[EventCallback] = []
@@ -984,6 +985,13 @@ class ControllerLink:
         """The controller reset under us (same port): handshake again, then QUERY what was
         in flight (a reset controller answers UNKNOWN: those end "timeout")."""
         reason, self._resync_wanted = self._resync_wanted, ""
+        mono = time.monotonic()
+        if mono - self._last_resync < 5.0:
+            log.warning(
+                "%s: %s again within 5 s; not resyncing (check the firmware)", self.url, reason
+            )
+            return
+        self._last_resync = mono
         log.warning("%s: %s; shaking hands again", self.url, reason)
         self._state = "connecting"
         try:
