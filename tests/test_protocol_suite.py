@@ -160,8 +160,20 @@ def test_sorts_fire_at_their_targets(ctl: Controller) -> None:
         window = ctl.window_s
         cmds = [link.sort(new_item(), k % 3, t, window_s=window) for k, t in enumerate(targets)]
         ctl.wait(1.0)
+        statuses = [cmd.wait(5) for cmd in cmds]
+        if ctl.name == "sim":
+            assert statuses == ["fired"] * len(cmds)
+        else:
+            # QEMU's guest can stall for tens of ms on a loaded machine: a firing it could
+            # not make in time must then be reported LATE (never fired late in silence).
+            assert set(statuses) <= {"fired", "late"} and "fired" in statuses, statuses
         for cmd in cmds:
-            assert cmd.wait(5) == "fired", cmd
+            assert cmd.ctrl_time is not None and isinstance(cmd.msg, p.Sort)
+            late_by_us = p.time_diff(cmd.ctrl_time, cmd.msg.target)
+            if cmd.status == "late":
+                assert late_by_us > cmd.msg.window_us
+                continue
+            assert 0 <= late_by_us <= cmd.msg.window_us
             assert cmd.fired_at is not None and cmd.fire_at is not None
             assert abs(cmd.fired_at - cmd.fire_at) <= ctl.fire_tolerance_s
 
