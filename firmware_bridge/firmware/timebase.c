@@ -7,11 +7,10 @@
 #include "wake.h"
 
 /* On an ATmega328P, TOV1 is cleared by hardware when the overflow interrupt runs and by
- * writing a 1 to it. QEMU 7.2's Timer1 flags are plain storage (never cleared by the
- * interrupt, written as is), and its CPU can drop a pending interrupt request whenever
- * a device lowers another line (the USART does when UDR0 is read). timebase_init()
- * tells the two apart; with QEMU-style flags an overflow is counted once, by whichever
- * of the overflow interrupt and timebase_rescue_overflow() sees TOV1 set first. */
+ * writing a 1 to it. QEMU 7.2's Timer1 flags are plain storage: never cleared by the
+ * interrupt, written as is (a written 1 sets the flag). timebase_init() tells the two
+ * apart, and the overflow interrupt clears TOV1 itself on QEMU so that time_now_us()'s
+ * "overflow pending" check stays right there too. */
 
 static volatile uint16_t overflows; /* Timer1 overflows since reset (wraps with time) */
 static volatile uint8_t tick;       /* set by the compare interrupt */
@@ -40,10 +39,8 @@ void timebase_init(void)
 ISR(TIMER1_OVF_vect)
 {
     wake_flag = 1;
-    if (!plain_flags) {
-        overflows++;
-    } else if (TIFR1 & (1u << TOV1)) {
-        overflows++;
+    overflows++;
+    if (plain_flags) {
         clear_tov1();
     }
 }
@@ -88,14 +85,6 @@ uint8_t time_take_tick(void)
     }
     tick = 0;
     return 1;
-}
-
-void timebase_rescue_overflow(void)
-{
-    if (plain_flags && (TIFR1 & (1u << TOV1))) {
-        overflows++;
-        clear_tov1();
-    }
 }
 
 uint32_t time_now_us(void)

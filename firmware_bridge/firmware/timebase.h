@@ -47,8 +47,4 @@ uint8_t time_take_tick(void);
 uint8_t time_tick_ready(void);
 /* Microseconds since reset, wrapping at 2^32; never goes backwards between calls. */
 uint32_t time_now_us(void);
-/* Counts an overflow whose interrupt may have been lost (call from other ISRs that may
- * have cleared QEMU's pending-interrupt request; see timebase.c). */
-void timebase_rescue_overflow(void);
-
 #endif

@@ -1,5 +1,5 @@
-/* USART0 at 115200 8N1: interrupt-driven receive into a ring; transmit from a ring that
- * the main loop drains (uart_pump) while the data register is empty (AVR only). */
+/* USART0 at 115200 8N1 with RX and TX ring buffers: interrupt-driven receive, transmit
+ * drained by the main loop (uart_pump) (AVR only). */
 #ifndef UART_H
 #define UART_H
 #include <stdint.h>
@@ -14,7 +14,7 @@ int16_t uart_getc(void);
 uint8_t uart_rx_ready(void);
 /* True while queued bytes wait for the USART. */
 uint8_t uart_tx_pending(void);
-/* Queues bytes for sending; pumps (and waits) when the ring is full. */
+/* Queues bytes for sending; pumps (and waits) while the ring is full. */
 void uart_write(const uint8_t *data, uint8_t len);
 /* Moves queued bytes to the USART while it can take them. Cheap when nothing is queued. */
 void uart_pump(void);
