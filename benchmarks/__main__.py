@@ -62,7 +62,7 @@ def main(
     ),
     seed: int = typer.Option(0, help="Seed of the validation split and the generated belts."),
     epochs: int = typer.Option(
-        10, min=1, help="Epoch budget per training run of figure 1 (sizes the full run)."
+        12, min=1, help="Epoch budget per training run of figure 1 (sizes the full run)."
     ),
     keep: bool = typer.Option(False, help="Keep the scratch directory (models, videos, logs)."),
     controller: str | None = typer.Option(

@@ -87,7 +87,7 @@ class Context:
     """CUCUMBER-9 source batches (prototype_1)."""
     seed: int = 0
     """Seed of the validation split and of generated belts."""
-    epochs: int = 10
+    epochs: int = 12
     """Epoch budget of each training run in figure 1 (early stopping may end sooner)."""
     controller: str | None = None
     """Figure 8 against this controller URL (e.g. a real Uno on /dev/ttyACM0) instead of
