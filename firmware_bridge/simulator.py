@@ -467,6 +467,8 @@ class SimController:
 
     def _enter_safe(self, reason: int, now: int) -> None:
         st = self.state
+        if st.safe:
+            return  # already safe (like the firmware): a SAFE now gets only its ACK
         dropped = len(st.queue)
         for entry in st.queue:
             st.fates.append((entry.item, p.Fate.DROPPED, now))

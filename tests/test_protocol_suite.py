@@ -258,8 +258,13 @@ def test_safe_command_and_resume(ctl: Controller) -> None:
         assert wait_for(lambda: link.in_safe_state)
         refused = link.sort(new_item(), 0, ctl.clock.now() + 1.0)
         assert refused.wait(5) == "nak" and refused.nak_reason == p.NakReason.SAFE_STATE
+        got = collect(link)
+        assert link.safe().wait(5) == "acked"  # already safe: only the ACK
         assert link.resume().wait(5) == "acked"
         assert wait_for(lambda: not link.in_safe_state)
+        assert [m for m in got if isinstance(m, p.SafeState)] == [
+            p.SafeState(0, p.SafeReason.RESUMED, 0)
+        ]
         ok = link.sort(new_item(), 0)
         ctl.wait(0.1)
         assert ok.wait(5) == "fired"

@@ -242,6 +242,18 @@ def test_safe_command_and_fates() -> None:
     assert fates[1].time == 50_000  # type: ignore[attr-defined]
 
 
+def test_safe_while_already_safe_is_only_acked() -> None:
+    """Like the firmware: a second SAFE changes nothing and sends no second SAFE_STATE."""
+    bench = Bench()
+    bench.configure()
+    out = bench.send(p.Safe())
+    assert events(out, p.SafeState) == [p.SafeState(1, p.SafeReason.COMMAND, 0)]
+    assert events(bench.send(p.Heartbeat()), p.SafeState)  # the one re-send, as always
+    again = bench.send(p.Safe())
+    assert [type(m) for m in again] == [p.Ack] and again[0].acked_type == p.MsgType.SAFE  # type: ignore[attr-defined]
+    assert bench.sim.state.safe_reason == p.SafeReason.COMMAND
+
+
 def test_position_mode_with_encoder() -> None:
     bench = Bench(SimOptions(gates=2, encoder=True, ticks_per_s=1000))
     bench.configure(n=2, heartbeat_ms=60_000)
