@@ -21,146 +21,52 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import serial
 
 from firmware_bridge import protocol as p
 from firmware_bridge.clock import Clock, MonotonicClock, SyncEstimator, SyncSample
+from firmware_bridge.command import (
+    ACKED,
+    CANCELLED,
+    FINAL,
+    FIRED,
+    LATE,
+    NAK,
+    PENDING,
+    TIMEOUT,
+    Command,
+    LinkStats,
+    call_safely,
+)
 from firmware_bridge.errors import LinkError, ProtocolError
+from firmware_bridge.fates import SortFates
 from firmware_bridge.framing import PROTO_VERSION, Deframer
 from firmware_bridge.simulator import SimulatorPort
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
-FIRED = "fired"
-LATE = "late"
-NAK = "nak"
-TIMEOUT = "timeout"
-CANCELLED = "cancelled"
-ACKED = "acked"
-FINAL = frozenset({FIRED, LATE, NAK, TIMEOUT, CANCELLED, ACKED})
-"""Statuses a command ends in."""
+__all__ = [
+    "ACKED",
+    "CANCELLED",
+    "FINAL",
+    "FIRED",
+    "LATE",
+    "NAK",
+    "PENDING",
+    "TIMEOUT",
+    "Command",
+    "ControllerLink",
+    "LinkStats",
+]
 
 EventCallback = Callable[[p.Message], None]
 _EFFECT_TYPES = frozenset(
     {p.MsgType.CONFIG, p.MsgType.SORT, p.MsgType.CANCEL, p.MsgType.RESUME, p.MsgType.SAFE}
 )
 """Commands the controller keeps in its duplicate window."""
-
-
-@dataclass(eq=False)
-class Command:
-    """One command sent to the controller and what became of it.
-
-    A SORT ends "fired", "late", "nak", "timeout" or "cancelled"; other commands end
-    "acked", "nak" or "timeout". Callbacks run in a link thread: keep them short.
-    """
-
-    msg: p.Message
-    """The message sent."""
-    seq: int
-    """Its sequence number (kept across retries)."""
-    fire_at: float | None = None
-    """SORT in TIME mode: the host-clock time it should fire."""
-    window_s: float = 0.0
-    """SORT: how late it may still fire (s)."""
-    status: str = PENDING
-    """"pending" until done, then one of FINAL."""
-    acked: bool = False
-    """The controller ACKed (or replied to) it."""
-    nak_reason: p.NakReason | None = None
-    """Why it was refused, when status is "nak"."""
-    detail: str = ""
-    """Human-readable note on the outcome (e.g. "dropped: safe state HEARTBEAT")."""
-    reply: p.Message | None = None
-    """The typed reply (HELLO_INFO, SYNC_REPLY, FATE, ACK or NAK)."""
-    attempts: int = 0
-    """Times written (1 + retries)."""
-    sent_at: float | None = None
-    """Host clock time of the first write."""
-    done_at: float | None = None
-    """Host clock time it finished."""
-    fired_at: float | None = None
-    """Host clock time the controller reported the gate fired (FIRED), on the fire_at line."""
-    ctrl_time: int | None = None
-    """Controller time (us) of the FIRED/LATE/fate."""
-    _event: threading.Event = field(default_factory=threading.Event, repr=False)
-    _callbacks: list[Callable[[Command], None]] = field(default_factory=list, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def item(self) -> int | None:
-        """The item id for SORT/CANCEL/QUERY."""
-        return getattr(self.msg, "item", None)
-
-    @property
-    def kind(self) -> str:
-        """Message type name, e.g. "SORT"."""
-        return self.msg.TYPE.name
-
-    def done(self) -> bool:
-        """True once the status is final."""
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> str:
-        """Wait up to `timeout` seconds (real time) for the outcome; return the status."""
-        self._event.wait(timeout)
-        return self.status
-
-    def add_done_callback(self, fn: Callable[[Command], None]) -> None:
-        """Call `fn(command)` when done (at once if already done)."""
-        with self._lock:
-            if not self._event.is_set():
-                self._callbacks.append(fn)
-                return
-        _call(fn, self)
-
-    def _finish(self, status: str, when: float, detail: str = "") -> bool:
-        with self._lock:
-            if self._event.is_set():
-                return False
-            self.status = status
-            self.done_at = when
-            if detail:
-                self.detail = detail
-            callbacks = list(self._callbacks)
-            self._callbacks.clear()
-            self._event.set()
-        for fn in callbacks:
-            _call(fn, self)
-        return True
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("callback %r failed", fn)
-
-
-@dataclass
-class LinkStats:
-    """Counters the link keeps (shown by `sorter controller monitor`)."""
-
-    frames_sent: int = 0
-    """Frames written."""
-    frames_received: int = 0
-    """Valid frames read."""
-    retries: int = 0
-    """Commands written again after an ACK timeout."""
-    timeouts: int = 0
-    """Commands that ended "timeout"."""
-    queries: int = 0
-    """QUERYs sent for overdue or uncertain SORTs."""
-    reconnects: int = 0
-    """Successful reconnections."""
-    duplicates: int = 0
-    """Controller frames dropped as duplicates."""
-    bad_messages: int = 0
-    """Frames with a good CRC that did not decode."""
 
 
 @dataclass
@@ -173,7 +79,7 @@ class _Outstanding:
     effect_index: int = 0
 
 
-class ControllerLink:
+class ControllerLink(SortFates):
     """The serial link to a gate controller; see the module docstring and INTERFACES.md."""
 
     def __init__(
@@ -234,8 +140,7 @@ class ControllerLink:
         self._seq = itertools.count()
         self._outstanding: dict[int, _Outstanding] = {}
         self._sorts: dict[int, Command] = {}
-        self._next_query: dict[int, float] = {}
-        self._query_failures: dict[int, int] = {}
+        self._init_fates()
         self._effects = 0
         self._resync_wanted = ""
         self._last_resync = -1e9
@@ -245,6 +150,7 @@ class ControllerLink:
         self._msg_callbacks: list[EventCallback] = []
         self._stop = threading.Event()
         self._port_ready = threading.Event()
+        self._status_seen = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_tx_mono = 0.0
         self._last_tx_clock = 0.0
@@ -355,6 +261,7 @@ class ControllerLink:
             if old is not None and not old.done():
                 raise LinkError(f"{self.url}: item {item} already has a pending SORT")
             self._sorts[item] = cmd
+        self._forget_timed_out(item)
         self._send_command(cmd)
         return cmd
 
@@ -609,10 +516,14 @@ class ControllerLink:
     # ================================================================ handshake
     def wait_hello(self, timeout: float | None = None) -> p.HelloInfo:
         """Send HELLO every 0.3 s until HELLO_INFO answers (an Uno resets when its port is
-        opened and its bootloader swallows the first bytes). Raises `LinkError`."""
+        opened and its bootloader swallows the first bytes), and once more at once when the
+        controller's first STATUS arrives (it has just booted and listens now). Raises
+        `LinkError`."""
         limit = self.open_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         info: p.HelloInfo | None = None
+        self._status_seen.clear()
+        answered_status = False
         while info is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
@@ -621,7 +532,12 @@ class ControllerLink:
                 )
             cmd = Command(p.Hello(), self._next_seq())
             self._send_command(cmd)
-            cmd.wait(min(0.3, remaining))
+            until = time.monotonic() + min(0.3, remaining)
+            while not cmd.done() and time.monotonic() < until:
+                if not answered_status and self._status_seen.is_set():
+                    answered_status = True  # the controller is up: HELLO again right now
+                    break
+                cmd._event.wait(0.005)
             with self._lock:
                 self._outstanding.pop(cmd.seq, None)
             if isinstance(cmd.reply, p.HelloInfo):
@@ -689,7 +605,7 @@ class ControllerLink:
                 with self._lock:
                     listeners = list(self._msg_callbacks)
                 for fn in listeners:
-                    _call(fn, msg)
+                    call_safely(fn, msg)
                 try:
                     self._dispatch(msg, frame.seq, p.body(msg, frame.seq))
                 except Exception:
@@ -709,7 +625,7 @@ class ControllerLink:
             with self._lock:
                 callbacks = list(self._callbacks)
             for fn in callbacks:
-                _call(fn, msg)
+                call_safely(fn, msg)
             return
         acked_seq = getattr(msg, "acked_seq", None)
         with self._lock:
@@ -721,7 +637,7 @@ class ControllerLink:
         cmd.reply = msg
         cmd.acked = True
         if out.on_reply is not None:
-            _call(out.on_reply, msg)
+            call_safely(out.on_reply, msg)
         now = self.clock.now()
         if isinstance(msg, p.Nak):
             cmd.nak_reason = _nak_enum(msg.reason)
@@ -734,18 +650,7 @@ class ControllerLink:
     def _handle_event(self, msg: p.Message) -> None:
         now = self.clock.now()
         if isinstance(msg, p.Fired | p.Late):
-            with self._lock:
-                cmd = self._sorts.get(msg.item)
-            if cmd is None:
-                log.debug("%s: %s for an unknown item", self.url, p.describe(msg))
-                return
-            cmd.acked = True
-            cmd.ctrl_time = msg.time
-            if isinstance(msg, p.Fired):
-                cmd.fired_at = self._host_time(msg.time, now)
-                self._resolve_sort(cmd, FIRED)
-            else:
-                self._resolve_sort(cmd, LATE, detail=f"late at controller time {msg.time}")
+            self._on_fired_or_late(msg, now)
         elif isinstance(msg, p.SafeState):
             again = self.in_safe_state and bool(msg.entered)
             self.in_safe_state = bool(msg.entered)
@@ -765,6 +670,7 @@ class ControllerLink:
                     self._resume_wanted = True
         elif isinstance(msg, p.Status):
             self.last_status = msg
+            self._status_seen.set()
             self.in_safe_state = bool(msg.flags & p.FLAG_SAFE)
             lost_config = not msg.flags & p.FLAG_CONFIGURED
             if lost_config and self.handshake and self._state == "connected":
@@ -779,21 +685,6 @@ class ControllerLink:
             return self.sync.to_host(ctrl_us, near)
         except RuntimeError:
             return None
-
-    def _resolve_sort(self, cmd: Command, status: str, detail: str = "") -> None:
-        if cmd._finish(status, self.clock.now(), detail):
-            self._forget_sort(cmd)
-
-    def _forget_sort(self, cmd: Command) -> None:
-        item = cmd.item
-        with self._lock:
-            if item is not None and self._sorts.get(item) is cmd:
-                del self._sorts[item]
-            self._next_query.pop(cmd.seq, None)
-            self._query_failures.pop(cmd.seq, None)
-            out = self._outstanding.get(cmd.seq)
-            if out is not None and out.cmd is cmd:
-                del self._outstanding[cmd.seq]
 
     # ================================================================ supervisor
     def _heartbeat_virtual(self) -> bool:
@@ -892,95 +783,6 @@ class ControllerLink:
             newer = self._effects - out.effect_index
         return newer < p.DEDUP_WINDOW - 1
 
-    def _query_overdue(self, now: float) -> None:
-        """QUERY acked SORTs whose FIRED/LATE is overdue, and re-QUERY (every few ACK
-        timeouts, real time) SORTs whose fate is still being asked for."""
-        mono = time.monotonic()
-        with self._lock:
-            sorts = [c for c in self._sorts.values() if not c.done()]
-            asked = dict(self._next_query)
-        for cmd in sorts:
-            if cmd.seq not in asked:
-                due = self._fate_due(cmd)
-                if not cmd.acked or due is None or now < due:
-                    continue
-            if mono >= asked.get(cmd.seq, 0.0):
-                self._query(cmd)
-
-    def _fate_due(self, cmd: Command) -> float | None:
-        if cmd.fire_at is not None:
-            return cmd.fire_at + cmd.window_s + self.fate_margin_s
-        if isinstance(cmd.msg, p.Sort) and cmd.msg.mode == p.SortMode.NOW and cmd.sent_at:
-            return cmd.sent_at + self.fate_margin_s
-        return None
-
-    def _query(self, sort: Command) -> None:
-        item = sort.item
-        assert item is not None
-        with self._lock:
-            self._next_query[sort.seq] = time.monotonic() + max(0.2, 4 * self.ack_timeout_s)
-        self.stats.queries += 1
-        query = Command(p.Query(item), self._next_seq())
-
-        def on_reply(reply: p.Message) -> None:
-            if isinstance(reply, p.FateReply):
-                self._apply_fate(sort, reply)
-
-        def on_done(q: Command) -> None:
-            if q.status != TIMEOUT or sort.done() or self._state != "connected":
-                return
-            with self._lock:
-                self._query_failures[sort.seq] = self._query_failures.get(sort.seq, 0) + 1
-                failures = self._query_failures[sort.seq]
-            if failures >= 2:
-                self.stats.timeouts += 1
-                self._resolve_sort(sort, TIMEOUT, detail="no answer to the SORT nor to QUERY")
-
-        query.add_done_callback(on_done)
-        self._send_command(query, on_reply)
-
-    def _apply_fate(self, cmd: Command, reply: p.FateReply) -> None:
-        fate = reply.fate
-        if fate == p.Fate.PENDING:
-            cmd.acked = True
-            return
-        if fate == p.Fate.FIRED:
-            cmd.acked = True
-            cmd.ctrl_time = reply.time
-            cmd.fired_at = self._host_time(reply.time, self.clock.now())
-            self._resolve_sort(cmd, FIRED, detail="fate from QUERY")
-        elif fate == p.Fate.LATE:
-            cmd.ctrl_time = reply.time
-            self._resolve_sort(cmd, LATE, detail="fate from QUERY")
-        elif fate == p.Fate.CANCELLED:
-            self._resolve_sort(cmd, CANCELLED, detail="fate from QUERY")
-        elif fate == p.Fate.DROPPED:
-            self._resolve_sort(cmd, CANCELLED, detail="dropped: safe state (fate from QUERY)")
-        else:
-            if not cmd.acked and self._can_resend(cmd):
-                self._resend_sort(cmd)
-                return
-            self.stats.timeouts += 1
-            self._resolve_sort(cmd, TIMEOUT, detail="controller does not know the item")
-
-    def _can_resend(self, cmd: Command) -> bool:
-        if cmd.fire_at is None:
-            return False
-        return self.clock.now() < cmd.fire_at - self.ack_timeout_s
-
-    def _resend_sort(self, cmd: Command) -> None:
-        """A SORT the controller never saw and that is still in time: send it anew."""
-        assert isinstance(cmd.msg, p.Sort)
-        with self._lock:
-            self._next_query.pop(cmd.seq, None)
-        cmd.seq = self._next_seq()
-        if cmd.fire_at is not None and self.sync.synced:
-            msg = cmd.msg
-            target = self.sync.to_controller(cmd.fire_at)
-            cmd.msg = p.Sort(msg.item, msg.gate, msg.mode, target, msg.window_us)
-        log.info("%s: resending SORT for item %s (seq %d)", self.url, cmd.item, cmd.seq)
-        self._send_command(cmd)
-
     def _resync(self) -> None:
         """The controller reset under us (same port): handshake again, then QUERY what was
         in flight (a reset controller answers UNKNOWN: those end "timeout")."""
@@ -1007,18 +809,6 @@ class ControllerLink:
             self._query(cmd)
 
     # ================================================================ reconnect
-    def _expire_while_lost(self) -> None:
-        if self._lost_since is None:
-            return
-        now = self.clock.now()
-        with self._lock:
-            sorts = [c for c in self._sorts.values() if not c.done()]
-        for cmd in sorts:
-            due = self._fate_due(cmd)
-            if due is not None and now > due + self.lost_grace_s:
-                self.stats.timeouts += 1
-                self._resolve_sort(cmd, TIMEOUT, detail="link lost")
-
     def _try_reconnect(self) -> bool:
         with self._lock:
             stale = list(self._outstanding.values())

@@ -15,6 +15,7 @@ import pytest
 
 from firmware_bridge import protocol as p
 from firmware_bridge.clock import SyncEstimator, SyncSample, VirtualClock
+from firmware_bridge.command import Command
 from firmware_bridge.errors import LinkError
 from firmware_bridge.framing import Deframer
 from firmware_bridge.link import ControllerLink
@@ -47,6 +48,13 @@ class FilterPort:
         self._out = Deframer()
         self.dropped_in: list[p.Message] = []
         self.dropped_out: list[p.Message] = []
+        self._inject = bytearray()
+        self._inject_lock = threading.Lock()
+
+    def inject(self, msg: p.Message, seq: int) -> None:
+        """Deliver a controller message to the host with the next read (a late frame)."""
+        with self._inject_lock:
+            self._inject += p.encode(msg, seq)
 
     @property
     def in_waiting(self) -> int:
@@ -62,7 +70,8 @@ class FilterPort:
         return len(data)
 
     def read(self, size: int = 1) -> bytes:
-        out = bytearray()
+        with self._inject_lock:
+            out, self._inject = self._inject, bytearray()
         for frame in self._out.feed(self.sim_port.read(size)):
             msg = p.decode(frame)
             if self.drop_out(msg):
@@ -536,3 +545,107 @@ def test_position_mode_through_the_link() -> None:
         assert wait_for(lambda: len(fired) == 1)
         assert 200 <= fired[0].position <= 250 and fired[0].item == 1
         assert link.query(1).fate == p.Fate.FIRED
+
+
+def test_a_timeout_can_be_corrected_once_to_fired_or_late() -> None:
+    cmd = Command(p.Sort(1, 0, p.SortMode.NOW, 0, 0), seq=1)
+    seen: list[tuple[str, bool]] = []
+    cmd.add_done_callback(lambda c: seen.append((c.status, c.corrected)))
+    assert not cmd._correct("fired", 1.0, "too early")  # not ended yet
+    assert cmd._finish("timeout", 1.0, "no answer")
+    assert cmd._correct("fired", 2.0, "FIRED event")
+    assert not cmd._correct("late", 3.0, "again")  # only once
+    assert (cmd.status, cmd.corrected, cmd.done_at) == ("fired", True, 2.0)
+    assert "corrected from timeout" in cmd.detail
+    assert seen == [("timeout", False), ("fired", True)]
+    nak = Command(p.Sort(2, 0, p.SortMode.NOW, 0, 0), seq=2)
+    nak._finish("nak", 1.0)
+    assert not nak._correct("fired", 2.0, "never") and nak.status == "nak"
+
+
+def _muted_fates_link(
+    vclock: VirtualClock, hold: list[tuple[p.Message, int]]
+) -> tuple[ControllerLink, FilterPort, dict[str, bool]]:
+    """A link whose FIRED events are held back (in `hold`) and whose QUERYs go unanswered
+    while `mute["on"]`."""
+    mute = {"on": True}
+    sim = SimulatorPort("sim://?gates=2", vclock)
+
+    def drop_out(m: p.Message) -> bool:
+        if isinstance(m, p.Fired):
+            hold.append((m, 0x7F00 + len(hold)))
+            return True
+        return mute["on"] and isinstance(m, p.FateReply)
+
+    port = FilterPort(sim, drop_out=drop_out)
+    link = ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=0.03, retries=1, port_factory=lambda: port
+    )
+    return link, port, mute
+
+
+def test_a_sort_reported_timeout_is_corrected_by_a_later_fate_answer(
+    vclock: VirtualClock,
+) -> None:
+    """No FIRED and no answer to QUERY: "timeout"; the link asks again afterwards and the
+    FATE answer corrects it to "fired", calling the callbacks again."""
+    hold: list[tuple[p.Message, int]] = []
+    link, port, mute = _muted_fates_link(vclock, hold)
+    with link:
+        cmd = link.sort(1, 1, vclock.now() + 0.2)
+        seen: list[str] = []
+        cmd.add_done_callback(lambda c: seen.append(c.status))
+        vclock.advance(0.5)
+        assert cmd.wait(10) == "timeout" and "QUERY" in cmd.detail
+        assert not cmd.corrected and link.stats.queries >= 3
+        mute["on"] = False
+        assert wait_for(lambda: cmd.status == "fired", timeout=10)
+        assert cmd.corrected and link.stats.corrections == 1
+        assert cmd.fired_at == pytest.approx(cmd.fire_at, abs=1e-6)
+        assert wait_for(lambda: seen == ["timeout", "fired"])
+        assert [r.item for r in port.sim_port.controller.fire_log] == [1]
+
+
+def test_a_late_fired_event_corrects_a_timeout(vclock: VirtualClock) -> None:
+    hold: list[tuple[p.Message, int]] = []
+    link, port, _mute = _muted_fates_link(vclock, hold)
+    with link:
+        cmd = link.sort(1, 0, vclock.now() + 0.2)
+        vclock.advance(0.5)
+        assert cmd.wait(10) == "timeout"
+        with link.heartbeat_paused():  # no re-check QUERY: only the late event can tell
+            ((fired, seq),) = hold
+            port.inject(fired, seq)
+            assert wait_for(lambda: cmd.status == "fired")
+        assert cmd.corrected and "corrected" in cmd.detail and link.stats.corrections == 1
+        assert isinstance(fired, p.Fired) and cmd.ctrl_time == fired.time
+
+
+class BootingPort(FilterPort):
+    """A controller that ignores the host until it has booted, then says STATUS (an Uno
+    whose bootloader runs for `boot_s` after the port opened)."""
+
+    def __init__(self, sim_port: SimulatorPort, boot_s: float) -> None:
+        super().__init__(sim_port)
+        self.booted_at = time.monotonic() + boot_s
+
+    def write(self, data: bytes) -> int:
+        if time.monotonic() < self.booted_at:
+            return len(data)  # swallowed by the bootloader
+        return super().write(data)
+
+    def read(self, size: int = 1) -> bytes:
+        if time.monotonic() < self.booted_at:
+            time.sleep(0.005)
+            return b""
+        return super().read(size)
+
+
+def test_the_first_status_is_answered_with_hello_at_once() -> None:
+    """The HELLO sent at open is lost in the bootloader; the controller's boot STATUS
+    gets a HELLO right away, not at the next 0.3 s resend (open_timeout_s is shorter)."""
+    port = BootingPort(SimulatorPort("sim://?gates=2"), boot_s=0.05)
+    link = ControllerLink("sim://", open_timeout_s=0.28, port_factory=lambda: port)
+    with link:
+        assert link.state == "connected" and link.info is not None
+        assert link.sort(1, 0).wait(5) == "fired"

@@ -1,0 +1,280 @@
+"""How the link learns each SORT's fate when the controller's FIRED/LATE does not arrive.
+
+`SortFates` is the part of `ControllerLink` (a mixin) that QUERYs SORTs whose FIRED/LATE
+is overdue or whose ACK never came, applies FATE answers, resends a SORT the controller
+never saw while it is still in time, and ends a SORT "timeout" only after asking:
+
+- a SORT is QUERYed when its FIRED/LATE is overdue (target + window + `fate_margin_s`),
+  when its ACK never came, and after a reconnect or a controller reset;
+- each QUERY is itself retried (same seq) on the ACK timeout; a SORT ends "timeout" when
+  the controller answers UNKNOWN (it never saw the item, was reset, or forgot it), when
+  `FATE_QUERIES` QUERYs in a row got no answer, or when the link stays lost past
+  the fate's due time + `lost_grace_s`;
+- a "timeout" that the controller might still know about (no answer, link lost) is QUERYed
+  again up to `RECHECKS` times within `RECHECK_S` (monotonic), and any FIRED/LATE event
+  or FATE answer that arrives later for a SORT reported "timeout" corrects it once
+  (`Command.corrected`; the done-callbacks run again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from firmware_bridge import protocol as p
+from firmware_bridge.clock import Clock, SyncEstimator
+from firmware_bridge.command import CANCELLED, FIRED, LATE, TIMEOUT, Command, LinkStats
+
+log = logging.getLogger(__name__)
+
+FATE_QUERIES = 3
+"""QUERYs in a row without any answer before a SORT ends "timeout"."""
+RECHECKS = 3
+"""QUERYs sent for a SORT after it ended "timeout" without an answer (to correct it)."""
+RECHECK_S = 10.0
+"""How long after a "timeout" those QUERYs may still go out (monotonic seconds)."""
+TIMED_OUT_KEPT = 512
+"""SORTs reported "timeout" remembered so a late FIRED/LATE can still correct them."""
+
+
+class SortFates:
+    """Mixin for `ControllerLink`: SORT fates from events, QUERY and late corrections."""
+
+    url: str
+    clock: Clock
+    stats: LinkStats
+    sync: SyncEstimator
+    ack_timeout_s: float
+    fate_margin_s: float
+    lost_grace_s: float
+    _lock: threading.RLock
+    _sorts: dict[int, Command]
+    _outstanding: dict[int, Any]
+    _lost_since: float | None
+
+    def _init_fates(self) -> None:
+        self._next_query: dict[int, float] = {}
+        self._query_failures: dict[int, int] = {}
+        self._timed_out: OrderedDict[int, Command] = OrderedDict()
+        self._rechecks: dict[int, tuple[float, int, float]] = {}
+        """item -> (next QUERY, QUERYs left, give up at), all monotonic."""
+
+    # provided by ControllerLink
+    def _send_command(self, cmd: Command, on_reply: Any = None) -> None:
+        raise NotImplementedError
+
+    def _next_seq(self) -> int:
+        raise NotImplementedError
+
+    def _host_time(self, ctrl_us: int, near: float) -> float | None:
+        raise NotImplementedError
+
+    @property
+    def state(self) -> str:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ outcomes
+    def _resolve_sort(
+        self, cmd: Command, status: str, detail: str = "", *, recheck: bool = False
+    ) -> None:
+        """End a SORT; a "timeout" is remembered (and QUERYed again if `recheck`) so its
+        real fate can still correct it."""
+        if not cmd._finish(status, self.clock.now(), detail):
+            return
+        self._forget_sort(cmd)
+        if status != TIMEOUT or cmd.item is None:
+            return
+        self.stats.timeouts += 1
+        with self._lock:
+            self._timed_out[cmd.item] = cmd
+            self._timed_out.move_to_end(cmd.item)
+            while len(self._timed_out) > TIMED_OUT_KEPT:
+                old, _ = self._timed_out.popitem(last=False)
+                self._rechecks.pop(old, None)
+            if recheck:
+                mono = time.monotonic()
+                self._rechecks[cmd.item] = (mono, RECHECKS, mono + RECHECK_S)
+
+    def _forget_sort(self, cmd: Command) -> None:
+        item = cmd.item
+        with self._lock:
+            if item is not None and self._sorts.get(item) is cmd:
+                del self._sorts[item]
+            self._next_query.pop(cmd.seq, None)
+            self._query_failures.pop(cmd.seq, None)
+            out = self._outstanding.get(cmd.seq)
+            if out is not None and out.cmd is cmd:
+                del self._outstanding[cmd.seq]
+
+    def _forget_timed_out(self, item: int) -> None:
+        """A new SORT for `item`: later news about the item is about the new one."""
+        with self._lock:
+            self._timed_out.pop(item, None)
+            self._rechecks.pop(item, None)
+
+    def _correct(self, item: int, status: str, detail: str) -> Command | None:
+        """The controller's word on a SORT already reported "timeout": correct it."""
+        with self._lock:
+            cmd = self._timed_out.get(item)
+            if cmd is None:
+                return None
+            del self._timed_out[item]
+            self._rechecks.pop(item, None)
+        if cmd._correct(status, self.clock.now(), detail):
+            self.stats.corrections += 1
+            log.warning("%s: item %s was reported timeout but %s", self.url, item, status)
+        return cmd
+
+    def _on_fired_or_late(self, msg: p.Fired | p.Late, now: float) -> None:
+        with self._lock:
+            cmd = self._sorts.get(msg.item)
+        if cmd is None:
+            late = self._timed_out.get(msg.item)
+            if late is None:
+                log.debug("%s: %s for an unknown item", self.url, p.describe(msg))
+                return
+            cmd = late
+        cmd.acked = True
+        cmd.ctrl_time = msg.time
+        if isinstance(msg, p.Fired):
+            cmd.fired_at = self._host_time(msg.time, now)
+            status, detail = FIRED, ""
+        else:
+            status, detail = LATE, f"late at controller time {msg.time}"
+        if cmd.status == TIMEOUT:
+            self._correct(msg.item, status, detail or "FIRED event")
+        else:
+            self._resolve_sort(cmd, status, detail=detail)
+
+    # ------------------------------------------------------------------ QUERY
+    def _query_overdue(self, now: float) -> None:
+        """QUERY acked SORTs whose FIRED/LATE is overdue, re-QUERY (every few ACK timeouts,
+        real time) SORTs whose fate is still being asked for, and re-check timeouts."""
+        mono = time.monotonic()
+        with self._lock:
+            sorts = [c for c in self._sorts.values() if not c.done()]
+            asked = dict(self._next_query)
+            rechecks = [
+                (item, entry)
+                for item, entry in self._rechecks.items()
+                if entry[0] <= mono or entry[2] <= mono
+            ]
+        for cmd in sorts:
+            if cmd.seq not in asked:
+                due = self._fate_due(cmd)
+                if not cmd.acked or due is None or now < due:
+                    continue
+            if mono >= asked.get(cmd.seq, 0.0):
+                self._query(cmd)
+        for item, (_, left, give_up) in rechecks:
+            with self._lock:
+                timed_out = self._timed_out.get(item)
+                if timed_out is None or left <= 0 or mono >= give_up:
+                    self._rechecks.pop(item, None)
+                    continue
+                self._rechecks[item] = (mono + max(0.5, 4 * self.ack_timeout_s), left - 1, give_up)
+            self._query(timed_out)
+
+    def _fate_due(self, cmd: Command) -> float | None:
+        if cmd.fire_at is not None:
+            return cmd.fire_at + cmd.window_s + self.fate_margin_s
+        if isinstance(cmd.msg, p.Sort) and cmd.msg.mode == p.SortMode.NOW and cmd.sent_at:
+            return cmd.sent_at + self.fate_margin_s
+        return None
+
+    def _query(self, sort: Command) -> None:
+        item = sort.item
+        assert item is not None
+        with self._lock:
+            if not sort.done():
+                self._next_query[sort.seq] = time.monotonic() + max(0.2, 4 * self.ack_timeout_s)
+        self.stats.queries += 1
+        query = Command(p.Query(item), self._next_seq())
+
+        def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.FateReply):
+                self._apply_fate(sort, reply)
+
+        def on_done(q: Command) -> None:
+            if q.status != TIMEOUT or sort.done() or self.state != "connected":
+                return
+            with self._lock:
+                self._query_failures[sort.seq] = self._query_failures.get(sort.seq, 0) + 1
+                failures = self._query_failures[sort.seq]
+            if failures >= FATE_QUERIES:
+                self._resolve_sort(
+                    sort, TIMEOUT, detail="no answer to the SORT nor to QUERY", recheck=True
+                )
+
+        query.add_done_callback(on_done)
+        self._send_command(query, on_reply)
+
+    def _apply_fate(self, cmd: Command, reply: p.FateReply) -> None:
+        fate = reply.fate
+        if cmd.done():
+            if cmd.status == TIMEOUT and fate in (p.Fate.FIRED, p.Fate.LATE):
+                self._fate_times(cmd, reply)
+                status = FIRED if fate == p.Fate.FIRED else LATE
+                self._correct(reply.item, status, "fate from QUERY")
+            elif cmd.status == TIMEOUT and fate != p.Fate.PENDING:
+                with self._lock:  # the controller's final word: nothing to correct
+                    self._rechecks.pop(reply.item, None)
+            return
+        if fate == p.Fate.PENDING:
+            cmd.acked = True
+            return
+        if fate == p.Fate.FIRED:
+            cmd.acked = True
+            self._fate_times(cmd, reply)
+            self._resolve_sort(cmd, FIRED, detail="fate from QUERY")
+        elif fate == p.Fate.LATE:
+            cmd.ctrl_time = reply.time
+            self._resolve_sort(cmd, LATE, detail="fate from QUERY")
+        elif fate == p.Fate.CANCELLED:
+            self._resolve_sort(cmd, CANCELLED, detail="fate from QUERY")
+        elif fate == p.Fate.DROPPED:
+            self._resolve_sort(cmd, CANCELLED, detail="dropped: safe state (fate from QUERY)")
+        else:
+            if not cmd.acked and self._can_resend(cmd):
+                self._resend_sort(cmd)
+                return
+            self._resolve_sort(cmd, TIMEOUT, detail="controller does not know the item")
+
+    def _fate_times(self, cmd: Command, reply: p.FateReply) -> None:
+        cmd.ctrl_time = reply.time
+        if reply.fate == p.Fate.FIRED:
+            cmd.fired_at = self._host_time(reply.time, self.clock.now())
+
+    def _can_resend(self, cmd: Command) -> bool:
+        if cmd.fire_at is None:
+            return False
+        return self.clock.now() < cmd.fire_at - self.ack_timeout_s
+
+    def _resend_sort(self, cmd: Command) -> None:
+        """A SORT the controller never saw and that is still in time: send it anew."""
+        assert isinstance(cmd.msg, p.Sort)
+        with self._lock:
+            self._next_query.pop(cmd.seq, None)
+        cmd.seq = self._next_seq()
+        if cmd.fire_at is not None and self.sync.synced:
+            msg = cmd.msg
+            target = self.sync.to_controller(cmd.fire_at)
+            cmd.msg = p.Sort(msg.item, msg.gate, msg.mode, target, msg.window_us)
+        log.info("%s: resending SORT for item %s (seq %d)", self.url, cmd.item, cmd.seq)
+        self._send_command(cmd)
+
+    def _expire_while_lost(self) -> None:
+        """While the port is gone: SORTs whose fate is long overdue end "timeout" (the
+        caller needs an answer); they are QUERYed after the reconnect and corrected."""
+        if self._lost_since is None:
+            return
+        now = self.clock.now()
+        with self._lock:
+            sorts = [c for c in self._sorts.values() if not c.done()]
+        for cmd in sorts:
+            due = self._fate_due(cmd)
+            if due is not None and now > due + self.lost_grace_s:
+                self._resolve_sort(cmd, TIMEOUT, detail="link lost", recheck=True)
