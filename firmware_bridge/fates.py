@@ -62,6 +62,12 @@ class SortFates:
         self._rechecks: dict[int, tuple[float, int, float]] = {}
         """item -> (next QUERY, QUERYs left, give up at), all monotonic."""
 
+    def rechecking(self) -> int:
+        """SORTs reported "timeout" whose fate the link is still asking for (a correction
+        may follow)."""
+        with self._lock:
+            return len(self._rechecks)
+
     # provided by ControllerLink
     def _send_command(self, cmd: Command, on_reply: Any = None) -> None:
         raise NotImplementedError
