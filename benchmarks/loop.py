@@ -119,6 +119,30 @@ def model_path(ctx: Context) -> Path:
     return path
 
 
+def belt_images(ctx: Context) -> Path | None:
+    """The images belts are made of: the validation split of this run's fixed split.
+
+    With seed 0 it is also the shipped model's validation split (sorter-train's default
+    split draws the same images), so the loop grades items the model did not train on.
+    """
+    if "belt_images" not in ctx.cache:
+        from benchmarks import models
+
+        path: Path | None = None
+        if models.training_missing() is None:
+            tree = models.split_tree(ctx)
+            rels = sorted(f"{p.parent.name}/{p.name}" for p in tree.glob("val/*/*"))
+            path = ctx.workdir / "belt-images.txt"
+            path.write_text("\n".join(rels) + "\n", encoding="utf-8")
+            ctx.note(
+                f"Generated belts (figures 5-7, 9) use the {len(rels)} validation-split images "
+                "(never trained on by the shipped model), repeated as needed."
+            )
+        ctx.cache["belt_images"] = path
+    cached: Path | None = ctx.cache["belt_images"]
+    return cached
+
+
 SPACING_PX = 160.0
 """Centre-to-centre item spacing of generated belts (the item window is 120 px)."""
 
@@ -144,6 +168,7 @@ def make_belt(ctx: Context, name: str, *, items_per_s: float, count: int) -> tup
         seed=ctx.seed,
         lead_in_s=0.5,
     )
+    cfg.split_file = belt_images(ctx)
     res = simulate_belt(c9_tree(ctx), out, cfg)
     ctx.cache[key] = (Path(res.video), Path(res.truth))
     result: tuple[Path, Path] = ctx.cache[key]
