@@ -6,7 +6,9 @@ rows are keyed (run, item). A decision is inserted when it is made and its `stat
 when the controller reports the command's fate.
 
 JSON lines (`--log PATH.jsonl`) get one line per item once its fate is final, with the
-fields of `DecisionRecord.as_dict()`.
+fields of `DecisionRecord.as_dict()`. When the controller later corrects a fate (a SORT
+reported `timeout` whose FIRED arrives after all), a second line for the item follows with
+`"corrected": true`: the last line of an item wins.
 
 `--save-crops DIR` keeps each item's best crop as DIR/<grade>/<run>_<item>.png (the run
 prefix keeps runs from overwriting each other), or DIR/_review/<grade>/<run>_<item>.png
@@ -255,11 +257,16 @@ class DecisionLog:
             if rec is None:
                 log.warning("fate %s for unknown item %d", status, item)
                 return None
+            corrected = rec.status in FINAL_STATUSES and rec.status != status
             rec.status = status
             if fired_at is not None:
                 rec.fired_at = fired_at
             if bin_name is not None:
                 rec.bin = bin_name
+            if corrected and rec.item in self._written:
+                # the controller's later word (e.g. timeout -> fired): a new line supersedes
+                rec.extra["corrected"] = True
+                self._written.discard(rec.item)
             if self._db is not None:
                 self._db.execute(
                     "UPDATE decisions SET status = ?, fired_at = ?, bin = ? "

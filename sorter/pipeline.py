@@ -51,6 +51,10 @@ from sorter.vision import BackgroundModel, Locator, LocatorConfig, crop_window, 
 log = logging.getLogger(__name__)
 
 
+KEEP_DECIDED = 4096
+"""Decided items remembered for overlays and late fate corrections."""
+
+
 class ClassifierLike(Protocol):
     """What the loop needs from sorter.classifier.Classifier."""
 
@@ -104,6 +108,8 @@ class SortingLoop:
         self._decided: dict[int, DecisionRecord] = {}
         self._fate_lock = threading.Lock()
         self._early_fates: dict[int, Any] = {}
+        self._bins: dict[int, str] = {}
+        self._in_flight: set[int] = set()
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
         status.line_x = tracker.line
@@ -186,10 +192,13 @@ class SortingLoop:
         def on_done(cmd: Any) -> None:
             self._fate(item, cmd)
 
+        with self._fate_lock:
+            self._in_flight.add(item)
         sched = self.scheduler.schedule(item, verdict.gate, t_line, on_done=on_done)
         t1 = time.perf_counter()
         latency = t1 - received
         bin_name = verdict.bin if sched.status in ("pending", "dry-run") else self.policy.reject_bin
+        self._bins[item] = verdict.bin
         rec = DecisionRecord(
             item=item,
             t_line=t_line,
@@ -212,7 +221,12 @@ class SortingLoop:
             self.status.fate(item, sched.status)
         with self._fate_lock:
             self._decided[item] = rec
+            self._in_flight.discard(item)
             early = self._early_fates.pop(item, None)
+            while len(self._decided) > KEEP_DECIDED:  # bounded over a season-long run
+                oldest = next(iter(self._decided))
+                del self._decided[oldest]
+                self._bins.pop(oldest, None)
         if early is not None:  # the fate came back before the record was written
             self._apply_fate(item, early)
         t2 = time.perf_counter()
@@ -232,8 +246,8 @@ class SortingLoop:
     def _fate(self, item: int, cmd: Any) -> None:
         """A SORT's fate arrived (link thread)."""
         with self._fate_lock:
-            if item not in self._decided:
-                self._early_fates[item] = cmd
+            if item in self._in_flight:
+                self._early_fates[item] = cmd  # the record is being written right now
                 return
         self._apply_fate(item, cmd)
 
@@ -243,7 +257,7 @@ class SortingLoop:
         fired_at = (
             self.scheduler.timeline.to_source(float(fired_host)) if fired_host is not None else None
         )
-        bin_name = None if status == "fired" else self.policy.reject_bin
+        bin_name = self._bins.get(item) if status == "fired" else self.policy.reject_bin
         self.decisions.update_fate(item, status, fired_at=fired_at, bin_name=bin_name)
         self.status.fate(item, status)
         if status != "fired":

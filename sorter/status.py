@@ -58,6 +58,7 @@ class Status:
         self.bins: dict[str, int] = {}
         self.grades: dict[str, int] = {}
         self.statuses: dict[str, int] = {}
+        self._fates: dict[int, str] = {}
         self.stages: dict[str, float] = {}
         self.line_x: float | None = None
         self.link: dict[str, Any] = {"state": "none", "url": url, "safe": False}
@@ -148,8 +149,16 @@ class Status:
             self._m_latency.observe(latency_s)
 
     def fate(self, item: int, status: str) -> None:
-        """A decision reached its final status."""
+        """A decision reached its final status (again, when the controller corrects it)."""
         with self._lock:
+            old = self._fates.get(item)
+            if old == status:
+                return
+            if old is not None:
+                self.statuses[old] -= 1
+                if not self.statuses[old]:
+                    del self.statuses[old]
+            self._fates[item] = status
             self.statuses[status] = self.statuses.get(status, 0) + 1
             for d in self._decisions:
                 if d.get("item") == item:

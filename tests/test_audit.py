@@ -122,3 +122,20 @@ def test_unwritable_db_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SorterError, match="cannot open the decision log") as info:
         DecisionLog(blocker / "d.db").open()
     assert str(blocker) in str(info.value)
+
+
+def test_a_corrected_fate_supersedes_in_both_logs(tmp_path: Path) -> None:
+    db, path = tmp_path / "d.db", tmp_path / "d.jsonl"
+    log = DecisionLog(db, jsonl_path=path)
+    log.open()
+    log.record(rec(1))
+    log.update_fate(1, "timeout", bin_name="reject")
+    log.update_fate(1, "fired", fired_at=1.5, bin_name="M")  # the controller's later word
+    log.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(d["status"], d["bin"], d.get("corrected")) for d in lines] == [
+        ("timeout", "reject", None),
+        ("fired", "M", True),
+    ]
+    (row,) = read_decisions(db)
+    assert (row["status"], row["bin"], row["fired_at"]) == ("fired", "M", 1.5)

@@ -86,3 +86,12 @@ def test_counters_are_thread_safe() -> None:
     snap = st.snapshot()
     assert (snap["frames_in"], snap["frames"], snap["items"]) == (2000, 2000, 2000)
     assert snap["bins"] == {"M": 2000}
+
+
+def test_a_corrected_fate_is_counted_once() -> None:
+    st = Status()
+    st.decided({"item": 7, "label": "M", "bin": "M"}, latency_s=None)
+    st.fate(7, "timeout")
+    st.fate(7, "fired")
+    st.fate(7, "fired")
+    assert st.snapshot()["statuses"] == {"fired": 1}
