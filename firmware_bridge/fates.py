@@ -155,6 +155,16 @@ class SortFates:
         else:
             self._resolve_sort(cmd, status, detail=detail)
 
+    def _on_stray_fate(self, reply: p.FateReply) -> None:
+        """A FATE answer to a QUERY the link had stopped waiting for (slow line): still
+        the controller's word on the item, so apply it (a stale UNKNOWN/PENDING is not)."""
+        if reply.fate in (p.Fate.UNKNOWN, p.Fate.PENDING):
+            return
+        with self._lock:
+            cmd = self._sorts.get(reply.item) or self._timed_out.get(reply.item)
+        if cmd is not None:
+            self._apply_fate(cmd, reply)
+
     # ------------------------------------------------------------------ QUERY
     def _query_overdue(self, now: float) -> None:
         """QUERY acked SORTs whose FIRED/LATE is overdue, re-QUERY (every few ACK timeouts,

@@ -632,6 +632,8 @@ class ControllerLink(SortFates):
             out = self._outstanding.pop(acked_seq, None) if acked_seq is not None else None
         if out is None:
             log.debug("%s: reply to no outstanding command: %s", self.url, p.describe(msg))
+            if isinstance(msg, p.FateReply):
+                self._on_stray_fate(msg)  # a QUERY answered after the link gave up on it
             return
         cmd = out.cmd
         cmd.reply = msg

@@ -567,7 +567,7 @@ def _muted_fates_link(
     vclock: VirtualClock, hold: list[tuple[p.Message, int]]
 ) -> tuple[ControllerLink, FilterPort, dict[str, bool]]:
     """A link whose FIRED events are held back (in `hold`) and whose QUERYs go unanswered
-    while `mute["on"]`."""
+    while `mute["on"]` (their FATE answers are held back too)."""
     mute = {"on": True}
     sim = SimulatorPort("sim://?gates=2", vclock)
 
@@ -575,7 +575,10 @@ def _muted_fates_link(
         if isinstance(m, p.Fired):
             hold.append((m, 0x7F00 + len(hold)))
             return True
-        return mute["on"] and isinstance(m, p.FateReply)
+        if mute["on"] and isinstance(m, p.FateReply):
+            hold.append((m, 0x7E00 + len(hold)))
+            return True
+        return False
 
     port = FilterPort(sim, drop_out=drop_out)
     link = ControllerLink(
@@ -614,7 +617,7 @@ def test_a_late_fired_event_corrects_a_timeout(vclock: VirtualClock) -> None:
         vclock.advance(0.5)
         assert cmd.wait(10) == "timeout"
         with link.heartbeat_paused():  # no re-check QUERY: only the late event can tell
-            ((fired, seq),) = hold
+            ((fired, seq),) = [(m, s) for m, s in hold if isinstance(m, p.Fired)]
             port.inject(fired, seq)
             assert wait_for(lambda: cmd.status == "fired")
         assert cmd.corrected and "corrected" in cmd.detail and link.stats.corrections == 1
@@ -649,3 +652,22 @@ def test_the_first_status_is_answered_with_hello_at_once() -> None:
     with link:
         assert link.state == "connected" and link.info is not None
         assert link.sort(1, 0).wait(5) == "fired"
+
+
+def test_a_fate_answer_arriving_after_its_query_gave_up_corrects_a_timeout(
+    vclock: VirtualClock,
+) -> None:
+    """On a slow line a FATE answer can come after the link stopped waiting for it: it
+    is still the controller's word on the item."""
+    hold: list[tuple[p.Message, int]] = []
+    link, port, _mute = _muted_fates_link(vclock, hold)
+    with link:
+        cmd = link.sort(1, 0, vclock.now() + 0.2)
+        vclock.advance(0.5)
+        assert cmd.wait(10) == "timeout"
+        with link.heartbeat_paused():
+            fates = [(m, s) for m, s in hold if isinstance(m, p.FateReply)]
+            assert fates and all(m.fate == p.Fate.FIRED for m, _ in fates)  # type: ignore[attr-defined]
+            port.inject(*fates[0])
+            assert wait_for(lambda: cmd.status == "fired")
+        assert cmd.corrected and "QUERY" in cmd.detail and link.stats.corrections == 1
