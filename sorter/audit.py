@@ -128,6 +128,7 @@ class DecisionLog:
         crops_dir: str | Path | None = None,
         review_below: float = 0.6,
         run: str | None = None,
+        keep: int | None = None,
     ) -> None:
         self.db_path = Path(db_path) if db_path else None
         self.jsonl_path = Path(jsonl_path) if jsonl_path else None
@@ -138,6 +139,9 @@ class DecisionLog:
         self._db: sqlite3.Connection | None = None
         self._jsonl: IO[str] | None = None
         self._records: dict[int, DecisionRecord] = {}
+        self.keep = keep
+        """Records kept in memory (None: all, for a replay's scorecard; a live run keeps the
+        latest N plus every pending one; the database keeps everything)."""
         self._written: set[int] = set()
         self._opened = False
 
@@ -218,6 +222,8 @@ class DecisionLog:
             rec.crop = str(self._save_crop(rec, crop))
         with self._lock:
             self._records[rec.item] = rec
+            if self.keep is not None and len(self._records) > self.keep:
+                self._trim()
             if self._db is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO decisions (run, item, t_line, label, confidence, "
@@ -254,7 +260,15 @@ class DecisionLog:
         """Record a command's fate (called from the link's thread)."""
         with self._lock:
             rec = self._records.get(item)
-            if rec is None:
+            if rec is None:  # forgotten from memory (keep=N): correct the row only
+                if self._db is not None:
+                    cur = self._db.execute(
+                        "UPDATE decisions SET status = ?, fired_at = COALESCE(?, fired_at), "
+                        "bin = COALESCE(?, bin) WHERE run = ? AND item = ?",
+                        (status, fired_at, bin_name, self.run, item),
+                    )
+                    if cur.rowcount:
+                        return None
                 log.warning("fate %s for unknown item %d", status, item)
                 return None
             corrected = rec.status in FINAL_STATUSES and rec.status != status
@@ -276,6 +290,18 @@ class DecisionLog:
             if status in FINAL_STATUSES:
                 self._write_jsonl(rec)
             return rec
+
+    def _trim(self) -> None:
+        """Forget the oldest decisions whose fate is final (they stay in the database)."""
+        assert self.keep is not None
+        excess = len(self._records) - self.keep
+        for item in list(self._records):
+            if excess <= 0:
+                break
+            if self._records[item].status in FINAL_STATUSES:
+                del self._records[item]
+                self._written.discard(item)
+                excess -= 1
 
     def records(self) -> list[DecisionRecord]:
         """Every decision of this run so far, in item order."""

@@ -611,7 +611,9 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
                 "lost": loop.lost if loop else 0,
                 "bins": snap["bins"],
                 "grades": snap["grades"],
-                "statuses": _count(r.status for r in records),
+                "statuses": _count(r.status for r in records)
+                if decisions.keep is None
+                else snap["statuses"],
                 "stages": snap["stages"],
                 "latency_s": status.latency_percentiles(),
                 "stopped": stop.is_set(),

@@ -139,3 +139,17 @@ def test_a_corrected_fate_supersedes_in_both_logs(tmp_path: Path) -> None:
     ]
     (row,) = read_decisions(db)
     assert (row["status"], row["bin"], row["fired_at"]) == ("fired", "M", 1.5)
+
+
+def test_bounded_memory_keeps_pending_and_the_database_keeps_all(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    log = DecisionLog(db, keep=10)
+    log.open()
+    log.record(rec(0))  # pending: never forgotten
+    for i in range(1, 50):
+        log.record(rec(i, status="dry-run"))
+    assert len(log.records()) == 10 and log.records()[0].item == 0
+    log.update_fate(3, "fired", fired_at=2.0)  # forgotten in memory: the row is corrected
+    log.close()
+    rows = {r["item"]: r for r in read_decisions(db)}
+    assert len(rows) == 50 and rows[3]["status"] == "fired" and rows[3]["fired_at"] == 2.0

@@ -88,6 +88,7 @@ def run_command(
             jsonl_path=config.logging.jsonl or None,
             crops_dir=config.logging.crops_dir or None,
             review_below=config.thresholds.review_below,
+            keep=None if cam is None else 4096,  # a camera runs for days: bounded memory
         )
         server = start_dashboard(config, status, dashboard)
         live: Live | None = None
