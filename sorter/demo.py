@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 
 from sorter.audit import DecisionLog
 from sorter.config import Config, apply_overrides
@@ -75,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="Model (default: bundled).")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=True)
+    handler = RichHandler(console=console, show_path=False)  # cooperates with the live view
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         return _demo(args, console)
     except SorterError as err:

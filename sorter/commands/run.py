@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 
 from sorter.audit import DecisionLog
 from sorter.config import DEFAULT_PATH, Config, apply_overrides, load_config
@@ -74,11 +75,13 @@ def run_command(
                 "logging.crops_dir": str(save_crops) if save_crops else None,
             },
         )
-        logging.basicConfig(
-            level=config.logging.level,
-            format="%(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        if err_console.is_terminal:  # shares the console with the live view
+            handler: logging.Handler = RichHandler(console=err_console, show_path=False)
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=config.logging.level, handlers=[handler])
         cam: int | str | None = None
         if camera is not None:
             cam = int(camera) if camera.isdigit() else camera
