@@ -75,6 +75,9 @@ class SortFates:
     def _next_seq(self) -> int:
         raise NotImplementedError
 
+    def _ack_timeout(self) -> float:
+        raise NotImplementedError
+
     def _host_time(self, ctrl_us: int, near: float) -> float | None:
         raise NotImplementedError
 
@@ -191,7 +194,7 @@ class SortFates:
                 if timed_out is None or left <= 0 or mono >= give_up:
                     self._rechecks.pop(item, None)
                     continue
-                self._rechecks[item] = (mono + max(0.5, 4 * self.ack_timeout_s), left - 1, give_up)
+                self._rechecks[item] = (mono + max(0.5, 4 * self._ack_timeout()), left - 1, give_up)
             self._query(timed_out)
 
     def _fate_due(self, cmd: Command) -> float | None:
@@ -206,13 +209,17 @@ class SortFates:
         assert item is not None
         with self._lock:
             if not sort.done():
-                self._next_query[sort.seq] = time.monotonic() + max(0.2, 4 * self.ack_timeout_s)
+                self._next_query[sort.seq] = time.monotonic() + max(0.2, 4 * self._ack_timeout())
         self.stats.queries += 1
         query = Command(p.Query(item), self._next_seq())
+        asked_for = sort.seq
 
         def on_reply(reply: p.Message) -> None:
-            if isinstance(reply, p.FateReply):
-                self._apply_fate(sort, reply)
+            if not isinstance(reply, p.FateReply):
+                return
+            if reply.fate == p.Fate.UNKNOWN and sort.seq != asked_for:
+                return  # asked before the SORT was resent: says nothing about the resend
+            self._apply_fate(sort, reply)
 
         def on_done(q: Command) -> None:
             if q.status != TIMEOUT or sort.done() or self.state != "connected":

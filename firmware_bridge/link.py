@@ -44,6 +44,7 @@ from firmware_bridge.command import (
 from firmware_bridge.errors import LinkError, ProtocolError
 from firmware_bridge.fates import SortFates
 from firmware_bridge.framing import PROTO_VERSION, Deframer
+from firmware_bridge.rtt import AckTimeout
 from firmware_bridge.simulator import SimulatorPort
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class _Outstanding:
     on_reply: Callable[[p.Message], None] | None = None
     waited: bool = False
     effect_index: int = 0
+    sent_mono: float = 0.0
 
 
 class ControllerLink(SortFates):
@@ -110,6 +112,8 @@ class ControllerLink(SortFates):
         self.heartbeat_s = heartbeat_s
         self.status_s = status_s
         self.ack_timeout_s = ack_timeout_s
+        self.ack_timer = AckTimeout(ack_timeout_s, max(1.0, 4 * ack_timeout_s))
+        """The ACK timeout in use: ack_timeout_s, longer while round trips are slow."""
         self.retries = retries
         self.baudrate = baudrate
         self.open_timeout_s = open_timeout_s
@@ -458,6 +462,9 @@ class ControllerLink(SortFates):
     def _next_seq(self) -> int:
         return next(self._seq) & 0xFFFF
 
+    def _ack_timeout(self) -> float:
+        return self.ack_timer.current()
+
     def _send_command(
         self, cmd: Command, on_reply: Callable[[p.Message], None] | None = None
     ) -> None:
@@ -467,8 +474,9 @@ class ControllerLink(SortFates):
         with self._lock:
             if cmd.msg.TYPE in _EFFECT_TYPES:
                 self._effects += 1
+            mono = time.monotonic()
             self._outstanding[cmd.seq] = _Outstanding(
-                cmd, wire, time.monotonic() + self.ack_timeout_s, on_reply, False, self._effects
+                cmd, wire, mono + self._ack_timeout(), on_reply, False, self._effects, mono
             )
         cmd.sent_at = self.clock.now()
         cmd.attempts = 1
@@ -476,7 +484,7 @@ class ControllerLink(SortFates):
 
     def _wait_or_raise(self, cmd: Command, timeout: float | None) -> None:
         """Wait for a reply, resending (same seq) each time the ACK timeout passes."""
-        limit = timeout if timeout is not None else self.ack_timeout_s * (self.retries + 1) + 0.5
+        limit = timeout if timeout is not None else self._ack_timeout() * (self.retries + 1) + 0.5
         end = time.monotonic() + limit
         with self._lock:
             out = self._outstanding.get(cmd.seq)
@@ -491,7 +499,7 @@ class ControllerLink(SortFates):
             due = out is not None and cmd.reply is None and out.deadline <= mono
             if due and out is not None and cmd.attempts <= self.retries and self._may_retry(out):
                 cmd.attempts += 1
-                out.deadline = mono + self.ack_timeout_s
+                out.deadline = mono + self._ack_timeout()
                 self.stats.retries += 1
                 self._write(out.wire)
         if cmd.reply is None:
@@ -636,6 +644,8 @@ class ControllerLink(SortFates):
                 self._on_stray_fate(msg)  # a QUERY answered after the link gave up on it
             return
         cmd = out.cmd
+        if cmd.attempts == 1:  # unambiguous round trip (Karn)
+            self.ack_timer.sample(time.monotonic() - out.sent_mono)
         cmd.reply = msg
         cmd.acked = True
         if out.on_reply is not None:
@@ -762,7 +772,7 @@ class ControllerLink(SortFates):
             cmd = out.cmd
             if cmd.attempts <= self.retries and self._may_retry(out):
                 cmd.attempts += 1
-                out.deadline = mono + self.ack_timeout_s
+                out.deadline = mono + self._ack_timeout()
                 self.stats.retries += 1
                 self._write(out.wire)
                 continue

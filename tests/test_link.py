@@ -671,3 +671,22 @@ def test_a_fate_answer_arriving_after_its_query_gave_up_corrects_a_timeout(
             port.inject(*fates[0])
             assert wait_for(lambda: cmd.status == "fired")
         assert cmd.corrected and "QUERY" in cmd.detail and link.stats.corrections == 1
+
+
+def test_ack_timeout_follows_slow_round_trips_within_bounds() -> None:
+    from firmware_bridge.rtt import AckTimeout
+
+    timer = AckTimeout(0.2, 1.0)
+    assert timer.current() == 0.2  # nothing measured yet
+    for _ in range(20):
+        timer.sample(0.005)
+    assert timer.current() == 0.2  # a fast line: the configured floor
+    for _ in range(5):
+        timer.sample(0.4)
+    assert 0.4 < timer.current() <= 1.0  # a slow line: resend later, not into the backlog
+    for _ in range(50):
+        timer.sample(3.0)
+    assert timer.current() == 1.0  # never beyond the ceiling
+    for _ in range(100):
+        timer.sample(0.005)
+    assert timer.current() == 0.2  # and back when the line recovers
