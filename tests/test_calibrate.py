@@ -313,3 +313,31 @@ def test_camera_trigger_reports_when_the_marker_crosses_the_line() -> None:
     # the centre (x + 30) reaches the line at x = 130: t = (130 + 40) / 200 = 0.85 s
     assert t_line == pytest.approx(0.85, abs=0.06)
     assert trigger() is None  # the stream ended without another crossing
+
+
+def test_command_guided_session_with_enter_trigger_on_the_simulator(tmp_path: Path) -> None:
+    path = tmp_path / "sorter.toml"
+    path.write_text(CONFIG.replace("distance_mm = 400.0", "distance_mm = 25.0"))
+    # per trial: Enter as the marker crosses, then where it was when gate 1 fired
+    answers = "\n20mm\n\n25mm\n\n22.5mm\ny\n"
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "1",
+            "-c",
+            str(path),
+            "--serial",
+            "sim://?gates=11",
+            "--trigger",
+            "enter",
+            "--trials",
+            "3",
+        ],
+        input=answers,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("gate 1 fired") == 3
+    # 22.5 mm at 250 mm/s = 90 ms
+    assert "offset_ms 0.0 -> 90.0" in result.output
+    assert load_config(path).gates["1"].offset_ms == pytest.approx(90.0)
