@@ -374,7 +374,7 @@ class _Replay:
                             "gate": item % 5,
                             "status": "fired",
                         }
-                        crop = frame.image[40:70, x : x + 30]
+                        crop = frame.image[40:70, min(x, 130) : min(x, 130) + 30]  # 30x30
                         self.status.decided(record, latency_s=0.004 * (item % 7), crop=crop)
                         self.status.event("FIRED", f"item {item} gate {item % 5}")
 
@@ -413,7 +413,7 @@ def test_in_a_real_browser_counts_move_the_frame_shows_and_the_token_is_enforced
             first = browser.wait_for(f"{items} > 0 && {items}")
             browser.wait_for(f"{items} > {first}")  # the counts move
             # the live view is a real decoded JPEG of the frame size
-            assert browser.wait_for("document.getElementById('frame').naturalWidth") == 160
+            assert browser.wait_for("document.getElementById('frame').naturalWidth === 160")
             assert browser.js("document.querySelectorAll('#bins .row').length") >= 2
             assert browser.wait_for("document.querySelectorAll('#decisions tr').length") >= 1
             assert browser.js("document.getElementById('link').textContent") == "link: connected"
@@ -431,7 +431,7 @@ def test_in_a_real_browser_counts_move_the_frame_shows_and_the_token_is_enforced
             assert "token required" in body
             browser.goto(srv.url + "?token=farm-42")
             assert browser.wait_for(f"{items} > 0 && {items}")
-            assert browser.wait_for("document.getElementById('frame').naturalWidth") == 160
+            assert browser.wait_for("document.getElementById('frame').naturalWidth === 160")
             alarms = "document.getElementById('alarms').hidden"
             assert browser.js(alarms) is True
     finally:
