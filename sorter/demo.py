@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import sys
 import time
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 
+from firmware_bridge import emulator
 from sorter.audit import DecisionLog
 from sorter.config import Config, apply_overrides
 from sorter.errors import SorterError
@@ -45,20 +45,13 @@ QEMU_SERIAL = {"serial.window_ms": 25.0, "serial.heartbeat_ms": 1000}
 @contextlib.contextmanager
 def emulated_controller() -> Iterator[str | None]:
     """Yields `socket://...` of the firmware under QEMU, or None when it cannot run here."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    try:
-        harness = importlib.import_module("tests.qemu_controller")
-    except ImportError:
-        yield None
-        return
-    if not harness.tools_available():
+    if not emulator.tools_available():
         yield None
         return
     try:
-        cm = harness.qemu_controller()
+        cm = emulator.qemu_controller()
         url = cm.__enter__()
-    except Exception as err:  # the demo still runs, on the simulator
+    except emulator.QemuError as err:  # the demo still runs, on the simulator
         log.warning("emulated controller unavailable (%s); using the simulator", err)
         yield None
         return

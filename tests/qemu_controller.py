@@ -1,118 +1,23 @@
-"""Run the real gate-controller firmware under qemu-system-avr for tests.
+"""The QEMU harness for tests: the real one lives in firmware_bridge.emulator."""
 
-`qemu_controller()` builds `firmware_bridge/firmware/build/firmware.elf` if needed (its
-Makefile, avr-gcc), starts QEMU's Arduino Uno machine with the firmware's USART on a TCP
-socket, waits until the socket accepts, yields the pyserial URL `socket://127.0.0.1:PORT`
-and always ends QEMU afterwards.
-"""
+from firmware_bridge.emulator import (
+    DEFAULT_ELF,
+    FIRMWARE_DIR,
+    QemuError,
+    build_firmware,
+    free_port,
+    qemu_command,
+    qemu_controller,
+    tools_available,
+)
 
-from __future__ import annotations
-
-import contextlib
-import logging
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
-log = logging.getLogger(__name__)
-
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware_bridge" / "firmware"
-"""The firmware sources and Makefile."""
-DEFAULT_ELF = FIRMWARE_DIR / "build" / "firmware.elf"
-"""What `make` in FIRMWARE_DIR produces."""
-START_TIMEOUT_S = 10.0
-"""How long QEMU may take to open its serial socket."""
-
-
-class QemuError(RuntimeError):
-    """QEMU or the firmware build could not be started."""
-
-
-def tools_available() -> bool:
-    """True when avr-gcc, make and qemu-system-avr are on PATH."""
-    return all(shutil.which(t) for t in ("avr-gcc", "make", "qemu-system-avr"))
-
-
-def build_firmware() -> Path:
-    """Runs `make` in the firmware directory (incremental) and returns the .elf path."""
-    proc = subprocess.run(
-        ["make", "-s", "-C", str(FIRMWARE_DIR)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise QemuError(f"firmware build failed in {FIRMWARE_DIR}:\n{proc.stdout}{proc.stderr}")
-    return DEFAULT_ELF
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def qemu_command(elf: Path, port: int) -> list[str]:
-    """The qemu-system-avr command line: Uno machine, USART0 on a TCP server socket."""
-    return [
-        "qemu-system-avr",
-        "-machine",
-        "uno",
-        "-bios",
-        str(elf),
-        "-serial",
-        f"tcp:127.0.0.1:{port},server=on,wait=off,nodelay=on",
-        "-nographic",
-        "-monitor",
-        "none",
-    ]
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise QemuError(f"qemu-system-avr exited with {proc.returncode}: {err.strip()}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(0.2)
-            try:
-                s.connect(("127.0.0.1", port))
-            except OSError:
-                time.sleep(0.05)
-                continue
-            return
-    raise QemuError(f"qemu-system-avr did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
-@contextlib.contextmanager
-def qemu_controller(elf: Path | None = None, port: int | None = None) -> Iterator[str]:
-    """Runs the firmware under QEMU; yields `socket://127.0.0.1:PORT`; always ends QEMU."""
-    elf_path = build_firmware() if elf is None else Path(elf)
-    if not elf_path.is_file():
-        raise QemuError(f"firmware {elf_path} does not exist; run make -C {FIRMWARE_DIR}")
-    tcp_port = free_port() if port is None else port
-    cmd = qemu_command(elf_path, tcp_port)
-    log.debug("starting %s", " ".join(cmd))
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        _wait_listening(proc, tcp_port)
-        yield f"socket://127.0.0.1:{tcp_port}"
-    finally:
-        _stop(proc)
+__all__ = [
+    "DEFAULT_ELF",
+    "FIRMWARE_DIR",
+    "QemuError",
+    "build_firmware",
+    "free_port",
+    "qemu_command",
+    "qemu_controller",
+    "tools_available",
+]
