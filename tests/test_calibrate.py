@@ -274,7 +274,7 @@ def test_session_against_the_simulated_controller() -> None:
         trials = run_session(
             link=link,
             gate=3,
-            travel_s=0.05,
+            travel_s=0.2,  # enough lead for a loaded machine
             trigger=time.monotonic,
             ask=lambda _p: next(answers),
             say=lambda _s: None,
@@ -317,7 +317,7 @@ def test_camera_trigger_reports_when_the_marker_crosses_the_line() -> None:
 
 def test_command_guided_session_with_enter_trigger_on_the_simulator(tmp_path: Path) -> None:
     path = tmp_path / "sorter.toml"
-    path.write_text(CONFIG.replace("distance_mm = 400.0", "distance_mm = 25.0"))
+    path.write_text(CONFIG.replace("distance_mm = 400.0", "distance_mm = 50.0"))  # 0.2 s
     # per trial: Enter as the marker crosses, then where it was when gate 1 fired
     answers = "\n20mm\n\n25mm\n\n22.5mm\ny\n"
     result = runner.invoke(
