@@ -112,8 +112,9 @@ class ControllerLink(SortFates):
         self.heartbeat_s = heartbeat_s
         self.status_s = status_s
         self.ack_timeout_s = ack_timeout_s
-        self.ack_timer = AckTimeout(ack_timeout_s, max(1.0, 4 * ack_timeout_s))
-        """The ACK timeout in use: ack_timeout_s, longer while round trips are slow."""
+        self.ack_timer = AckTimeout(ack_timeout_s, ack_timeout_s)
+        """The ACK timeout in use (adaptive when given a ceiling above ack_timeout_s; kept
+        fixed for now: see rtt.py)."""
         self.retries = retries
         self.baudrate = baudrate
         self.open_timeout_s = open_timeout_s
