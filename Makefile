@@ -11,30 +11,41 @@ PIP    := $(VENV)/bin/pip
 SHARED ?= ../shared
 C9     ?= $(SHARED)/data/cucumber-9/prototype_1
 
-# System packages: the AVR toolchain and QEMU for the firmware, socat/shellcheck for tests.
-APT_PKGS := gcc-avr avr-libc binutils-avr qemu-system-misc shellcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A GPU machine gets the CUDA build of TensorFlow; everything else the CPU build.
 TRAIN_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo train-gpu || echo train)
 
-.PHONY: help sysdeps venv lint test test-fast demo bench firmware clean
+.PHONY: help sysdeps sysdeps-test venv lint test test-fast demo bench firmware clean
 help:
 	@echo "make demo    replay the bundled belt video through the sorter (bundled model, emulated controller)"
 	@echo "make test    lint, type-check and run every test"
 	@echo "make bench   measure accuracy and speed (benchmarks/README.md)"
 	@echo "make firmware  build the gate controller firmware (.elf/.hex)"
 
-sysdeps:
-	@missing=""; \
-	command -v avr-gcc >/dev/null || missing="$$missing gcc-avr binutils-avr"; \
-	[ -f /usr/lib/avr/include/avr/io.h ] || missing="$$missing avr-libc"; \
-	command -v qemu-system-avr >/dev/null || missing="$$missing qemu-system-misc"; \
-	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+# Installs the named missing packages with apt (one update, one install).
+define apt_install
 	if [ -n "$$missing" ]; then \
 	  echo "Installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null \
 	    || { echo "error: could not install$$missing with apt-get; install them by hand and re-run" >&2; exit 1; }; \
 	fi
+endef
+
+# What the demo needs: the AVR toolchain and QEMU to build and run the controller firmware.
+sysdeps:
+	@missing=""; \
+	command -v avr-gcc >/dev/null || missing="$$missing gcc-avr binutils-avr"; \
+	[ -f /usr/lib/avr/include/avr/io.h ] || missing="$$missing avr-libc"; \
+	command -v qemu-system-avr >/dev/null || missing="$$missing qemu-system-misc"; \
+	$(apt_install)
+
+# What the tests need on top: shellcheck and systemd-analyze (deploy/), headless Chromium (dashboard).
+sysdeps-test: sysdeps
+	@missing=""; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	$(apt_install)
 
 $(VENV)/.stamp-$(TRAIN_EXTRA): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -49,7 +60,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check sorter training firmware_bridge tests benchmarks
 	$(VENV)/bin/mypy
 
-test: sysdeps venv lint
+test: sysdeps-test venv lint
 	$(PY) -m pytest -q
 
 firmware: sysdeps
