@@ -1,8 +1,9 @@
 """Figure 8: gate timing against the emulated firmware, in real time.
 
 A few hundred SORT commands, each with a fire time a little ahead, are sent through
-ControllerLink to the real firmware running under qemu-system-avr; the controller reports
-when each gate fired and the link maps that back to the host clock. The error is fired time
+ControllerLink to the real firmware running under qemu-system-avr
+(`firmware_bridge.emulator.qemu_controller`), or to a real controller with `--controller`;
+the controller reports when each gate fired and the link maps that back to the host clock. The error is fired time
 minus the ideal fire time. Baseline: the same sequence against the Python simulator (sim://)
 on the same monotonic clock, i.e. what the host side alone contributes.
 """
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from contextlib import AbstractContextManager
 from typing import Any
 
-from benchmarks.core import REPO, Context, NotAvailable, Row, fmt_ms, need_modules, percentiles
+from benchmarks.core import Context, NotAvailable, Row, fmt_ms, need_modules, percentiles
 
 NUMBER = 8
 TITLE = "Gate timing (fired - ideal)"
@@ -47,15 +47,14 @@ def qemu_missing() -> str | None:
     """Why the emulated firmware cannot run here (None when it can)."""
     if shutil.which("qemu-system-avr") is None:
         return "qemu-system-avr not installed (apt install qemu-system-misc), or pass --controller"
-    if not (REPO / "tests" / "qemu_controller.py").exists():
-        return "tests/qemu_controller.py (the firmware harness) not present"
-    return None
+    if shutil.which("avr-gcc") is None:
+        return "avr-gcc not installed (apt install gcc-avr avr-libc), or pass --controller"
+    return need_modules("firmware_bridge.emulator")
 
 
 def _qemu() -> AbstractContextManager[str]:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from tests.qemu_controller import qemu_controller
+    """The firmware under QEMU (firmware_bridge.emulator builds it and ends QEMU after)."""
+    from firmware_bridge.emulator import qemu_controller
 
     cm: AbstractContextManager[str] = qemu_controller()
     return cm
