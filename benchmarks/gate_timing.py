@@ -2,10 +2,11 @@
 
 A few hundred SORT commands, each with a fire time a little ahead, are sent through
 ControllerLink to the real firmware running under qemu-system-avr
-(`firmware_bridge.emulator.qemu_controller`), or to a real controller with `--controller`;
-the controller reports when each gate fired and the link maps that back to the host clock. The error is fired time
-minus the ideal fire time. Baseline: the same sequence against the Python simulator (sim://)
-on the same monotonic clock, i.e. what the host side alone contributes.
+(`firmware_bridge.emulator.qemu_controller`), or to a real controller with `--controller`.
+The controller reports when each gate fired and the link maps that back to the host
+clock. The error is fired time minus the ideal fire time. Baseline: the same sequence
+against the Python simulator (sim://) on the same monotonic clock, i.e. what the host side
+alone contributes.
 """
 
 from __future__ import annotations
