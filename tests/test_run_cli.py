@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
@@ -191,3 +192,36 @@ def test_dashboard_serves_the_running_loop(tmp_path: Path, belt: tuple[Path, Pat
         server.stop()
     assert [s["frames"] for s in seen] == [30, 75]
     assert seen[1]["items"] > seen[0]["items"]  # type: ignore[operator]
+
+
+def test_camera_comes_from_the_config_and_flags_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service runs `sorter run --config FILE`: the camera index and [camera] settings
+    come from the file; --camera overrides the index (and a video/images flag the camera)."""
+    import sorter.pipeline
+    from sorter.errors import SourceError
+
+    asked: list[dict[str, Any]] = []
+
+    def fake_open_source(**kw: Any) -> Any:
+        asked.append(kw)
+        raise SourceError("camera stand-in: stop here")
+
+    monkeypatch.setattr(sorter.pipeline, "open_source", fake_open_source)
+    cfg = tmp_path / "sorter.toml"
+    cfg.write_text(
+        "[camera]\nindex = 3\nwidth = 320\nheight = 240\nfps = 15.0\n"
+        f'backend = "opencv"\nstall_s = 1.0\n[logging]\ndb = "{tmp_path / "d.db"}"\n'
+    )
+    base = ("--config", str(cfg), "--model", str(MODEL), "--dry-run")
+    for extra, want in (((), 3), (("--camera", "5"), 5), (("--camera", "/dev/video7"), None)):
+        code, _, err = invoke(*base, *extra)
+        assert code == 2 and "camera stand-in" in one_error_line(err)
+        kw = asked.pop()
+        assert kw["camera"] == (want if want is not None else "/dev/video7")
+        settings = kw["camera_settings"]
+        assert settings.size == (320, 240) and settings.fps == 15.0
+        assert settings.backend == "opencv" and settings.read_timeout_s >= 5.0
+    code, _, err = invoke(*base, "--video", str(tmp_path / "none.mp4"))
+    assert code == 2 and asked.pop()["camera"] is None

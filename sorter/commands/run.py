@@ -36,7 +36,9 @@ def _load(config_path: Path | None) -> tuple[Config, bool]:
 
 
 def run_command(
-    camera: str | None = typer.Option(None, "--camera", help="Camera number (or /dev/videoN)."),
+    camera: str | None = typer.Option(
+        None, "--camera", help="Camera number (or /dev/videoN); default: [camera] index."
+    ),
     video: Path | None = typer.Option(None, "--video", help="Replay a video file."),
     images: Path | None = typer.Option(None, "--images", help="A folder of still images."),
     realtime: bool = typer.Option(False, "--realtime", help="Replay paced at the video's fps."),
@@ -82,9 +84,7 @@ def run_command(
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logging.basicConfig(level=config.logging.level, handlers=[handler])
-        cam: int | str | None = None
-        if camera is not None:
-            cam = int(camera) if camera.isdigit() else camera
+        cam = source_camera(config, camera, given=video is not None or images is not None)
         status = Status(url="dry-run" if dry_run else config.serial.url)
         decisions = DecisionLog(
             config.logging.db,
@@ -144,6 +144,17 @@ def run_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def source_camera(config: Config, flag: str | None, *, given: bool) -> int | str | None:
+    """The camera to open: --camera (a number or a device path) when given, else the
+    config's [camera] index when no other source (--video/--images) was asked for."""
+    if flag is not None:
+        return int(flag) if flag.isdigit() else flag
+    if given:
+        return None
+    log.info("no --camera/--video/--images: camera %d from [camera] index", config.camera.index)
+    return config.camera.index
 
 
 def start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
