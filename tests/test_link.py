@@ -667,7 +667,7 @@ def test_a_fate_answer_arriving_after_its_query_gave_up_corrects_a_timeout(
         assert cmd.wait(10) == "timeout"
         with link.heartbeat_paused():
             fates = [(m, s) for m, s in hold if isinstance(m, p.FateReply)]
-            assert fates and all(m.fate == p.Fate.FIRED for m, _ in fates)  # type: ignore[attr-defined]
+            assert fates and all(m.fate == p.Fate.FIRED for m, _ in fates)
             port.inject(*fates[0])
             assert wait_for(lambda: cmd.status == "fired")
         assert cmd.corrected and "QUERY" in cmd.detail and link.stats.corrections == 1
@@ -690,3 +690,41 @@ def test_ack_timeout_follows_slow_round_trips_within_bounds() -> None:
     for _ in range(100):
         timer.sample(0.005)
     assert timer.current() == 0.2  # and back when the line recovers
+
+
+def test_a_stale_unknown_does_not_resend_a_sort_twice(vclock: VirtualClock) -> None:
+    """Two QUERYs asked about a SORT that never arrived; the first UNKNOWN resends it. The
+    second UNKNOWN was asked before that resend, so it must not resend again (a second
+    copy could fire the item twice)."""
+    lost = {"on": True}
+    port = FilterPort(
+        SimulatorPort("sim://?gates=2", vclock),
+        drop_in=lambda m, s: lost["on"] and isinstance(m, p.Sort),
+    )
+    link = ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=1.0, retries=0, port_factory=lambda: port
+    )
+    with link:
+        queries: list[tuple[Command, Any]] = []
+        send = link._send_command
+
+        def capture(cmd: Command, on_reply: Any = None) -> None:
+            if isinstance(cmd.msg, p.Query):
+                queries.append((cmd, on_reply))  # answered by hand below
+                return
+            send(cmd, on_reply)
+
+        link._send_command = capture  # type: ignore[method-assign]
+        cmd = link.sort(7, 1, vclock.now() + 5.0)
+        link._query(cmd)
+        link._query(cmd)
+        (q1, answer1), (q2, answer2) = queries[:2]
+        lost["on"] = False
+        answer1(p.FateReply(q1.seq, 7, p.Fate.UNKNOWN, 0))  # never arrived: resend
+        assert wait_for(lambda: cmd.acked)
+        answer2(p.FateReply(q2.seq, 7, p.Fate.UNKNOWN, 0))  # stale: ignored
+        link._send_command = send  # type: ignore[method-assign]
+        vclock.advance(6.0)
+        assert cmd.wait(5) == "fired"
+        sorts = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
+        assert len(sorts) == 1 and [r.item for r in port.sim_port.controller.fire_log] == [7]
