@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import re
 import signal
 import threading
 import time
@@ -39,20 +38,18 @@ import numpy as np
 from sorter import notify
 from sorter.audit import DecisionLog, DecisionRecord
 from sorter.config import Config, apply_overrides
+from sorter.decider import Decider, ItemViews
 from sorter.errors import ConfigError, SorterError
-from sorter.policy import Policy, Verdict
+from sorter.link_events import on_event
+from sorter.policy import Policy
 from sorter.preprocess import to_model_input
 from sorter.scheduling import Scheduler, Timeline
 from sorter.sources import CameraSettings, Frame, FrameSource, ThreadedSource, open_source
-from sorter.status import Overlay, Status
+from sorter.status import Overlay, Status, status_line
 from sorter.tracking import Track, Tracker, TrackerConfig
 from sorter.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
 
 log = logging.getLogger(__name__)
-
-
-KEEP_DECIDED = 4096
-"""Decided items remembered for overlays and late fate corrections."""
 
 
 class ClassifierLike(Protocol):
@@ -67,18 +64,12 @@ class ClassifierLike(Protocol):
     def classify(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass
-class ItemViews:
-    """What the loop keeps per tracked item until it is decided."""
-
-    scores: list[np.ndarray] = field(default_factory=list)
-    """Score vector of each full view."""
-    crops: list[np.ndarray] = field(default_factory=list)
-    """The crop of each full view (same order)."""
-
-
 class SortingLoop:
-    """Processes frames one at a time; owns no threads and no devices."""
+    """Processes frames one at a time; owns no threads and no devices.
+
+    Seeing items (locate, track, classify their full views) is done here; deciding an item
+    that crosses the line, sending its SORT and following its fate is `sorter.decider`'s.
+    """
 
     def __init__(
         self,
@@ -92,24 +83,18 @@ class SortingLoop:
         *,
         window: tuple[int, int],
         keep_crops: bool = False,
-        latency_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.classifier = classifier
         self.locator = locator
         self.tracker = tracker
-        self.scheduler = scheduler
-        self.decisions = decisions
         self.status = status
-        self.policy = Policy(config, classifier.labels)
+        self.decider = Decider(
+            config, classifier.labels, scheduler, decisions, status, keep_crops=keep_crops
+        )
         self.window = window
         self.keep_crops = keep_crops
         self._items: dict[int, ItemViews] = {}
-        self._decided: dict[int, DecisionRecord] = {}
-        self._fate_lock = threading.Lock()
-        self._early_fates: dict[int, Any] = {}
-        self._bins: dict[int, str] = {}
-        self._in_flight: set[int] = set()
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
         status.line_x = tracker.line
@@ -119,24 +104,20 @@ class SortingLoop:
 
         Returns the decisions made on this frame.
         """
-        st = self.status
         t0 = time.perf_counter()
         detections = self.locator.locate(frame.image)
         t1 = time.perf_counter()
         tracks = self.tracker.update(detections, frame.t, frame.index)
         t2 = time.perf_counter()
-        st.add_stage("locate", t1 - t0)
-        st.add_stage("track", t2 - t1)
-
-        self._classify_views(frame, tracks)
+        seen = [tr for tr in tracks if tr.last.frame_index == frame.index]
+        self._classify_views(frame, seen)
         t3 = time.perf_counter()
-        st.add_stage("classify", t3 - t2)
+        self.status.add_stages({"locate": t1 - t0, "track": t2 - t1, "classify": t3 - t2})
 
-        made = [self._decide(track, frame, received) for track in self.tracker.crossings]
+        made = [self._decide(track, frame.t, received) for track in self.tracker.crossings]
         for track in self.tracker.ended:
             self._forget(track)
-        overlays = [self._overlay(tr) for tr in tracks if tr.last.frame_index == frame.index]
-        st.frame_done(frame.image, overlays)
+        self.status.frame_done(frame.image, [self._overlay(tr) for tr in seen])
         return made
 
     def process_still(self, frame: Frame, received: float) -> DecisionRecord:
@@ -146,10 +127,7 @@ class SortingLoop:
         scores = self.classifier.classify(batch)
         self.status.add_stage("classify", time.perf_counter() - t0)
         views = ItemViews([np.asarray(scores[0], dtype=np.float32)], [frame.image])
-        item = frame.index + 1
-        self._items[item] = views
-        track = Track(id=item, t_line=frame.t)
-        rec = self._decide(track, frame, received)
+        rec = self.decider.decide(frame.index + 1, views, frame.t, received)
         self.status.frame_done(frame.image, [])
         return rec
 
@@ -159,13 +137,12 @@ class SortingLoop:
             self._forget(track)
 
     # -- steps ----------------------------------------------------------------------
-    def _classify_views(self, frame: Frame, tracks: Sequence[Track]) -> None:
+    def _classify_views(self, frame: Frame, seen: Sequence[Track]) -> None:
+        """Grade, in one batch, every undecided item seen whole in this frame."""
         todo: list[tuple[int, np.ndarray]] = []
-        for track in tracks:
+        for track in seen:
             view = track.last
-            if view.frame_index != frame.index or not view.full:
-                continue
-            if track.id in self._decided:
+            if not view.full or self.decider.decided(track.id) is not None:
                 continue
             d = view.detection
             todo.append((track.id, crop_window(frame.image, d.cx, d.cy, self.window)))
@@ -180,98 +157,21 @@ class SortingLoop:
             if self.keep_crops:
                 views.crops.append(crop)
 
-    def _decide(self, track: Track, frame: Frame, received: float) -> DecisionRecord:
-        t0 = time.perf_counter()
+    def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
         views = self._items.pop(track.id, ItemViews())
-        verdict = self.policy.decide(
-            np.array(views.scores) if views.scores else np.zeros((0, len(self.policy.labels)))
-        )
-        t_line = track.t_line if track.t_line is not None else frame.t
-        item = track.id
-
-        def on_done(cmd: Any) -> None:
-            self._fate(item, cmd)
-
-        with self._fate_lock:
-            self._in_flight.add(item)
-        sched = self.scheduler.schedule(item, verdict.gate, t_line, on_done=on_done)
-        t1 = time.perf_counter()
-        latency = t1 - received
-        bin_name = verdict.bin if sched.status in ("pending", "dry-run") else self.policy.reject_bin
-        self._bins[item] = verdict.bin
-        rec = DecisionRecord(
-            item=item,
-            t_line=t_line,
-            label=verdict.label,
-            confidence=verdict.confidence,
-            scores=list(verdict.scores),
-            bin=bin_name,
-            gate=verdict.gate,
-            fire_at=sched.fire_at,
-            status=sched.status,
-            margin=verdict.margin,
-            views=verdict.views,
-            reason=verdict.reason,
-            latency_ms=latency * 1000.0,
-        )
-        crop = _best_crop(views, verdict, self.policy.labels) if self.keep_crops else None
-        self.decisions.record(rec, crop)
-        self.status.decided(rec.as_dict(), latency, crop)
-        if sched.status != "pending":
-            self.status.fate(item, sched.status)
-        with self._fate_lock:
-            self._decided[item] = rec
-            self._in_flight.discard(item)
-            early = self._early_fates.pop(item, None)
-            while len(self._decided) > KEEP_DECIDED:  # bounded over a season-long run
-                oldest = next(iter(self._decided))
-                del self._decided[oldest]
-                self._bins.pop(oldest, None)
-        if early is not None:  # the fate came back before the record was written
-            self._apply_fate(item, early)
-        t2 = time.perf_counter()
-        self.status.add_stage("decide", t1 - t0)
-        self.status.add_stage("log", t2 - t1)
-        log.debug(
-            "item %d: %s %.2f -> %s gate %s (%s)",
-            item,
-            verdict.label,
-            verdict.confidence,
-            bin_name,
-            verdict.gate,
-            sched.status,
-        )
-        return rec
-
-    def _fate(self, item: int, cmd: Any) -> None:
-        """A SORT's fate arrived (link thread)."""
-        with self._fate_lock:
-            if item in self._in_flight:
-                self._early_fates[item] = cmd  # the record is being written right now
-                return
-        self._apply_fate(item, cmd)
-
-    def _apply_fate(self, item: int, cmd: Any) -> None:
-        status = str(getattr(cmd, "status", "timeout"))
-        fired_host = getattr(cmd, "fired_at", None)
-        fired_at = (
-            self.scheduler.timeline.to_source(float(fired_host)) if fired_host is not None else None
-        )
-        bin_name = self._bins.get(item) if status == "fired" else self.policy.reject_bin
-        self.decisions.update_fate(item, status, fired_at=fired_at, bin_name=bin_name)
-        self.status.fate(item, status)
-        if status != "fired":
-            self.status.event(status.upper(), f"item {item}: {status}")
+        t_line = track.t_line if track.t_line is not None else t_frame
+        return self.decider.decide(track.id, views, t_line, received)
 
     def _forget(self, track: Track) -> None:
         views = self._items.pop(track.id, None)
-        if track.t_line is None and track.id not in self._decided and views and views.scores:
+        decided = self.decider.decided(track.id) is not None
+        if track.t_line is None and not decided and views and views.scores:
             self.lost += 1
             log.warning("item %d left the view without crossing the decision line", track.id)
 
     def _overlay(self, track: Track) -> Overlay:
         d = track.last.detection
-        rec = self._decided.get(track.id)
+        rec = self.decider.decided(track.id)
         return Overlay(
             id=track.id,
             box=(d.x, d.y, d.w, d.h),
@@ -279,15 +179,6 @@ class SortingLoop:
             confidence=rec.confidence if rec else 0.0,
             bin=rec.bin if rec else "",
         )
-
-
-def _best_crop(views: ItemViews, verdict: Verdict, labels: Sequence[str]) -> np.ndarray | None:
-    """The view that scored the final grade highest."""
-    if not views.crops:
-        return None
-    k = list(labels).index(verdict.label)
-    best = int(np.argmax([s[k] for s in views.scores]))
-    return views.crops[best]
 
 
 # ------------------------------------------------------------------------------------
@@ -471,15 +362,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
         log.info("belt geometry from %s: %s", opts.truth, config.belt)
     live = opts.camera is not None or opts.source is not None
     url = config.serial.url
-    sim = url.startswith("sim://")
-    mode = opts.mode or ("realtime" if live or not (sim or opts.dry_run) else "fast")
-    if mode == "fast" and live:
-        raise SorterError("--fast works on replay only (--video/--images), not on a camera")
-    if mode == "fast" and not (sim or opts.dry_run):
-        raise SorterError(
-            f"--fast replays on a virtual clock, which only the simulator follows: use "
-            f"--serial sim:// or --dry-run, or --realtime against {url}"
-        )
+    mode = choose_mode(opts, url, live)
     clock: Any = VirtualClock() if mode == "fast" else MonotonicClock()
     classifier = opts.classifier or _load_classifier(config, opts.model)
     meta = getattr(classifier, "metadata", None)
@@ -513,7 +396,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
             _configure_link(link, config)
             status.set_link(str(getattr(link, "state", "connected")), safe=False)
             if hasattr(link, "on_event"):
-                link.on_event(lambda ev: _on_event(status, ev))
+                link.on_event(lambda ev: on_event(status, ev))
         # live and paced replays capture on their own thread (drop oldest); still images
         # and fast replays are read in step with processing
         threaded = mode == "realtime" and opts.images is None
@@ -528,7 +411,7 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
         )
         stack.callback(_close_if_open, decisions)
         notify.ready()
-        last_notify = time.monotonic()
+        systemd = SystemdStatus()
         timeline = Timeline(0.0)
         scheduler = Scheduler(config, clock, link, timeline=timeline, dry_run=opts.dry_run)
         try:
@@ -537,25 +420,21 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
                     if not stalled:
                         stalled = True
                         _stall(status, link, config.camera.stall_s)
+                    systemd.update(status)
                     continue
                 if stalled:
                     stalled = False
-                    status.alarm("camera_stalled", None)
-                    status.event("RESUMED", "frames are arriving again")
-                    if link is not None and hasattr(link, "resume"):
-                        link.resume()
+                    _resumed(status, link)
                 status.frame_in()
-                if isinstance(src, ThreadedSource):
-                    new_drops = src.drops - status.drops
-                    if new_drops > 0:
-                        status.frame_dropped(new_drops)
+                if isinstance(src, ThreadedSource) and src.drops > status.drops:
+                    status.frame_dropped(src.drops - status.drops)
                 if loop is None:
-                    h, w = frame.image.shape[:2]
                     if mode == "fast":
                         timeline.offset = 0.0
                     elif not live:
                         start = recorder.start
                         timeline.offset = start if start is not None else clock.now() - frame.t
+                    h, w = frame.image.shape[:2]
                     loop = SortingLoop(
                         config,
                         classifier,
@@ -576,10 +455,10 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
                 frames_seen += 1
                 notify.watchdog()
                 if link is not None:
-                    status.set_link(str(getattr(link, "state", "connected")))
-                if time.monotonic() - last_notify > 5.0:
-                    last_notify = time.monotonic()
-                    _notify_status(status)
+                    state = str(getattr(link, "state", "connected"))
+                    if state != status.link["state"]:
+                        status.set_link(state)
+                systemd.update(status)
                 if opts.progress is not None:
                     opts.progress(status)
         except SorterError as err:  # a source that broke mid-stream: keep what was done
@@ -594,34 +473,13 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
             with contextlib.suppress(Exception):
                 link.safe()
             status.set_link("safe", safe=True)
+        systemd.update(status, force=True)
         records = decisions.records()
-        scorecard = None
-        summary: dict[str, Any] = {
-            "frames": frames_seen,
-            "wall_s": time.monotonic() - wall0,
-            "mode": mode,
-            "serial": "dry-run" if opts.dry_run else url,
-        }
-        snap = status.snapshot()
-        summary.update(
-            {
-                "frames_in": snap["frames_in"],
-                "drops": snap["drops"],
-                "items": snap["items"],
-                "lost": loop.lost if loop else 0,
-                "bins": snap["bins"],
-                "grades": snap["grades"],
-                "statuses": _count(r.status for r in records)
-                if decisions.keep is None
-                else snap["statuses"],
-                "stages": snap["stages"],
-                "latency_s": status.latency_percentiles(),
-                "stopped": stop.is_set(),
-                "run": decisions.run,
-            }
-        )
+        summary = _summary(status, decisions, records, loop, opts, mode, url)
+        summary.update(frames=frames_seen, wall_s=time.monotonic() - wall0)
         if source_error is not None:
             summary["error"] = str(source_error)
+        scorecard = None
         if truth is not None:
             scorecard = _score(records, truth, config)
             summary["scorecard"] = (
@@ -629,6 +487,71 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
             )
         decisions.close(summary)
     return RunResult(summary=summary, records=records, scorecard=scorecard)
+
+
+def choose_mode(opts: RunOptions, url: str, live: bool) -> str:
+    """ "realtime" or "fast" for this run (see RunOptions.mode); SorterError when impossible."""
+    sim = url.startswith("sim://")
+    mode = opts.mode or ("realtime" if live or not (sim or opts.dry_run) else "fast")
+    if mode == "fast" and live:
+        raise SorterError("--fast works on replay only (--video/--images), not on a camera")
+    if mode == "fast" and not (sim or opts.dry_run):
+        raise SorterError(
+            f"--fast replays on a virtual clock, which only the simulator follows: use "
+            f"--serial sim:// or --dry-run, or --realtime against {url}"
+        )
+    return mode
+
+
+def _summary(
+    status: Status,
+    decisions: DecisionLog,
+    records: list[DecisionRecord],
+    loop: SortingLoop | None,
+    opts: RunOptions,
+    mode: str,
+    url: str,
+) -> dict[str, Any]:
+    """The run's summary (what `sorter run --json` prints), from the status and the log."""
+    snap = status.snapshot()
+    return {
+        "frames": snap["frames"],  # the caller sets frames and wall_s
+        "wall_s": snap["uptime_s"],
+        "mode": mode,
+        "serial": "dry-run" if opts.dry_run else url,
+        "frames_in": snap["frames_in"],
+        "drops": snap["drops"],
+        "items": snap["items"],
+        "lost": loop.lost if loop else 0,
+        "bins": snap["bins"],
+        "grades": snap["grades"],
+        "statuses": _count(r.status for r in records)
+        if decisions.keep is None
+        else snap["statuses"],
+        "stages": snap["stages"],
+        "latency_s": status.latency_percentiles(),
+        "stopped": opts.stop.is_set(),
+        "run": decisions.run,
+    }
+
+
+class SystemdStatus:
+    """Keeps `systemctl status` current: `notify.status(status_line(...))` at most once per
+    `interval_s` (a no-op off systemd)."""
+
+    def __init__(self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+
+    def update(self, status: Status, *, force: bool = False) -> bool:
+        """Send the status line if the last one is `interval_s` old (or `force`)."""
+        now = self._clock()
+        if not force and self._last is not None and now - self._last < self.interval_s:
+            return False
+        self._last = now
+        notify.status(status_line(status.snapshot()))
+        return True
 
 
 def _close_if_open(decisions: DecisionLog) -> None:
@@ -703,24 +626,11 @@ def _stall(status: Status, link: Any, stall_s: float) -> None:
             log.error("could not put the controller in the safe state: %s", err)
 
 
-def _on_event(status: Status, event: Any) -> None:
-    """A controller event (FIRED, LATE, SAFE_STATE, FAULT...) for the status view."""
-    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).upper()  # SafeState
-    if kind == "STATUS":  # periodic, not news
-        return
-    status.event(kind, str(event))
-    if kind == "SAFE_STATE":
-        entered = bool(getattr(event, "entered", True))
-        status.set_link("safe" if entered else "connected", safe=entered)
-        status.alarm("safe_state", "controller in the safe state" if entered else None)
-
-
-def _notify_status(status: Status) -> None:
-    snap = status.snapshot()
-    notify.status(
-        f"{snap['fps_processed']:.1f} fps, {snap['items']} items, {snap['drops']} drops, "
-        f"link {snap['link']['state']}"
-    )
+def _resumed(status: Status, link: Any) -> None:
+    status.alarm("camera_stalled", None)
+    status.event("RESUMED", "frames are arriving again")
+    if link is not None and hasattr(link, "resume"):
+        link.resume()
 
 
 def _flush_pending(

@@ -123,6 +123,12 @@ class Status:
         with self._lock:
             self.stages[name] = self.stages.get(name, 0.0) + seconds
 
+    def add_stages(self, seconds: dict[str, float]) -> None:
+        """Accumulate several stages at once (one lock for a frame's timings)."""
+        with self._lock:
+            for name, value in seconds.items():
+                self.stages[name] = self.stages.get(name, 0.0) + value
+
     def decided(
         self, record: dict[str, Any], latency_s: float | None, crop: np.ndarray | None = None
     ) -> None:
@@ -293,7 +299,25 @@ def _overlay_dict(o: Overlay) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------
-# Terminal views
+# Text views
+
+
+def status_line(snap: dict[str, Any]) -> str:
+    """One line for `systemctl status`: fps, items, per-bin counts, link state, alarms.
+
+    e.g. "12.3 fps, 341 items (2L 120, M 200, reject 21), 0 drops, link connected".
+    """
+    bins = ", ".join(f"{k} {v}" for k, v in sorted(snap.get("bins", {}).items()))
+    link = snap.get("link", {})
+    state = str(link.get("state", "-")) + (" SAFE" if link.get("safe") else "")
+    parts = [
+        f"{snap.get('fps_processed', 0.0):.1f} fps",
+        f"{snap.get('items', 0)} items" + (f" ({bins})" if bins else ""),
+        f"{snap.get('drops', 0)} drops",
+        f"link {state}",
+    ]
+    parts += [f"ALARM {a['text']}" for a in snap.get("alarms", []) if a.get("text")]
+    return ", ".join(parts)
 
 
 def render_status(snap: dict[str, Any]) -> Table:

@@ -4,7 +4,9 @@ the Python controller simulator on the replay clock, a colour-grading stand-in c
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +60,9 @@ def test_fast_replay_against_simulator(belt: tuple[Path, Path, Path], tmp_path: 
     assert result.summary["statuses"] == {"fired": 27}
     assert card.gate_error_ms["n"] == 27 and card.gate_error_ms["p99"] < 10.0
     assert result.summary["mode"] == "fast" and result.summary["drops"] == 0
+    # the controller's events read as words on the dashboard, not as dataclass dumps
+    fired = [e["text"] for e in status.snapshot()["events"] if e["kind"] == "FIRED"]
+    assert fired and all(re.fullmatch(r"item \d+ fired at gate \d+", t) for t in fired)
     # the decision log agrees: SQLite and JSON lines, contract fields, final fates
     rows = read_decisions(tmp_path / "d.db")
     lines = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
@@ -221,3 +226,54 @@ def test_stall_is_reported_and_controller_told(tmp_path: Path) -> None:
     # the alarm was up while stalled (seen on the first frame after) and is clear at the end
     assert any(a and a[0]["kind"] == "camera_stalled" for a in events) or "STALL" in kinds
     assert status.snapshot()["alarms"] == []
+
+
+def test_systemd_status_line_during_and_after_a_run(
+    belt: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`systemctl status` shows the loop's one-line summary: sent over a real sd_notify
+    socket, and the last one counts every item per bin."""
+    import socket
+
+    from sorter import notify
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    monkeypatch.setattr(notify, "_default", notify.Notifier(socket_path=path))
+    video, _truth, _ = belt
+    config = apply_overrides(Config(), {"serial.url": "sim://?gates=9"})
+    try:
+        result, _status = _run(config, tmp_path, video=video)
+        datagrams: list[str] = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                datagrams.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
+    lines = [x for d in datagrams for x in d.split("\n") if x.startswith("STATUS=")]
+    assert datagrams[0].startswith("READY=1") and len(lines) >= 2  # first frame, then the end
+    last = lines[-1]
+    bins = ", ".join(f"{k} {v}" for k, v in sorted(result.summary["bins"].items()))
+    assert f"27 items ({bins})" in last and "link " in last and " fps" in last
+
+
+def test_systemd_status_is_sent_at_most_once_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sorter import notify
+    from sorter.pipeline import SystemdStatus
+
+    now = [0.0]
+    sent: list[str] = []
+    monkeypatch.setattr(notify, "status", lambda text: bool(sent.append(text)) or True)
+    notifier = SystemdStatus(interval_s=1.0, clock=lambda: now[0])
+    st = Status()
+    results = []
+    for t in (100.0, 100.4, 101.0, 101.3, 102.5, 102.75):
+        now[0] = t
+        results.append(notifier.update(st))
+    assert results == [True, False, True, False, True, False]
+    assert notifier.update(st, force=True)  # the final one at the end of a run
+    assert len(sent) == 4 and all("items" in text for text in sent)

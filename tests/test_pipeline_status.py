@@ -95,3 +95,46 @@ def test_a_corrected_fate_is_counted_once() -> None:
     st.fate(7, "fired")
     st.fate(7, "fired")
     assert st.snapshot()["statuses"] == {"fired": 1}
+
+
+def test_controller_events_read_as_one_line_of_words() -> None:
+    from firmware_bridge import protocol
+    from sorter.link_events import event_text, on_event
+
+    st = Status(url="sim://")
+    on_event(st, protocol.Fired(item=7, gate=2, time=123456, position=0))
+    on_event(st, protocol.Late(item=8, gate=1, time=5, target=3))
+    on_event(st, protocol.Status(1, 0, 0, 0, 0, 0, 3, 1))  # periodic: not an event
+    on_event(st, protocol.SafeState(entered=1, reason=protocol.SafeReason.HEARTBEAT, dropped=2))
+    snap = st.snapshot()
+    assert [(e["kind"], e["text"]) for e in reversed(snap["events"])] == [
+        ("FIRED", "item 7 fired at gate 2"),
+        ("LATE", "item 8 too late for gate 1: not fired"),
+        ("SAFE_STATE", "safe state entered (HEARTBEAT), 2 pending SORT(s) dropped"),
+    ]
+    assert snap["link"]["safe"] is True and snap["alarms"][0]["kind"] == "safe_state"
+    on_event(st, protocol.SafeState(entered=0, reason=protocol.SafeReason.RESUMED, dropped=0))
+    assert st.snapshot()["link"]["safe"] is False and not st.snapshot()["alarms"]
+    assert event_text(protocol.Fault(code=protocol.FaultCode.WATCHDOG_RESET, detail=4)) == (
+        "controller fault WATCHDOG_RESET (detail 4)"
+    )
+    assert event_text(protocol.SyncReply(acked_seq=1, echo=2, time=3, position=4)) == (
+        "acked_seq=1 echo=2 time=3 position=4"
+    )
+
+
+def test_status_line_for_systemctl() -> None:
+    from sorter.status import status_line
+
+    st = Status(url="/dev/ttyACM0")
+    st.set_link("connected", safe=False)
+    for item, (label, bin_name) in enumerate([("M", "M"), ("M", "M"), ("C", "reject")]):
+        st.decided({"item": item, "label": label, "bin": bin_name}, latency_s=0.01)
+    line = status_line(st.snapshot())
+    assert "\n" not in line
+    assert line.endswith("3 items (M 2, reject 1), 0 drops, link connected")
+    st.alarm("camera_stalled", "no frame for 2.0 s")
+    st.set_link("lost")
+    assert status_line(st.snapshot()).endswith(
+        "link lost, ALARM no frame for 2.0 s, ALARM controller link lost; reconnecting"
+    )
