@@ -10,8 +10,9 @@ never saw while it is still in time, and ends a SORT "timeout" only after asking
   the controller answers UNKNOWN (it never saw the item, was reset, or forgot it), when
   `FATE_QUERIES` QUERYs in a row got no answer, or when the link stays lost past
   the fate's due time + `lost_grace_s`;
-- a "timeout" that the controller might still know about (no answer, link lost) is QUERYed
-  again up to `RECHECKS` times within `RECHECK_S` (monotonic), and any FIRED/LATE event
+- a "timeout" is QUERYed again up to `RECHECKS` times within `RECHECK_S` (monotonic)
+  until the controller gives a final fate (a copy of the SORT written before a reconnect
+  can reach it after the QUERY that answered UNKNOWN), and any FIRED/LATE event
   or FATE answer that arrives later for a SORT reported "timeout" corrects it once
   (`Command.corrected`; the done-callbacks run again).
 """
@@ -242,7 +243,7 @@ class SortFates:
                 self._fate_times(cmd, reply)
                 status = FIRED if fate == p.Fate.FIRED else LATE
                 self._correct(reply.item, status, "fate from QUERY")
-            elif cmd.status == TIMEOUT and fate != p.Fate.PENDING:
+            elif cmd.status == TIMEOUT and fate in (p.Fate.CANCELLED, p.Fate.DROPPED):
                 with self._lock:  # the controller's final word: nothing to correct
                     self._rechecks.pop(reply.item, None)
             return
@@ -264,7 +265,11 @@ class SortFates:
             if not cmd.acked and self._can_resend(cmd):
                 self._resend_sort(cmd)
                 return
-            self._resolve_sort(cmd, TIMEOUT, detail="controller does not know the item")
+            # UNKNOWN: never arrived, forgotten, or still on its way (a copy written before
+            # a reconnect can reach the controller after the QUERY): ask again later
+            self._resolve_sort(
+                cmd, TIMEOUT, detail="controller does not know the item", recheck=True
+            )
 
     def _fate_times(self, cmd: Command, reply: p.FateReply) -> None:
         cmd.ctrl_time = reply.time

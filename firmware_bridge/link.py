@@ -112,6 +112,8 @@ class ControllerLink(SortFates):
         self.heartbeat_s = heartbeat_s
         self.status_s = status_s
         self.ack_timeout_s = ack_timeout_s
+        self.hello_resend_s = 0.3
+        """How often HELLO is resent while waiting for HELLO_INFO (s)."""
         self.ack_timer = AckTimeout(ack_timeout_s, ack_timeout_s)
         """The ACK timeout in use (adaptive when given a ceiling above ack_timeout_s; kept
         fixed for now: see rtt.py)."""
@@ -541,7 +543,7 @@ class ControllerLink(SortFates):
                 )
             cmd = Command(p.Hello(), self._next_seq())
             self._send_command(cmd)
-            until = time.monotonic() + min(0.3, remaining)
+            until = time.monotonic() + min(self.hello_resend_s, remaining)
             while not cmd.done() and time.monotonic() < until:
                 if not answered_status and self._status_seen.is_set():
                     answered_status = True  # the controller is up: HELLO again right now

@@ -646,9 +646,10 @@ class BootingPort(FilterPort):
 
 def test_the_first_status_is_answered_with_hello_at_once() -> None:
     """The HELLO sent at open is lost in the bootloader; the controller's boot STATUS
-    gets a HELLO right away, not at the next 0.3 s resend (open_timeout_s is shorter)."""
+    gets a HELLO right away, not at the next resend (here later than open_timeout_s)."""
     port = BootingPort(SimulatorPort("sim://?gates=2"), boot_s=0.05)
-    link = ControllerLink("sim://", open_timeout_s=0.28, port_factory=lambda: port)
+    link = ControllerLink("sim://", open_timeout_s=3.0, port_factory=lambda: port)
+    link.hello_resend_s = 10.0
     with link:
         assert link.state == "connected" and link.info is not None
         assert link.sort(1, 0).wait(5) == "fired"
