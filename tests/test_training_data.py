@@ -76,6 +76,32 @@ def test_non_image_files_ignored_with_note(
     assert scan.counts()["red"] == 5
 
 
+def test_underscore_and_dot_folders_are_not_grades(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_grade_tree(tmp_path, per_grade=5)
+    # what `sorter run --save-crops` leaves beside the grade folders: low-confidence crops
+    make_grade_tree(tmp_path / "_review", per_grade=2, grades={"red": (255, 0, 0)})
+    make_grade_tree(tmp_path / ".thumbs", per_grade=1, grades={"blue": (0, 0, 255)})
+    with caplog.at_level(logging.INFO, logger="training.data"):
+        scan = D.scan_dataset(tmp_path)
+    assert scan.labels == ["blue", "green", "red"]
+    assert scan.counts() == {"blue": 5, "green": 5, "red": 5}
+    assert not any(s.relpath.startswith(("_review", ".thumbs")) for s in scan.samples)
+    assert "skipping folder(s) .thumbs/, _review/" in caplog.text
+
+
+def test_underscore_folders_skipped_inside_a_split_tree(tmp_path: Path) -> None:
+    make_grade_tree(tmp_path / "train", per_grade=6)
+    make_grade_tree(tmp_path / "val", per_grade=2)
+    make_grade_tree(tmp_path / "train" / "_review", per_grade=1, grades={"red": (255, 0, 0)})
+    (tmp_path / "_notes").mkdir()
+    scan = D.scan_dataset(tmp_path)
+    assert scan.presplit
+    assert scan.labels == ["blue", "green", "red"]
+    assert scan.counts("train") == {"blue": 6, "green": 6, "red": 6}
+
+
 def test_too_few_images_in_a_grade_is_an_error(tmp_path: Path) -> None:
     make_grade_tree(tmp_path, per_grade=6)
     for p in sorted((tmp_path / "green").iterdir())[2:]:

@@ -1,6 +1,7 @@
 """Datasets for training: folder-per-grade trees, checks, splits and the split manifest.
 
-Accepted layouts (class names are the grade folder names, sorted):
+Accepted layouts (class names are the grade folder names, sorted; folders whose names start
+with ``_`` or ``.``, such as ``_review/`` from ``sorter run --save-crops``, are skipped):
 
 - ``DATA_DIR/<grade>/*.png|jpg|jpeg|bmp``: a stratified, seeded validation split (and an
   optional test split) is made here and recorded in ``split.json``;
@@ -95,11 +96,22 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
+SKIP_PREFIXES = ("_", ".")
+"""Folders whose names start with these are not grades (e.g. ``_review/``, which
+``sorter run --save-crops`` writes for low-confidence crops awaiting a person's check,
+or ``.cache/``); they are skipped with a note."""
+
+
 def _grade_dirs(root: Path) -> list[Path]:
-    return sorted(
-        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-        key=lambda d: d.name,
-    )
+    dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.name)
+    skipped = [d.name for d in dirs if d.name.startswith(SKIP_PREFIXES)]
+    if skipped:
+        log.info(
+            "%s: skipping folder(s) %s (names starting with '_' or '.' are not grades)",
+            root,
+            ", ".join(f"{n}/" for n in skipped),
+        )
+    return [d for d in dirs if not d.name.startswith(SKIP_PREFIXES)]
 
 
 def _scan_grade(
