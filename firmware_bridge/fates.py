@@ -125,14 +125,19 @@ class SortFates:
             self._timed_out.pop(item, None)
             self._rechecks.pop(item, None)
 
-    def _correct(self, item: int, status: str, detail: str) -> Command | None:
-        """The controller's word on a SORT already reported "timeout": correct it."""
+    def _correct(
+        self, item: int, status: str, detail: str, cmd: Command | None = None
+    ) -> Command | None:
+        """The controller's word on a SORT already reported "timeout" (`cmd`, or the one
+        remembered for `item`): correct it."""
         with self._lock:
-            cmd = self._timed_out.get(item)
-            if cmd is None:
-                return None
-            del self._timed_out[item]
-            self._rechecks.pop(item, None)
+            known = self._timed_out.get(item)
+            if known is not None and (cmd is None or known is cmd):
+                del self._timed_out[item]
+                self._rechecks.pop(item, None)
+        cmd = cmd or known
+        if cmd is None:
+            return None
         if cmd._correct(status, self.clock.now(), detail):
             self.stats.corrections += 1
             log.warning("%s: item %s was reported timeout but %s", self.url, item, status)
@@ -242,7 +247,7 @@ class SortFates:
             if cmd.status == TIMEOUT and fate in (p.Fate.FIRED, p.Fate.LATE):
                 self._fate_times(cmd, reply)
                 status = FIRED if fate == p.Fate.FIRED else LATE
-                self._correct(reply.item, status, "fate from QUERY")
+                self._correct(reply.item, status, "fate from QUERY", cmd)
             elif cmd.status == TIMEOUT and fate in (p.Fate.CANCELLED, p.Fate.DROPPED):
                 with self._lock:  # the controller's final word: nothing to correct
                     self._rechecks.pop(reply.item, None)
