@@ -649,10 +649,10 @@ class ControllerLink(SortFates):
         cmd = out.cmd
         if cmd.attempts == 1:  # unambiguous round trip (Karn)
             self.ack_timer.sample(time.monotonic() - out.sent_mono)
-        cmd.reply = msg
         cmd.acked = True
         if out.on_reply is not None:
             call_safely(out.on_reply, msg)
+        cmd.reply = msg  # last: a waiter (sync_once) may read what on_reply stored
         now = self.clock.now()
         if isinstance(msg, p.Nak):
             cmd.nak_reason = _nak_enum(msg.reason)
