@@ -155,7 +155,9 @@ class Decider:
         bin_name = self._bins.get(item) if status == "fired" else self.policy.reject_bin
         self.decisions.update_fate(item, status, fired_at=fired_at, bin_name=bin_name)
         self.status.fate(item, status)
-        if status != "fired":
+        # FIRED and LATE reach the status as the controller's own events (link.on_event);
+        # the other fates (and corrections) only come this way
+        if status not in ("fired", "late") or getattr(cmd, "corrected", False):
             self.status.event(status.upper(), f"item {item}: {status}")
 
 

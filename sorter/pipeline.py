@@ -3,9 +3,12 @@
 Per frame (`SortingLoop.process`):
     locate -> track -> crop a fixed window of belt around each item in full view
     (window_px = the model's crop window_mm * px_per_mm) -> sorter.preprocess.to_model_input
-    -> classifier (one batch per frame) -> for each item crossing the decision line:
-    policy (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run)
-    -> decision log + status.
+    -> classifier (one batch per frame) -> for each item crossing the decision line,
+    `sorter.decider.Decider`: policy (mean of its views' scores) -> scheduler (SORT via the
+    link, or late/dry-run) -> decision log + status; fates come back on the link's thread.
+
+Controller events reach the status view as one line of words (`sorter.link_events`), and
+`systemctl status` shows `sorter.status.status_line` at most once a second.
 
 `run(config, options)` wires the pieces: source, clock, link, log, dashboard, signals.
 Time comes from one clock object (firmware_bridge.clock):
@@ -428,24 +431,16 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
                 status.frame_in()
                 if isinstance(src, ThreadedSource) and src.drops > status.drops:
                     status.frame_dropped(src.drops - status.drops)
-                if loop is None:
-                    if mode == "fast":
-                        timeline.offset = 0.0
-                    elif not live:
-                        start = recorder.start
-                        timeline.offset = start if start is not None else clock.now() - frame.t
+                if loop is None:  # the first frame gives the frame size and the timeline
+                    if not live:  # a camera's frames are on the host clock already: offset 0
+                        fast = mode == "fast"
+                        timeline.offset = 0.0 if fast else _offset(recorder.start, clock, frame)
                     h, w = frame.image.shape[:2]
+                    tracker = make_tracker(config, (w, h))
                     loop = SortingLoop(
-                        config,
-                        classifier,
-                        locator,
-                        make_tracker(config, (w, h)),
-                        scheduler,
-                        decisions,
-                        status,
-                        window=win,
-                        keep_crops=decisions.crops_dir is not None,
-                    )
+                        config, classifier, locator, tracker, scheduler, decisions, status,
+                        window=win, keep_crops=decisions.crops_dir is not None,
+                    )  # fmt: skip
                 if mode == "fast":
                     clock.set(max(clock.now(), frame.t))
                 if opts.images is not None:
@@ -552,6 +547,12 @@ class SystemdStatus:
         self._last = now
         notify.status(status_line(status.snapshot()))
         return True
+
+
+def _offset(start: float | None, clock: Any, frame: Frame) -> float:
+    """Host minus source time of a realtime replay: the clock time the source paced its
+    first frame from, else (a source that read no clock) now minus the frame's time."""
+    return start if start is not None else float(clock.now()) - frame.t
 
 
 def _close_if_open(decisions: DecisionLog) -> None:

@@ -218,7 +218,8 @@ def test_stall_is_reported_and_controller_told(tmp_path: Path) -> None:
         link=link,
         progress=progress,
     )
-    assert result.summary["frames"] == 10
+    # a live source drops the oldest frame when the loop falls behind (a loaded machine)
+    assert result.summary["frames"] + result.summary["drops"] == 10
     assert link.calls[0] == "configure 9"
     assert link.calls.index("safe") < link.calls.index("resume")
     kinds = [e["kind"] for e in status.snapshot()["events"]]
