@@ -37,6 +37,10 @@ RECHECKS = 3
 """QUERYs sent for a SORT after it ended "timeout" without an answer (to correct it)."""
 RECHECK_S = 10.0
 """How long after a "timeout" those QUERYs may still go out (monotonic seconds)."""
+RECHECKS_IN_FLIGHT = 4
+"""At most this many QUERYs outstanding when re-checking timeouts (after a long loss
+hundreds of SORTs can time out at once: asking about all of them together would flood a
+115200-baud line)."""
 TIMED_OUT_KEPT = 512
 """SORTs reported "timeout" remembered so a late FIRED/LATE can still correct them."""
 
@@ -194,7 +198,9 @@ class SortFates:
                     continue
             if mono >= asked.get(cmd.seq, 0.0):
                 self._query(cmd)
-        for item, (_, left, give_up) in rechecks:
+        with self._lock:
+            in_flight = sum(1 for o in self._outstanding.values() if isinstance(o.cmd.msg, p.Query))
+        for item, (_, left, give_up) in rechecks[: max(0, RECHECKS_IN_FLIGHT - in_flight)]:
             with self._lock:
                 timed_out = self._timed_out.get(item)
                 if timed_out is None or left <= 0 or mono >= give_up:
