@@ -15,19 +15,41 @@ import argparse
 import json
 import logging
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.model import AugmentConfig
 from training.train import TrainConfig, train
 
-RECIPES: dict[str, tuple[str, bool, float | None]] = {
-    "pi-cnn": ("pi-cnn", True, None),
-    "pi-cnn-noaug": ("pi-cnn", False, None),
-    "deep-mnist": ("deep-mnist", True, 3e-4),
-    "deep-mnist-literal": ("deep-mnist", False, 1e-4),
-    "softmax": ("softmax", False, None),
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of training a network (what `--recipe` names)."""
+
+    arch: str
+    """Network (training.model.ARCHS)."""
+    augment: bool = True
+    """Training-time augmentation on (the default AugmentConfig) or off."""
+    independent_flips: bool = False
+    """AugmentConfig.independent_flips (mirror images too, not only 180-degree turns)."""
+    learning_rate: float | None = None
+    """Adam learning rate; None -> the arch's default."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing."""
+    schedule: str = "plateau"
+    """Learning-rate schedule (training.train.SCHEDULES)."""
+
+
+RECIPES: dict[str, Recipe] = {
+    "pi-cnn": Recipe("pi-cnn"),
+    "pi-cnn-noaug": Recipe("pi-cnn", augment=False),
+    "pi-cnn-ls-cos": Recipe("pi-cnn", label_smoothing=0.1, schedule="cosine"),
+    "pi-cnn-flips": Recipe("pi-cnn", independent_flips=True),
+    "deep-mnist": Recipe("deep-mnist", learning_rate=3e-4),
+    "deep-mnist-literal": Recipe("deep-mnist", augment=False, learning_rate=1e-4),
+    "softmax": Recipe("softmax", augment=False),
 }
-"""recipe name -> (arch, augmentation on, Adam learning rate or None for the arch default)."""
+"""recipe name -> how it trains."""
 
 
 def run(
@@ -38,19 +60,25 @@ def run(
     results = out / "results.jsonl"
     for seed in seeds:
         for name in recipes:
-            arch, aug, lr = RECIPES[name]
+            rec = RECIPES[name]
             res = train(
                 TrainConfig(
                     data_dir=data_dir,
                     out=out / f"{name}-s{seed}",
-                    arch=arch,
+                    arch=rec.arch,
                     epochs=epochs,
                     patience=patience,
-                    learning_rate=lr,
+                    learning_rate=rec.learning_rate,
+                    label_smoothing=rec.label_smoothing,
+                    schedule=rec.schedule,
                     seed=seed,
                     val_fraction=0.1,
                     test_fraction=0.1,
-                    augment=AugmentConfig() if aug else AugmentConfig.off(),
+                    augment=(
+                        AugmentConfig(independent_flips=rec.independent_flips)
+                        if rec.augment
+                        else AugmentConfig.off()
+                    ),
                     reports=False,
                     verbose=2,
                 )
@@ -85,6 +113,30 @@ def table(results: Path) -> None:
             f"| {statistics.mean(r['epochs'] for r in rs):.0f} "
             f"| {statistics.mean(r['seconds'] for r in rs):.0f} |"
         )
+
+
+def flip_average_scores(run_dir: Path) -> dict[str, float]:
+    """Float accuracy of a run's model on its val and test splits: plain, averaged with its
+    180-degree turn ("+180"), and averaged over all four flip views ("+flips"); see
+    `training.model.flip_average`."""
+    from training.data import load_split_images
+    from training.evaluate import load_run_model
+    from training.model import flip_average, inference_model
+    from training.train import predict
+
+    infer = inference_model(load_run_model(run_dir), batch_size=None)
+    models = {
+        "": infer,
+        "+180": flip_average(infer, ("id", "hv")),
+        "+flips": flip_average(infer),
+    }
+    out: dict[str, float] = {}
+    for split in ("val", "test"):
+        x, y = load_split_images(run_dir, split)
+        if len(x):
+            for tag, m in models.items():
+                out[split + tag] = float((predict(m, x).argmax(1) == y).mean())
+    return out
 
 
 def int8_size_and_latency(run_dir: Path, repeats: int = 300) -> tuple[int, float]:
@@ -137,12 +189,23 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--latency", type=Path, nargs="+", help="run folders to convert and time")
+    ap.add_argument(
+        "--flip-average",
+        type=Path,
+        nargs="+",
+        help="run folders to score with and without test-time flip averaging",
+    )
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if a.latency:
         for rd in a.latency:
             size, ms = int8_size_and_latency(rd)
             print(f"{rd}: int8 {size / 1e6:.2f} MB, {ms:.3f} ms/image (1 thread, median)")
+        return
+    if a.flip_average:
+        for rd in a.flip_average:
+            scores = flip_average_scores(rd)
+            print(f"{rd}: " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()))
         return
     if a.table_only:
         table(a.out / "results.jsonl")

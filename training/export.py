@@ -41,7 +41,7 @@ from tensorflow.lite.python import schema_util
 from tensorflow.lite.tools import flatbuffer_utils
 
 from sorter.classifier import Classifier
-from sorter.errors import DatasetError, ModelError, SorterError
+from sorter.errors import ConfigError, DatasetError, ModelError, SorterError
 from sorter.metadata import (
     DEFAULT_ATTRIBUTION,
     METADATA_NAME,
@@ -51,7 +51,7 @@ from sorter.metadata import (
 )
 from training import data as D
 from training.export_cli import native_output_captured
-from training.model import inference_model
+from training.model import FLIP_VIEWS, flip_average, inference_model
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ class ExportOptions:
     """Seeds the choice of calibration images."""
     attribution: str = DEFAULT_ATTRIBUTION
     """Licence/attribution of the training data, recorded in the metadata."""
+    flip_views: tuple[str, ...] = ()
+    """Test-time flip averaging built into the exported graph (`training.model.FLIP_VIEWS`
+    names, e.g. ("id", "h", "v", "hv")); empty for none. Costs one forward pass per view."""
 
 
 @dataclass
@@ -431,6 +434,7 @@ def build_metadata(
         attribution=opts.attribution,
         extra={
             "arch": run.config.get("arch", run.model.name),
+            "test_time_flip_views": list(opts.flip_views),
             "training_accuracy": training_metrics,
             "created": datetime.now().isoformat(timespec="seconds"),
             "tensorflow": tf.__version__,
@@ -447,6 +451,12 @@ def export_run(
     run_dir: str | Path, opts: ExportOptions, progress: Progress = log.info
 ) -> ExportResult:
     """Export a run (see the module docstring); raises FidelityError past the threshold."""
+    bad = [v for v in opts.flip_views if v not in FLIP_VIEWS]
+    if bad:
+        raise ConfigError(
+            f"--flip-average {','.join(opts.flip_views)}: unknown view(s) {', '.join(bad)}; "
+            f"choose from {', '.join(FLIP_VIEWS)}"
+        )
     run = load_run(run_dir)
     mode = "int8" if opts.quantize else "float"
     out = opts.out or run.path / f"model-{mode}.tflite"
@@ -460,6 +470,11 @@ def export_run(
         calibration = x_train[stratified_sample(y_train, opts.calibration_images, opts.seed)]
         progress(f"calibrating int8 ranges on {len(calibration)} training images (stratified)")
     graph = export_graph(run.model, "float32" if opts.quantize else "uint8")
+    reference = inference_model(run.model, batch_size=None)
+    if opts.flip_views:
+        progress(f"averaging over flip views {', '.join(opts.flip_views)} inside the model")
+        graph = flip_average(graph, opts.flip_views)
+        reference = flip_average(reference, opts.flip_views)
     progress(f"converting to TFLite ({mode})")
     tflite = convert(graph, calibration)
     if opts.quantize:
@@ -472,7 +487,6 @@ def export_run(
     progress(f"graph: {len(ops)} ops ({', '.join(sorted(set(ops)))})")
 
     meta = build_metadata(run, tflite, opts, 0 if calibration is None else len(calibration))
-    reference = inference_model(run.model, batch_size=None)
     results: list[SplitFidelity] = []
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.tflite"

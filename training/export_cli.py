@@ -72,6 +72,13 @@ def export(
         bool, typer.Option("--force", help="Write the model even if it fails the threshold.")
     ] = False,
     runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
+    flip_average: Annotated[
+        str,
+        typer.Option(
+            help="Test-time flip views averaged inside the model, comma-separated from id, h, "
+            "v, hv (e.g. id,h,v,hv); empty for none."
+        ),
+    ] = "",
 ) -> None:
     """Export a trained run to TFLite with its metadata, and compare it with the Keras model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,6 +97,7 @@ def export(
             calibration_images=calibration_images,
             threshold_points=threshold,
             force=force,
+            flip_views=tuple(v.strip() for v in flip_average.split(",") if v.strip()),
         )
         result = export_run(run, opts, progress=progress)
     except SorterError as err:

@@ -42,6 +42,11 @@ class AugmentConfig:
 
     flip: bool = True
     """Random horizontal and vertical flips (a cucumber's grade does not depend on its side)."""
+    independent_flips: bool = False
+    """True: the horizontal and the vertical flip are drawn independently (all four views).
+    False: one Keras ``RandomFlip("horizontal_and_vertical")``, which flips BOTH axes or
+    neither, so the network only ever sees the image and its 180-degree rotation, never a
+    mirror image; the runs before this option existed trained that way."""
     shift: float = 0.06
     """Random translation, as a fraction of height/width (0.06 = +-2 px at 32x32)."""
     rotate_deg: float = 8.0
@@ -76,7 +81,10 @@ def _augmentation(aug: AugmentConfig, seed: int) -> list[layers.Layer]:
     """Augmentation layers on [0, 1] float pixels, computed in float32."""
     out: list[layers.Layer] = []
     kw: dict[str, Any] = {"dtype": "float32"}
-    if aug.flip:
+    if aug.flip and aug.independent_flips:
+        out.append(layers.RandomFlip("horizontal", seed=seed, name="aug_flip_h", **kw))
+        out.append(layers.RandomFlip("vertical", seed=seed + 8, name="aug_flip_v", **kw))
+    elif aug.flip:
         out.append(layers.RandomFlip("horizontal_and_vertical", seed=seed, name="aug_flip", **kw))
     if aug.rotate_deg > 0:
         out.append(
@@ -206,6 +214,48 @@ def inference_model(model: keras.Model, batch_size: int | None = 1) -> keras.Mod
         x = clone(x)
         clone.set_weights(layer.get_weights())
     return keras.Model(inp, x, name=model.name)
+
+
+@keras.saving.register_keras_serializable(package="sorter")
+class Flip(layers.Layer):
+    """Reverse the image along one axis (1 = vertical flip, 2 = horizontal flip)."""
+
+    def __init__(self, axis: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.axis = axis
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.flip(x, axis=self.axis)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis}
+
+
+FLIP_VIEWS: dict[str, tuple[int, ...]] = {"id": (), "h": (2,), "v": (1,), "hv": (1, 2)}
+"""Test-time views by name -> image axes reversed (h = mirror left-right, v = upside down,
+hv = both, i.e. a 180-degree turn). All are label-preserving for produce on a belt."""
+
+
+def flip_average(
+    model: keras.Model, views: tuple[str, ...] = ("id", "h", "v", "hv")
+) -> keras.Model:
+    """Test-time augmentation built into a model: the mean of `model`'s probabilities over
+    the given `FLIP_VIEWS` of the image. Same input and output as `model`; its layers are
+    shared, so the cost is one forward pass per view. Converts to builtin int8 TFLite ops
+    (REVERSE_V2, then the network per view, then an average)."""
+    unknown = [v for v in views if v not in FLIP_VIEWS]
+    if unknown or not views:
+        raise ValueError(f"flip views {list(views)}: choose from {', '.join(FLIP_VIEWS)}")
+    src = model.inputs[0]
+    inp = keras.Input(tuple(src.shape[1:]), batch_size=src.shape[0], dtype=src.dtype, name="image")
+    outs = []
+    for v in views:
+        x = inp
+        for axis in FLIP_VIEWS[v]:
+            x = Flip(axis, name=f"tta_flip_{v}_{axis}")(x)
+        outs.append(model(x))
+    out = outs[0] if len(outs) == 1 else layers.Average(name="tta_mean")(outs)
+    return keras.Model(inp, out, name=f"{model.name}_tta")
 
 
 def count_params(model: keras.Model) -> int:

@@ -35,6 +35,9 @@ from training.model import (
 
 log = logging.getLogger(__name__)
 
+SCHEDULES = ("plateau", "cosine")
+"""Learning-rate schedules (`TrainConfig.schedule`)."""
+
 
 @dataclass
 class TrainConfig:
@@ -64,6 +67,11 @@ class TrainConfig:
     """Training-only augmentation (AugmentConfig.off() for none)."""
     patience: int = 20
     """Early stopping: epochs without a better validation loss before stopping."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (0 = plain one-hot targets)."""
+    schedule: str = "plateau"
+    """Learning-rate schedule: "plateau" (halve when val loss stalls) or "cosine" (cosine
+    decay over all epochs to 1% of the start rate)."""
     mixed_precision: bool = False
     """Compute in float16 (output layer stays float32); for GPUs."""
     multi_gpu: bool = False
@@ -103,6 +111,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--arch {cfg.arch}: unknown network; choose one of {', '.join(ARCHS)}")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs {cfg.epochs}: must be at least 1")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {cfg.schedule}: choose one of {', '.join(SCHEDULES)}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ConfigError(f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1)")
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size {cfg.batch_size}: must be at least 1")
     if cfg.input_size is not None and min(cfg.input_size) < 8:
@@ -153,9 +165,16 @@ def make_datasets(
     y_val: np.ndarray,
     batch_size: int,
     seed: int,
+    n_classes: int | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """tf.data pipelines over the decoded uint8 arrays: cache, shuffle, batch, prefetch."""
+    """tf.data pipelines over the decoded uint8 arrays: cache, shuffle, batch, prefetch.
+
+    With `n_classes`, labels are one-hot (for label smoothing), else integer indices.
+    """
     auto = tf.data.AUTOTUNE
+    if n_classes is not None:
+        y_train = np.eye(n_classes, dtype=np.float32)[y_train]
+        y_val = np.eye(n_classes, dtype=np.float32)[y_val]
     train = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .cache()
@@ -177,10 +196,13 @@ def _callbacks(run_dir: Path, cfg: TrainConfig, best: Path) -> list[keras.callba
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True
         ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 2), min_lr=1e-5
-        ),
     ]
+    if cfg.schedule == "plateau":
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 2), min_lr=1e-5
+            )
+        )
     if importlib.util.find_spec("tensorboard") is not None:
         cbs.append(
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False)
@@ -241,13 +263,26 @@ def train(cfg: TrainConfig) -> RunResult:
             model = build_model(
                 cfg.arch, input_size, len(labels), augment=cfg.augment, seed=cfg.seed
             )
+            rate: float | keras.optimizers.schedules.LearningRateSchedule = lr
+            if cfg.schedule == "cosine":
+                steps = -(-len(split["train"]) // cfg.batch_size) * cfg.epochs
+                rate = keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.01)
+            smooth = cfg.label_smoothing > 0
             model.compile(
-                optimizer=keras.optimizers.Adam(lr),
-                loss="sparse_categorical_crossentropy",
+                optimizer=keras.optimizers.Adam(rate),
+                loss=(
+                    keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+                    if smooth
+                    else keras.losses.SparseCategoricalCrossentropy()
+                ),
                 metrics=["accuracy"],
             )
         train_ds, val_ds = make_datasets(
-            *arrays["train"], *arrays["val"], batch_size=cfg.batch_size, seed=cfg.seed
+            *arrays["train"],
+            *arrays["val"],
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            n_classes=len(labels) if smooth else None,
         )
         hist = model.fit(
             train_ds,
@@ -285,6 +320,8 @@ def train(cfg: TrainConfig) -> RunResult:
         "batch": cfg.batch_size,
         "learning_rate": lr,
         "patience": cfg.patience,
+        "label_smoothing": cfg.label_smoothing,
+        "schedule": cfg.schedule,
         "augment": cfg.augment.as_dict(),
         "field_of_view_mm": list(cfg.field_of_view_mm),
         "data_dir": str(scan.root),
