@@ -534,13 +534,23 @@ class SystemdStatus:
     """Keeps `systemctl status` current: `notify.status(status_line(...))` at most once per
     `interval_s` (a no-op off systemd)."""
 
-    def __init__(self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        enabled: bool | None = None,
+    ):
         self.interval_s = interval_s
         self._clock = clock
+        self.enabled = notify.default().enabled if enabled is None else enabled
+        """Off systemd (no notify socket) nothing is built or sent."""
         self._last: float | None = None
 
     def update(self, status: Status, *, force: bool = False) -> bool:
         """Send the status line if the last one is `interval_s` old (or `force`)."""
+        if not self.enabled:
+            return False
         now = self._clock()
         if not force and self._last is not None and now - self._last < self.interval_s:
             return False

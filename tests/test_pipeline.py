@@ -269,7 +269,8 @@ def test_systemd_status_is_sent_at_most_once_per_interval(
     now = [0.0]
     sent: list[str] = []
     monkeypatch.setattr(notify, "status", lambda text: bool(sent.append(text)) or True)
-    notifier = SystemdStatus(interval_s=1.0, clock=lambda: now[0])
+    assert not SystemdStatus().update(Status())  # off systemd: not even a snapshot
+    notifier = SystemdStatus(interval_s=1.0, clock=lambda: now[0], enabled=True)
     st = Status()
     results = []
     for t in (100.0, 100.4, 101.0, 101.3, 102.5, 102.75):
