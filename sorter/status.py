@@ -345,6 +345,7 @@ def render_status(snap: dict[str, Any]) -> Table:
 
 def print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> None:
     """Print the end-of-run summary (and the scorecard when there is one)."""
+    console.print()  # a live display may have left the cursor at the end of its last line
     t = Table(title="run summary", show_header=False)
     t.add_column("what", style="bold")
     t.add_column("value")
