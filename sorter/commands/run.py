@@ -37,7 +37,7 @@ def _load(config_path: Path | None) -> tuple[Config, bool]:
 
 def run_command(
     camera: str | None = typer.Option(
-        None, "--camera", help="Camera number (or /dev/videoN); default: [camera] index."
+        None, "--camera", help="Camera number (or /dev/videoN); default: the config's camera.index."
     ),
     video: Path | None = typer.Option(None, "--video", help="Replay a video file."),
     images: Path | None = typer.Option(None, "--images", help="A folder of still images."),
