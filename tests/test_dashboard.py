@@ -399,10 +399,10 @@ def short_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
 def test_in_a_real_browser_counts_move_the_frame_shows_and_the_token_is_enforced(
     tmp_path: Path, short_video: Path
 ) -> None:
+    assert CHROMIUM, "chromium is missing: `make sysdeps-test` installs it (apt install chromium)"
     status = Status(url="sim://")
     status.set_link("connected", safe=False)
     browser = _Browser(tmp_path / "profile")

@@ -270,7 +270,7 @@ def test_cli_exits_1_when_something_blocks(tmp_path: Path) -> None:
 
 @pytest.mark.qemu
 def test_controller_check_against_the_firmware_under_qemu() -> None:
-    from tests.qemu_controller import qemu_controller
+    from firmware_bridge.emulator import qemu_controller
 
     with qemu_controller() as url:
         check = d.check_controller(url, expected_gates=4, timeout_s=10.0)

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 import pytest
 
 from firmware_bridge import protocol as p
+from firmware_bridge.emulator import qemu_controller, tools_available
 from firmware_bridge.errors import LinkError
 from firmware_bridge.link import FINAL, ControllerLink
 from tests.fault_proxy import FaultProxy
-from tests.qemu_controller import qemu_controller, tools_available
 
 N_COMMANDS = 1100
 """SORTs sent in the run."""
@@ -56,8 +56,7 @@ def test_proxy_faults_are_seeded_and_counted() -> None:
 
 @pytest.fixture(scope="module")
 def qemu_port() -> Iterator[int]:
-    if not tools_available():
-        pytest.skip("avr-gcc / qemu-system-avr not installed")
+    assert tools_available(), "avr-gcc / qemu-system-avr missing: run `make sysdeps`"
     with qemu_controller() as url:
         yield int(url.rsplit(":", 1)[1])
 

@@ -20,13 +20,12 @@ from collections.abc import Iterator
 import pytest
 
 from firmware_bridge import protocol as p
+from firmware_bridge.emulator import qemu_controller
 from firmware_bridge.link import ControllerLink
-from tests.qemu_controller import qemu_controller, tools_available
 
 pytestmark = [
     pytest.mark.qemu,
     pytest.mark.slow,
-    pytest.mark.skipif(not tools_available(), reason="avr-gcc / qemu-system-avr not installed"),
 ]
 
 FIRE_TOLERANCE_S = 0.005

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from firmware_bridge.emulator import qemu_controller
 from sorter.audit import FINAL_STATUSES, DecisionLog
 from sorter.config import Config, apply_overrides
 from sorter.pipeline import RunOptions, run
 from sorter.status import Status
-from tests.qemu_controller import qemu_controller, tools_available
 from tests.test_pipeline_standins import ColourClassifier, make_belt
 
 pytestmark = [
     pytest.mark.qemu,
     pytest.mark.slow,
-    pytest.mark.skipif(not tools_available(), reason="avr-gcc/qemu-system-avr not installed"),
 ]
 
 

@@ -1,7 +1,7 @@
 """One protocol conformance suite, run against every controller we have.
 
 - "sim": the Python simulator (`sim://`) on a VirtualClock: deterministic, exact timing.
-- "qemu": the real firmware under qemu-system-avr (tests/qemu_controller.py), reached over
+- "qemu": the real firmware under qemu-system-avr (firmware_bridge/emulator.py), reached over
   `socket://` in real time; timing tolerances are generous here (QEMU on a loaded machine),
   the precise timing tests live with the firmware (tests/test_firmware_qemu.py).
 
@@ -11,7 +11,6 @@ Every test talks through `ControllerLink`, the same code the sorter runs.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import json
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from firmware_bridge import emulator
 from firmware_bridge import protocol as p
 from firmware_bridge.clock import Clock, MonotonicClock, VirtualClock
 from firmware_bridge.link import ControllerLink
@@ -95,13 +95,7 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 @pytest.fixture(scope="module")
 def qemu_url() -> Iterator[str]:
-    try:
-        harness = importlib.import_module("tests.qemu_controller")
-    except ModuleNotFoundError as err:
-        if err.name not in {"tests.qemu_controller", "tests"}:
-            raise
-        pytest.skip("firmware harness not yet present")
-    with harness.qemu_controller() as url:
+    with emulator.qemu_controller() as url:
         yield url
 
 

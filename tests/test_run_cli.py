@@ -161,12 +161,12 @@ def test_config_init_and_check(tmp_path: Path) -> None:
 
 
 def test_dashboard_serves_the_running_loop(tmp_path: Path, belt: tuple[Path, Path]) -> None:
+    from firmware_bridge.emulator import free_port
     from sorter.audit import DecisionLog
     from sorter.commands.run import start_dashboard
     from sorter.config import Config
     from sorter.pipeline import RunOptions, run
     from sorter.status import Status
-    from tests.qemu_controller import free_port
     from tests.test_pipeline_standins import ColourClassifier
 
     status = Status()
