@@ -116,7 +116,7 @@ def main(
             "in benchmarks/pi_estimate.py). Replace with a measured run on a Pi.\n\n"
             + pi_estimate.table(ctx.cache["model_cost"])
         )
-    command = "python -m benchmarks" + " ".join(f" {a}" for a in sys.argv[1:])
+    command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     doc = document(
         results,
         info,
