@@ -81,6 +81,7 @@ def main(
         raise typer.Exit(2)
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
+    load0 = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="sorter-bench-"))
     ctx = Context(
         smoke=smoke,
@@ -101,10 +102,12 @@ def main(
     total = time.monotonic() - t0
     mode = "smoke (tiny sizes; figures not meaningful)" if smoke else "full"
     if not smoke:
+        load1 = os.getloadavg()[0]
         ctx.note(
-            "The machine was shared with other work (builds, tests, training by other "
-            "developers) while this ran: treat absolute times as noisy; ratios against the "
-            "same-run baseline are the figures to compare."
+            f"Load average (1 min) was {load0:.2f} at the start and {load1:.2f} at the end, "
+            f"on {os.cpu_count()} cores: anything well above 1 means other work shared the "
+            "machine, so treat absolute times as noisy; ratios against the same-run baseline "
+            "are the figures to compare."
         )
     info = machine.describe()
     extra = []
