@@ -67,7 +67,7 @@ firmware: sysdeps
 	$(MAKE) -C firmware_bridge/firmware
 
 demo: sysdeps venv
-	$(PY) -m sorter.demo
+	$(PY) -m sorter.replay.demo
 
 bench: sysdeps venv
 	$(PY) -m benchmarks

@@ -32,7 +32,7 @@ def seeds(ctx: Context) -> list[int]:
 
 def int8_accuracy(ctx: Context, arch: str, seed: int) -> float:
     """Accuracy of the int8 export, run by the device's Classifier on the held-out split."""
-    from sorter.classifier import Classifier
+    from sorter.grading.classifier import Classifier
 
     path = models.exported(ctx, arch, seed, quantize=True)
     run = models.trained(ctx, arch, seed)
@@ -50,8 +50,8 @@ def bundled_row(ctx: Context, softmax: list[float]) -> Row | None:
     did not train on (its early stopping saw them). The export recorded its own figure on
     its validation split; agreement of the two confirms the split is the same.
     """
-    from sorter.classifier import Classifier
-    from sorter.preprocess import load_image, to_model_input
+    from sorter.grading.classifier import Classifier
+    from sorter.perception.preprocess import load_image, to_model_input
 
     bundled = sorted(REPO.glob("models/*int8*.tflite"))
     if not bundled or ctx.smoke:
@@ -151,7 +151,7 @@ def run(ctx: Context) -> list[Row]:
         f"Accuracy: {n_seeds} training seed(s) per network, epoch budget {models.epochs(ctx)} "
         "per run (early stopping on val loss, best weights restored), recipe of "
         "training.train (sorter-train) with its default augmentation (none for softmax); "
-        "int8 = the sorter-export full-integer model run by sorter.classifier."
+        "int8 = the sorter-export full-integer model run by sorter.grading.classifier."
     )
     ctx.cache["accuracy"] = {"float": float_acc, "int8": int8_acc}
     return rows

@@ -1,6 +1,6 @@
 """Figure 4: inference latency at batch 1: LiteRT int8 vs LiteRT float vs Keras predict.
 
-Both LiteRT models are run by the device's `sorter.classifier.Classifier` (set input,
+Both LiteRT models are run by the device's `sorter.grading.classifier.Classifier` (set input,
 invoke, read output) at 1 and 2 interpreter threads; Keras `model.predict` on the same
 network (inference copy, batch 1) runs in a fresh process per thread count, because
 TensorFlow fixes its thread pools at start-up. Median and p99 per call; Keras is the
@@ -27,7 +27,7 @@ def missing() -> str | None:
 
 
 def litert_times(path: Path, threads: int, runs: int) -> list[float]:
-    from sorter.classifier import Classifier
+    from sorter.grading.classifier import Classifier
 
     clf = Classifier(model_path=path, num_threads=threads)
     times: list[float] = clf.time_invokes(runs, warmup=max(5, runs // 10))

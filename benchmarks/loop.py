@@ -30,7 +30,10 @@ SIZE = (640, 480)
 def loop_missing() -> str | None:
     """Why `sorter run` cannot be benchmarked yet (None when it can)."""
     return need_modules(
-        "sorter.pipeline", "sorter.commands.run", "sorter.belt_sim", "sorter.classifier"
+        "sorter.runtime.runner",
+        "sorter.commands.run",
+        "sorter.replay.belt_sim",
+        "sorter.grading.classifier",
     )
 
 
@@ -148,7 +151,7 @@ SPACING_PX = 160.0
 
 
 def make_belt(ctx: Context, name: str, *, items_per_s: float, count: int) -> tuple[Path, Path]:
-    """Generate a 640x480 belt video + truth JSON with sorter.belt_sim (cached per name).
+    """Generate a 640x480 belt video + truth JSON with sorter.replay.belt_sim (cached per name).
 
     Items are SPACING_PX apart, so the belt speed is items_per_s * SPACING_PX px/s.
     """
@@ -156,7 +159,7 @@ def make_belt(ctx: Context, name: str, *, items_per_s: float, count: int) -> tup
     if key in ctx.cache:
         cached: tuple[Path, Path] = ctx.cache[key]
         return cached
-    from sorter.belt_sim import BeltSimConfig, simulate_belt
+    from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
 
     out = ctx.workdir / "belts" / f"{name}.mp4"
     out.parent.mkdir(parents=True, exist_ok=True)

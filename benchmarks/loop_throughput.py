@@ -34,7 +34,7 @@ def decode_fps(video: Path) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = 0
     try:
-        from sorter.sources import open_source
+        from sorter.perception.sources import open_source
 
         with open_source(video=str(video)) as src:
             for _frame in src:

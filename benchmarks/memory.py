@@ -17,7 +17,7 @@ TITLE = "Memory (peak RSS of sorter run)"
 FLOOR = """
 import sys
 import numpy, cv2
-from sorter.classifier import Classifier
+from sorter.grading.classifier import Classifier
 Classifier(model_path=sys.argv[1], num_threads=1)
 """
 

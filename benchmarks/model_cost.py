@@ -61,7 +61,7 @@ def count_macs(model: Any) -> int:
 
 def cost_of(ctx: Context, arch: str) -> dict[str, Any]:
     """params and MACs of `arch`'s inference model; float/int8 sizes of its seed-0 export."""
-    from sorter.preprocess import load_image
+    from sorter.perception.preprocess import load_image
     from training.model import build_model, inference_model
 
     tree = models.split_tree(ctx)

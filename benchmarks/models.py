@@ -31,7 +31,7 @@ def training_missing() -> str | None:
 
 
 def export_missing() -> str | None:
-    return need_modules("training.export", "sorter.classifier")
+    return need_modules("training.export", "sorter.grading.classifier")
 
 
 def archs() -> list[str]:

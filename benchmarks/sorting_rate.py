@@ -67,8 +67,8 @@ def classifier_accuracy(model: Path, truth: Path, data_dir: Path) -> float:
 
     `source` in the truth file is relative to the data folder the belt was made from.
     """
-    from sorter.classifier import Classifier
-    from sorter.preprocess import load_image
+    from sorter.grading.classifier import Classifier
+    from sorter.perception.preprocess import load_image
 
     t = json.loads(truth.read_text(encoding="utf-8"))
     items = [it for it in t["items"] if it.get("source")]

@@ -5,7 +5,7 @@ once fed by `training.train.make_datasets` (the tf.data pipeline sorter-train us
 shuffle, batch, prefetch) and once by `model.fit` on the whole training set held in memory
 as NumPy arrays. Images/s is over the epochs after the first; the first epoch (tracing,
 cache fill) is reported separately. The time sorter-train spends reading and decoding the
-dataset (scan + decode via sorter.preprocess) is reported too.
+dataset (scan + decode via sorter.perception.preprocess) is reported too.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run(ctx: Context) -> list[Row]:
             ratio=ratio(pipe[0], mem[0]),
         ),
         Row(
-            measure="reading + decoding the dataset (scan, sorter.preprocess)",
+            measure="reading + decoding the dataset (scan, sorter.perception.preprocess)",
             value=f"{load_s:.1f} s",
             baseline="one steady pipeline epoch",
             baseline_value=f"{float(np.median(pipe[1:])):.1f} s",

@@ -159,7 +159,7 @@ check_platform() {
 
 find_model() {
     if [[ -z $MODEL ]]; then
-        # The bundled default model (sorter.classifier looks for this name), else any .tflite.
+        # The bundled default model (sorter.grading.classifier looks for this name), else any .tflite.
         local candidates=("$SOURCE_DIR/models/cucumber9-int8.tflite" "$SOURCE_DIR"/models/*.tflite)
         local candidate
         for candidate in "${candidates[@]}"; do

@@ -187,7 +187,7 @@ class DashboardConfig:
 
 @dataclass
 class LocateConfig:
-    """Finding items against the belt (sorter.vision.LocatorConfig; same names)."""
+    """Finding items against the belt (sorter.perception.vision.LocatorConfig; same names)."""
 
     method: str = field(default="color", metadata={"choices": ("color", "background")})
     """color: pixels outside the belt's HSV range are item; background: compare with the
@@ -221,7 +221,7 @@ class LocateConfig:
 
 @dataclass
 class TrackConfig:
-    """Following items across frames (sorter.tracking.TrackerConfig)."""
+    """Following items across frames (sorter.perception.tracking.TrackerConfig)."""
 
     max_jump_px: float = field(default=60.0, metadata=_rng(0.0, 10000.0, lo_open=True))
     """Largest distance between where a track was predicted and a detection it takes."""

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sorter.audit import DecisionLog, DecisionRecord, read_decisions
 from sorter.errors import SorterError
-from sorter.preprocess import load_image
+from sorter.monitor.audit import DecisionLog, DecisionRecord, read_decisions
+from sorter.perception.preprocess import load_image
 
 CONTRACT = {"item", "t_line", "label", "confidence", "scores", "bin", "gate", "fire_at", "status"}
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sorter.belt_sim import BeltSimConfig, list_images, load_truth, simulate_belt
 from sorter.cli import app
 from sorter.errors import ConfigError, DatasetError
-from sorter.sources import VideoSource
-from sorter.tracking import Tracker, TrackerConfig
-from sorter.vision import BackgroundModel, Locator, LocatorConfig
+from sorter.perception.sources import VideoSource
+from sorter.perception.tracking import Tracker, TrackerConfig
+from sorter.perception.vision import BackgroundModel, Locator, LocatorConfig
+from sorter.replay.belt_sim import BeltSimConfig, list_images, load_truth, simulate_belt
 from tests.fakes.belt_data import make_grade_tree
 
 runner = CliRunner()

@@ -291,8 +291,8 @@ def test_camera_trigger_reports_when_the_marker_crosses_the_line() -> None:
 
     from sorter.commands.calibrate import camera_trigger
     from sorter.config import Config, apply_overrides
-    from sorter.pipeline import make_locator, make_tracker
-    from sorter.sources import Frame
+    from sorter.perception.sources import Frame
+    from sorter.runtime.runner import make_locator, make_tracker
 
     config = apply_overrides(Config(), {"locate.method": "color", "belt.decision_line": 0.5})
     fps, speed_px_s = 20.0, 200.0

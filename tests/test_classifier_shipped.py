@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sorter.classifier import DEFAULT_MODEL_NAME, Classifier
-from sorter.metadata import sidecar_path
+from sorter.grading.classifier import DEFAULT_MODEL_NAME, Classifier
+from sorter.grading.metadata import sidecar_path
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
 

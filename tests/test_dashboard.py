@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sorter.dashboard import derive_alarms, parse_bind, render_frame, serve
 from sorter.errors import ConfigError
-from sorter.status import Overlay, Status
+from sorter.monitor.dashboard import derive_alarms, parse_bind, render_frame, serve
+from sorter.monitor.status import Overlay, Status
 
 
 def _get(url: str, *, method: str = "GET", headers: dict[str, str] | None = None) -> Any:
@@ -350,7 +350,7 @@ class _Replay:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from sorter.sources import VideoSource
+        from sorter.perception.sources import VideoSource
 
         grades = ("2L", "L", "M", "S", "C")
         while not self.stop.is_set():

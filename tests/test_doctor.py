@@ -18,7 +18,7 @@ from firmware_bridge import protocol as p
 from firmware_bridge.framing import Deframer
 from sorter.cli import app
 from sorter.commands import doctor as d
-from sorter.sources import Frame
+from sorter.perception.sources import Frame
 
 DATA = Path(__file__).parent / "data" / "classifier"
 MODEL = DATA / "tiny-int8.tflite"
@@ -80,7 +80,7 @@ def test_model_loads_and_answers(tmp_path: Path) -> None:
 
 
 def test_camera_check_on_a_replay_source(replay_video: Path) -> None:
-    from sorter.sources import VideoSource
+    from sorter.perception.sources import VideoSource
 
     check = d.check_camera(lambda: VideoSource(replay_video, realtime=True), 20.0, seconds=0.6)
     assert check.state == d.OK, check
@@ -116,7 +116,7 @@ def test_camera_rate_against_the_configured_fps(dt: float, state: str) -> None:
 
 
 def test_camera_that_does_not_open_is_a_failure_with_a_hint(tmp_path: Path) -> None:
-    from sorter.sources import VideoSource
+    from sorter.perception.sources import VideoSource
 
     check = d.check_camera(lambda: VideoSource(tmp_path / "none.mp4"), 30.0, seconds=0.2)
     assert check.state == d.FAIL and "none.mp4" in check.detail and check.hint

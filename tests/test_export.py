@@ -16,9 +16,9 @@ from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 from typer.testing import CliRunner
 
-from sorter.classifier import Classifier
 from sorter.errors import DatasetError, ModelError
-from sorter.metadata import METADATA_NAME, ModelMetadata, read_embedded_metadata
+from sorter.grading.classifier import Classifier
+from sorter.grading.metadata import METADATA_NAME, ModelMetadata, read_embedded_metadata
 from training import data as D
 from training import export as E
 from training.export_cli import app as export_app
@@ -52,7 +52,7 @@ def int8_export(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> E.Ex
 
 
 def _interpreter_probs(path: Path, images: np.ndarray) -> np.ndarray:
-    """Run a .tflite directly on LiteRT (not through sorter.classifier), dequantising by hand."""
+    """Run a .tflite directly on LiteRT (not through sorter's Classifier), dequantising by hand."""
     interp = Interpreter(model_path=str(path))
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]

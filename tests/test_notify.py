@@ -1,4 +1,4 @@
-"""sorter.notify speaks sd_notify to a real AF_UNIX datagram socket, and is silent off systemd."""
+"""sorter.monitor.notify speaks sd_notify to a real AF_UNIX datagram socket; silent off systemd."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sorter import notify
-from sorter.notify import Notifier
+from sorter.monitor import notify
+from sorter.monitor.notify import Notifier
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sorter.audit import DecisionLog, read_decisions
 from sorter.config import Config, apply_overrides
-from sorter.pipeline import RunOptions, RunResult, run
-from sorter.sources import Frame, FrameSource
-from sorter.status import Status
+from sorter.monitor.audit import DecisionLog, read_decisions
+from sorter.monitor.status import Status
+from sorter.perception.sources import Frame, FrameSource
+from sorter.runtime.runner import RunOptions, RunResult, run
 from tests.test_pipeline_standins import ColourClassifier, make_belt, reference_accuracy
 
 CONTRACT = {"item", "t_line", "label", "confidence", "scores", "bin", "gate", "fire_at", "status"}
@@ -236,7 +236,7 @@ def test_systemd_status_line_during_and_after_a_run(
     socket, and the last one counts every item per bin."""
     import socket
 
-    from sorter import notify
+    from sorter.monitor import notify
 
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -263,8 +263,8 @@ def test_systemd_status_line_during_and_after_a_run(
 def test_systemd_status_is_sent_at_most_once_per_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sorter import notify
-    from sorter.pipeline import SystemdStatus
+    from sorter.monitor import notify
+    from sorter.runtime.runner import SystemdStatus
 
     now = [0.0]
     sent: list[str] = []

@@ -1,4 +1,4 @@
-"""sorter.decider: one item's decision, its SORT and the fates that come back for it."""
+"""sorter.actuation.decider: one item's decision, its SORT and the fates that come back for it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from sorter.audit import DecisionLog
+from sorter.actuation.decider import Decider, ItemViews
+from sorter.actuation.scheduling import Scheduler
 from sorter.config import GRADES, Config
-from sorter.decider import Decider, ItemViews
-from sorter.scheduling import Scheduler
-from sorter.status import Status
+from sorter.monitor.audit import DecisionLog
+from sorter.monitor.status import Status
 
 
 class _Clock:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sorter.audit import FINAL_STATUSES, read_decisions
+from sorter.monitor.audit import FINAL_STATUSES, read_decisions
 from tests.test_pipeline_standins import make_belt
 
 ROOT = Path(__file__).resolve().parents[1]

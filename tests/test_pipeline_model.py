@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from sorter.audit import DecisionLog
 from sorter.config import Config, apply_overrides
-from sorter.pipeline import RunOptions, run
-from sorter.preprocess import to_model_input
-from sorter.status import Status
-from sorter.vision import crop_window, window_px
+from sorter.monitor.audit import DecisionLog
+from sorter.monitor.status import Status
+from sorter.perception.preprocess import to_model_input
+from sorter.perception.vision import crop_window, window_px
+from sorter.runtime.runner import RunOptions, run
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO, TRUTH = ROOT / "demo" / "belt.mp4", ROOT / "demo" / "belt.json"
@@ -67,7 +67,7 @@ def ideal_view_accuracy(video: Path, truth: dict[str, Any], classifier: Any) -> 
 def test_loop_grades_as_well_as_ideal_crops(tmp_path: Path) -> None:
     import json
 
-    from sorter.classifier import Classifier
+    from sorter.grading.classifier import Classifier
 
     try:
         clf = Classifier()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from firmware_bridge.emulator import qemu_controller
-from sorter.audit import FINAL_STATUSES, DecisionLog
 from sorter.config import Config, apply_overrides
-from sorter.pipeline import RunOptions, run
-from sorter.status import Status
+from sorter.monitor.audit import FINAL_STATUSES, DecisionLog
+from sorter.monitor.status import Status
+from sorter.runtime.runner import RunOptions, run
 from tests.test_pipeline_standins import ColourClassifier, make_belt
 
 pytestmark = [

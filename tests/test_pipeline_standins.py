@@ -1,6 +1,6 @@
 """Small stand-ins the pipeline tests share: a synthetic folder-per-grade dataset whose grade
 is a colour, a classifier that grades by that colour (same interface as
-sorter.classifier.Classifier), and belts made from them with the real `simulate_belt`.
+sorter.grading.classifier.Classifier), and belts made from them with the real `simulate_belt`.
 
 Also a child-process entry point (`child_main`) for the kill -9 test, and the test that the
 stand-in classifier grades the source images perfectly (the reference accuracy the
@@ -18,8 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sorter.belt_sim import BeltSimConfig, simulate_belt
-from sorter.preprocess import load_image, to_model_input
+from sorter.perception.preprocess import load_image, to_model_input
+from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
 
 GRADES = ("2L", "BM", "BL", "M", "S", "L", "2S", "BS", "C")
 # One RGB colour per grade, far from each other and from the orange belt (hue 10-50 deg).
@@ -128,10 +128,10 @@ def child_main() -> None:
     """`python -c 'from tests.test_pipeline_standins import child_main; child_main()' ARGS`:
     run the real loop on a video with the colour classifier (for the kill -9 test).
     ARGS: VIDEO DB MODE JSONL."""
-    from sorter.audit import DecisionLog
     from sorter.config import Config
-    from sorter.pipeline import RunOptions, run
-    from sorter.status import Status
+    from sorter.monitor.audit import DecisionLog
+    from sorter.monitor.status import Status
+    from sorter.runtime.runner import RunOptions, run
 
     video, db, mode, jsonl = sys.argv[1:5]
     truth = Path(video).with_suffix(".json")

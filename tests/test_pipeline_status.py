@@ -1,4 +1,4 @@
-"""sorter.status: the live counters the terminal, dashboard and /metrics read."""
+"""sorter.monitor.status: the live counters the terminal, dashboard and /metrics read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 from prometheus_client import generate_latest
 
-from sorter.status import Overlay, Status
+from sorter.monitor.status import Overlay, Status
 
 
 def test_snapshot_has_the_documented_keys_and_is_json() -> None:
@@ -99,7 +99,7 @@ def test_a_corrected_fate_is_counted_once() -> None:
 
 def test_controller_events_read_as_one_line_of_words() -> None:
     from firmware_bridge import protocol
-    from sorter.link_events import event_text, on_event
+    from sorter.actuation.link_events import event_text, on_event
 
     st = Status(url="sim://")
     on_event(st, protocol.Fired(item=7, gate=2, time=123456, position=0))
@@ -124,7 +124,7 @@ def test_controller_events_read_as_one_line_of_words() -> None:
 
 
 def test_status_line_for_systemctl() -> None:
-    from sorter.status import status_line
+    from sorter.monitor.status import status_line
 
     st = Status(url="/dev/ttyACM0")
     st.set_link("connected", safe=False)

@@ -7,7 +7,7 @@ import pytest
 
 from sorter.config import Config, GradeThreshold, parse_config
 from sorter.errors import ConfigError
-from sorter.policy import Policy
+from sorter.grading.policy import Policy
 
 LABELS = ("2L", "BM", "BL", "M", "S", "L", "2S", "BS", "C")
 

@@ -12,8 +12,8 @@ import cv2
 import pytest
 from typer.testing import CliRunner
 
-from sorter.audit import read_decisions
 from sorter.cli import app
+from sorter.monitor.audit import read_decisions
 from tests.test_pipeline_standins import make_belt
 
 MODEL = Path(__file__).parent / "data" / "classifier" / "tiny-int8.tflite"
@@ -162,11 +162,11 @@ def test_config_init_and_check(tmp_path: Path) -> None:
 
 def test_dashboard_serves_the_running_loop(tmp_path: Path, belt: tuple[Path, Path]) -> None:
     from firmware_bridge.emulator import free_port
-    from sorter.audit import DecisionLog
     from sorter.commands.run import start_dashboard
     from sorter.config import Config
-    from sorter.pipeline import RunOptions, run
-    from sorter.status import Status
+    from sorter.monitor.audit import DecisionLog
+    from sorter.monitor.status import Status
+    from sorter.runtime.runner import RunOptions, run
     from tests.test_pipeline_standins import ColourClassifier
 
     status = Status()
@@ -199,7 +199,7 @@ def test_camera_comes_from_the_config_and_flags_override(
 ) -> None:
     """The service runs `sorter run --config FILE`: the camera index and [camera] settings
     come from the file; --camera overrides the index (and a video/images flag the camera)."""
-    import sorter.pipeline
+    import sorter.runtime.runner
     from sorter.errors import SourceError
 
     asked: list[dict[str, Any]] = []
@@ -208,7 +208,7 @@ def test_camera_comes_from_the_config_and_flags_override(
         asked.append(kw)
         raise SourceError("camera stand-in: stop here")
 
-    monkeypatch.setattr(sorter.pipeline, "open_source", fake_open_source)
+    monkeypatch.setattr(sorter.runtime.runner, "open_source", fake_open_source)
     cfg = tmp_path / "sorter.toml"
     cfg.write_text(
         "[camera]\nindex = 3\nwidth = 320\nheight = 240\nfps = 15.0\n"

@@ -8,8 +8,8 @@ import pytest
 
 from firmware_bridge.clock import VirtualClock
 from firmware_bridge.errors import LinkError
+from sorter.actuation.scheduling import Scheduler, Timeline
 from sorter.config import parse_config
-from sorter.scheduling import Scheduler, Timeline
 
 
 class RecordingLink:

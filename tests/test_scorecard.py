@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from sorter.errors import DatasetError
-from sorter.scorecard import default_tolerance, render_scorecard, score
+from sorter.replay.scorecard import default_tolerance, render_scorecard, score
 
 TRUTH = {
     "fps": 30.0,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sorter.errors import SourceError
-from sorter.sources import (
+from sorter.perception.sources import (
     CameraSettings,
     CameraSource,
     Frame,

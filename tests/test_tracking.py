@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sorter.errors import ConfigError
-from sorter.tracking import Tracker, TrackerConfig
-from sorter.vision import Detection
+from sorter.perception.tracking import Tracker, TrackerConfig
+from sorter.perception.vision import Detection
 
 W, H = 640, 480
 

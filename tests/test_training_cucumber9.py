@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sorter.errors import DatasetError
-from sorter.preprocess import load_image
+from sorter.perception.preprocess import load_image
 from training.cucumber9 import SafeUnpickler, UnsafePickleError, import_cucumber9, safe_load
 
 MINI = Path(__file__).parent / "data" / "cucumber9_mini"

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from sorter.belt_sim import BeltSimConfig, SimItem, prepare, render_frame
 from sorter.errors import ConfigError
-from sorter.preprocess import load_image, to_model_input
-from sorter.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
+from sorter.perception.preprocess import load_image, to_model_input
+from sorter.perception.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
+from sorter.replay.belt_sim import BeltSimConfig, SimItem, prepare, render_frame
 from tests.fakes.belt_data import make_grade_tree
 
 CLEAN = {"noise": 0.0, "lighting_drift": 0.0}

@@ -9,7 +9,7 @@ with ``_`` or ``.``, such as ``_review/`` from ``sorter run --save-crops``, are 
   the user's own split; with ``train`` and ``test`` but no ``val``, validation is carved
   from ``train`` and ``test`` is only evaluated.
 
-Every image is decoded once through `sorter.preprocess` (the same path as the device), so
+Every image is decoded once through `sorter.perception.preprocess` (the same path as the device), so
 corrupt files are found before training starts; they are listed and skipped.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sorter.errors import DatasetError, ImageError
-from sorter.preprocess import IMAGE_SUFFIXES, load_image, to_model_input
+from sorter.perception.preprocess import IMAGE_SUFFIXES, load_image, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def read_input_size(run_dir: Path) -> tuple[int, int]:
 
 
 def load_split_images(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load one split of a run ("train", "val" or "test") through `sorter.preprocess`.
+    """Load one split of a run ("train", "val" or "test") through `sorter.perception.preprocess`.
 
     Returns (images uint8 N x h x w x 3 at the run's input size, int64 label indices into
     the run's labels.txt).

@@ -11,8 +11,8 @@ Steps (`export_run`):
    stratified sample of the run's training images, builtin int8 ops only, uint8 in and out.
 4. Inspect the flatbuffer: every operator must be a builtin and, for int8, no tensor may be
    float; otherwise fail naming the ops.
-5. Embed the metadata (`sorter.metadata`) in the flatbuffer and write a sidecar JSON.
-6. Fidelity: the float Keras model and the exported model (run through `sorter.classifier`,
+5. Embed the metadata (`sorter.grading.metadata`) in the flatbuffer and write a sidecar JSON.
+6. Fidelity: the float Keras model and the exported model (run through `sorter.grading.classifier`,
    the device path) on the run's validation and test images: both accuracies, top-1
    agreement, mean absolute probability difference. Recorded in the metadata; an
    accuracy drop beyond the threshold is an error unless forced.
@@ -40,9 +40,9 @@ from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.python import schema_util
 from tensorflow.lite.tools import flatbuffer_utils
 
-from sorter.classifier import Classifier
 from sorter.errors import ConfigError, DatasetError, ModelError, SorterError
-from sorter.metadata import (
+from sorter.grading.classifier import Classifier
+from sorter.grading.metadata import (
     DEFAULT_ATTRIBUTION,
     METADATA_NAME,
     CropRule,

@@ -1,6 +1,6 @@
 """`sorter calibrate`: guided gate-timing calibration, written back to the config file.
 
-A gate fires at `t_line + distance_mm / speed_mm_s + offset_ms` (sorter.scheduling). The
+A gate fires at `t_line + distance_mm / speed_mm_s + offset_ms` (sorter.actuation.scheduling). The
 distance is measured with a tape and the speed is nominal, so each gate needs a small
 correction, `offset_ms`. To find it:
 
@@ -313,8 +313,8 @@ def camera_trigger(
 ) -> Trigger:
     """Trigger when a tracked item's centre crosses the tracker's decision line.
 
-    `frames` yields sorter.sources Frames whose `t` is the host monotonic clock (a camera);
-    the crossing time is interpolated between frames by the tracker.
+    `frames` yields sorter.perception.sources Frames whose `t` is the host monotonic clock
+    (a camera); the crossing time is interpolated between frames by the tracker.
     """
 
     def trigger() -> float | None:
@@ -512,8 +512,8 @@ def _camera_session(
     camera: int | None,
     ask: Callable[[str], str],
 ) -> list[Trial]:
-    from sorter import sources
-    from sorter.pipeline import make_locator, make_tracker
+    from sorter.perception import sources
+    from sorter.runtime.runner import make_locator, make_tracker
 
     cam = config.camera
     settings = sources.CameraSettings(

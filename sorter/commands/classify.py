@@ -13,9 +13,9 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from sorter.classifier import Classifier, Confusion, collect_images, measure_latency
 from sorter.errors import ImageError, SorterError
-from sorter.preprocess import load_image
+from sorter.grading.classifier import Classifier, Confusion, collect_images, measure_latency
+from sorter.perception.preprocess import load_image
 
 log = logging.getLogger(__name__)
 

@@ -191,7 +191,7 @@ def check_model(path: str | Path | None, threads: int = 1) -> Check:
     import numpy as np
 
     try:
-        from sorter.classifier import Classifier
+        from sorter.grading.classifier import Classifier
 
         clf = Classifier(Path(path) if path else None, num_threads=threads)
         h, w = clf.input_size
@@ -464,7 +464,7 @@ def run_checks(opts: DoctorOptions) -> Iterator[Check]:
 
 
 def _camera_check(opts: DoctorOptions, config: Any) -> Check:
-    from sorter import sources
+    from sorter.perception import sources
 
     if opts.video is not None:
         video = opts.video

@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 
-from sorter.audit import DecisionLog
 from sorter.config import DEFAULT_PATH, Config, apply_overrides, load_config
 from sorter.errors import SorterError
-from sorter.pipeline import RunOptions, run
-from sorter.status import Status, print_summary, render_status
+from sorter.monitor.audit import DecisionLog
+from sorter.monitor.status import Status, print_summary, render_status
+from sorter.runtime.runner import RunOptions, run
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
     if flag is None and not config.dashboard.enabled:
         return None
     try:
-        from sorter import dashboard
+        from sorter.monitor import dashboard
     except ImportError as err:
         raise SorterError("the dashboard is not available in this install") from err
     if flag:

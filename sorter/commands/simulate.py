@@ -1,5 +1,5 @@
 """`sorter simulate-belt` (a belt video with its truth) and `sorter calibrate-belt` (learn
-the empty belt). Thin: the work is in sorter.belt_sim and sorter.vision."""
+the empty belt). Thin: the work is in sorter.replay.belt_sim and sorter.perception.vision."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sorter.belt_sim import BeltSimConfig, list_images, simulate_belt
 from sorter.errors import ConfigError, SorterError, SourceError
-from sorter.sources import CameraSettings, open_source
-from sorter.vision import BackgroundModel, summarize
+from sorter.perception.sources import CameraSettings, open_source
+from sorter.perception.vision import BackgroundModel, summarize
+from sorter.replay.belt_sim import BeltSimConfig, list_images, simulate_belt
 
 log = logging.getLogger(__name__)
 

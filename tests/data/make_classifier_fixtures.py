@@ -123,7 +123,7 @@ def main() -> None:
     import shutil
     import tempfile
 
-    from sorter.classifier import Classifier
+    from sorter.grading.classifier import Classifier
     from training.export import ExportOptions, convert, export_graph, export_run, load_run
 
     OUT.mkdir(exist_ok=True)
@@ -142,7 +142,7 @@ def main() -> None:
     clf = Classifier(OUT / "tiny-int8.tflite")
     golden = {}
     for path in sorted(images.rglob("*.png")):
-        from sorter.preprocess import load_image
+        from sorter.perception.preprocess import load_image
 
         probs = clf.classify_crops([load_image(path)])[0]
         golden[path.relative_to(OUT).as_posix()] = [round(float(p), 6) for p in probs]

@@ -2,11 +2,11 @@
 
 `serve(status, host, port)` starts a threaded `http.server` in a background thread and
 returns a `DashboardServer` you stop with `.stop()` (or use as a context manager). It only
-reads the status object the pipeline updates (`sorter.status.Status`; the read interface is
+reads the status object the pipeline updates (`sorter.monitor.status.Status`; the read interface is
 in docs/INTERFACES.md): `snapshot()`, `registry`, `latest_frame()`, `crop(item)`.
 
 Routes (GET/HEAD only; anything else is 405 — nothing here changes the machine):
-    /                 the page (sorter/static/index.html + app.js + style.css, no build step)
+    /                 the page (static/index.html + app.js + style.css, no build step)
     /api/status       the status snapshot as JSON, with alarms derived when the loop set none
     /metrics          Prometheus text format from `status.registry`
     /frame.jpg        the latest processed frame with item boxes, ids, grades and the line
@@ -62,7 +62,7 @@ _CSP = (
 
 
 class StatusSource(Protocol):
-    """What the dashboard reads (sorter.status.Status provides it)."""
+    """What the dashboard reads (sorter.monitor.status.Status provides it)."""
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy of the live state."""
@@ -421,7 +421,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _load_static() -> dict[str, bytes]:
-    root = resources.files("sorter") / "static"
+    root = resources.files("sorter.monitor") / "static"
     try:
         return {name: (root / name).read_bytes() for name in _STATIC_FILES}
     except OSError as err:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sorter.errors import ConfigError
-from sorter.vision import Detection
+from sorter.perception.vision import Detection
 
 log = logging.getLogger(__name__)
 

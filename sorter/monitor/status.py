@@ -367,6 +367,6 @@ def print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> 
         t.add_row("[red]stopped by[/red]", f"[red]{summary['error']}[/red]")
     console.print(t)
     if scorecard is not None:
-        from sorter.scorecard import render_scorecard
+        from sorter.replay.scorecard import render_scorecard
 
         console.print(render_scorecard(scorecard))

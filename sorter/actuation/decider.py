@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from sorter.audit import DecisionLog, DecisionRecord
+from sorter.actuation.scheduling import Scheduler
 from sorter.config import Config
-from sorter.policy import Policy, Verdict
-from sorter.scheduling import Scheduler
-from sorter.status import Status
+from sorter.grading.policy import Policy, Verdict
+from sorter.monitor.audit import DecisionLog, DecisionRecord
+from sorter.monitor.status import Status
 
 log = logging.getLogger(__name__)
 

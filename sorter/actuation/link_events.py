@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import Any
 
 from firmware_bridge import protocol
-from sorter.status import Status
+from sorter.monitor.status import Status
 
 
 def event_kind(msg: Any) -> str:

@@ -2,13 +2,14 @@
 
 Per frame (`SortingLoop.process`):
     locate -> track -> crop a fixed window of belt around each item in full view
-    (window_px = the model's crop window_mm * px_per_mm) -> sorter.preprocess.to_model_input
-    -> classifier (one batch per frame) -> for each item crossing the decision line,
-    `sorter.decider.Decider`: policy (mean of its views' scores) -> scheduler (SORT via the
-    link, or late/dry-run) -> decision log + status; fates come back on the link's thread.
+    (window_px = the model's crop window_mm * px_per_mm)
+    -> sorter.perception.preprocess.to_model_input -> classifier (one batch per frame)
+    -> for each item crossing the decision line, `sorter.actuation.decider.Decider`: policy
+    (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run) -> decision
+    log + status; fates come back on the link's thread.
 
-Controller events reach the status view as one line of words (`sorter.link_events`), and
-`systemctl status` shows `sorter.status.status_line` at most once a second.
+Controller events reach the status view as one line of words (`sorter.actuation.link_events`), and
+`systemctl status` shows `sorter.monitor.status.status_line` at most once a second.
 
 `run(config, options)` wires the pieces: source, clock, link, log, dashboard, signals.
 Time comes from one clock object (firmware_bridge.clock):
@@ -38,25 +39,31 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sorter import notify
-from sorter.audit import DecisionLog, DecisionRecord
+from sorter.actuation.decider import Decider, ItemViews
+from sorter.actuation.link_events import on_event
+from sorter.actuation.scheduling import Scheduler, Timeline
 from sorter.config import Config, apply_overrides
-from sorter.decider import Decider, ItemViews
 from sorter.errors import ConfigError, SorterError
-from sorter.link_events import on_event
-from sorter.policy import Policy
-from sorter.preprocess import to_model_input
-from sorter.scheduling import Scheduler, Timeline
-from sorter.sources import CameraSettings, Frame, FrameSource, ThreadedSource, open_source
-from sorter.status import Overlay, Status, status_line
-from sorter.tracking import Track, Tracker, TrackerConfig
-from sorter.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
+from sorter.grading.policy import Policy
+from sorter.monitor import notify
+from sorter.monitor.audit import DecisionLog, DecisionRecord
+from sorter.monitor.status import Overlay, Status, status_line
+from sorter.perception.preprocess import to_model_input
+from sorter.perception.sources import (
+    CameraSettings,
+    Frame,
+    FrameSource,
+    ThreadedSource,
+    open_source,
+)
+from sorter.perception.tracking import Track, Tracker, TrackerConfig
+from sorter.perception.vision import BackgroundModel, Locator, LocatorConfig, crop_window, window_px
 
 log = logging.getLogger(__name__)
 
 
 class ClassifierLike(Protocol):
-    """What the loop needs from sorter.classifier.Classifier."""
+    """What the loop needs from sorter.grading.classifier.Classifier."""
 
     @property
     def labels(self) -> tuple[str, ...]: ...
@@ -71,7 +78,7 @@ class SortingLoop:
     """Processes frames one at a time; owns no threads and no devices.
 
     Seeing items (locate, track, classify their full views) is done here; deciding an item
-    that crosses the line, sending its SORT and following its fate is `sorter.decider`'s.
+    that crosses the line, sending its SORT and following its fate is `sorter.actuation.decider`'s.
     """
 
     def __init__(
@@ -229,12 +236,12 @@ class RunResult:
     records: list[DecisionRecord]
     """Every decision, in item order."""
     scorecard: Any = None
-    """sorter.scorecard.Scorecard when a truth file was given."""
+    """sorter.replay.scorecard.Scorecard when a truth file was given."""
 
 
 def load_truth(path: Path) -> dict[str, Any]:
-    """Read a simulated belt's ground-truth JSON (sorter.belt_sim's format)."""
-    from sorter.belt_sim import load_truth as read
+    """Read a simulated belt's ground-truth JSON (sorter.replay.belt_sim's format)."""
+    from sorter.replay.belt_sim import load_truth as read
 
     return dict(read(path))
 
@@ -257,7 +264,7 @@ def geometry_from_truth(config: Config, truth: dict[str, Any]) -> Config:
 
 
 def make_locator(config: Config) -> Locator:
-    """sorter.vision.Locator from the [locate] section (keys named as LocatorConfig's)."""
+    """A Locator from the [locate] section (keys named as LocatorConfig's)."""
     c = config.locate
     names = {f.name for f in dataclasses.fields(LocatorConfig)}
     lc = LocatorConfig(**{k: v for k, v in dataclasses.asdict(c).items() if k in names})
@@ -273,7 +280,7 @@ def make_locator(config: Config) -> Locator:
 
 
 def camera_settings(config: Config) -> CameraSettings:
-    """sorter.sources.CameraSettings from [camera]. A camera silent for camera.stall_s is
+    """sorter.perception.sources.CameraSettings from [camera]. A camera silent for camera.stall_s is
     reported as stalled (controller put safe); silent 5x longer (at least 10 s) ends the run."""
     c = config.camera
     return CameraSettings(
@@ -285,7 +292,7 @@ def camera_settings(config: Config) -> CameraSettings:
 
 
 def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
-    """sorter.tracking.Tracker from the [belt] and [track] sections for this frame size."""
+    """A Tracker from the [belt] and [track] sections for this frame size."""
     b, t = config.belt, config.track
     tc = TrackerConfig(
         direction=b.direction,
@@ -300,7 +307,7 @@ def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
 
 
 def _load_classifier(config: Config, model: Path | None) -> Any:
-    from sorter.classifier import Classifier
+    from sorter.grading.classifier import Classifier
 
     path = model or (Path(config.model.path) if config.model.path else None)
     return Classifier(path, num_threads=config.model.threads)
@@ -683,7 +690,7 @@ def _count(values: Iterator[str] | Any) -> dict[str, int]:
 
 def _score(records: list[DecisionRecord], truth: dict[str, Any], config: Config) -> Any:
     """E1's scorecard, with this config's bins and gate geometry (ideal fire times)."""
-    from sorter.scorecard import score
+    from sorter.replay.scorecard import score
 
     reject = config.bins.reject
     speed = config.belt.speed_mm_s

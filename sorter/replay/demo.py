@@ -1,4 +1,4 @@
-"""`python -m sorter.demo` (what `make demo` runs): the whole loop on the bundled belt.
+"""`python -m sorter.replay.demo` (what `make demo` runs): the whole loop on the bundled belt.
 
 Replays demo/belt.mp4 (with its truth demo/belt.json) through the sorting loop with the
 bundled model, against the real controller firmware emulated by qemu-system-avr when the
@@ -23,15 +23,15 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from firmware_bridge import emulator
-from sorter.audit import DecisionLog
 from sorter.config import Config, apply_overrides
 from sorter.errors import SorterError
-from sorter.pipeline import RunOptions, run
-from sorter.status import Status, print_summary, render_status
+from sorter.monitor.audit import DecisionLog
+from sorter.monitor.status import Status, print_summary, render_status
+from sorter.runtime.runner import RunOptions, run
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 """The repository root (the demo's paths are relative to it)."""
 DEMO_DIR = REPO / "demo"
 """Bundled belt video and truth."""
@@ -63,7 +63,7 @@ def emulated_controller() -> Iterator[str | None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m sorter.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sorter.replay.demo", description=__doc__)
     parser.add_argument("--simulator", action="store_true", help="Skip QEMU; use sim://.")
     parser.add_argument("--out", type=Path, default=REPO / "demo-out", help="Output folder.")
     parser.add_argument("--model", type=Path, default=None, help="Model (default: bundled).")

@@ -1,7 +1,7 @@
 """Grade crops with the exported model on LiteRT (the device runtime; never TensorFlow).
 
 The model takes raw uint8 RGB pixels (normalisation is inside it); input size, labels and
-crop rule come from the model's own metadata (`sorter.metadata`), never from constants here.
+crop rule come from the model's own metadata (`sorter.grading.metadata`), never from constants here.
 Quantisation and dequantisation are explicit: the input is quantised with the input tensor's
 scale and zero point (identity for the usual uint8 scale 1 / zero point 0 input), and the
 output is dequantised with the output tensor's, so int8 and float models give probabilities.
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from sorter.errors import ImageError, ModelError
-from sorter.metadata import ModelMetadata, read_model_bytes
-from sorter.preprocess import IMAGE_SUFFIXES, to_model_input
+from sorter.grading.metadata import ModelMetadata, read_model_bytes
+from sorter.perception.preprocess import IMAGE_SUFFIXES, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _INSTALL_HINT = (
 
 def model_search_dirs() -> list[Path]:
     """Folders searched for the bundled default model, in order."""
-    checkout = Path(__file__).resolve().parent.parent / "models"
+    checkout = Path(__file__).resolve().parents[2] / "models"
     return [
         checkout,
         Path(sys.prefix) / "share" / "produce-sorter" / "models",

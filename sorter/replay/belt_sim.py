@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from sorter.errors import ConfigError, DatasetError, SourceError
-from sorter.preprocess import IMAGE_SUFFIXES, load_image
+from sorter.perception.preprocess import IMAGE_SUFFIXES, load_image
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from sorter.errors import SorterError, SourceError
-from sorter.preprocess import IMAGE_SUFFIXES, as_rgb, load_image
+from sorter.perception.preprocess import IMAGE_SUFFIXES, as_rgb, load_image
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Replay and evaluation: simulated belts, ground truth, the scorecard and `make demo`."""

@@ -1,0 +1,1 @@
+"""Runtime: the sorting loop, the runner that drives it, and the wiring that builds its parts."""
