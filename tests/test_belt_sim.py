@@ -15,7 +15,8 @@ from sorter.errors import ConfigError, DatasetError
 from sorter.perception.sources import VideoSource
 from sorter.perception.tracking import Tracker, TrackerConfig
 from sorter.perception.vision import BackgroundModel, Locator, LocatorConfig
-from sorter.replay.belt_sim import BeltSimConfig, list_images, load_truth, simulate_belt
+from sorter.replay.belt_sim import BeltSimConfig, list_images, simulate_belt
+from sorter.replay.truth import load_truth
 from tests.fakes.belt_data import make_grade_tree
 
 runner = CliRunner()

@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sorter.cli import app
-from sorter.commands.calibrate import (
+from sorter.config import example_toml, load_config, parse_config
+from sorter.errors import ConfigError
+from sorter.ops.calibration import (
     arrival_errors_ms,
     error_ms_from_report,
     propose_offset,
@@ -18,8 +20,6 @@ from sorter.commands.calibrate import (
     set_gate_offset,
     write_gate_offset,
 )
-from sorter.config import example_toml, load_config, parse_config
-from sorter.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -289,10 +289,10 @@ def test_session_against_the_simulated_controller() -> None:
 def test_camera_trigger_reports_when_the_marker_crosses_the_line() -> None:
     import numpy as np
 
-    from sorter.commands.calibrate import camera_trigger
     from sorter.config import Config, apply_overrides
+    from sorter.ops.calibration import camera_trigger
     from sorter.perception.sources import Frame
-    from sorter.runtime.runner import make_locator, make_tracker
+    from sorter.runtime.wiring import make_locator, make_tracker
 
     config = apply_overrides(Config(), {"locate.method": "color", "belt.decision_line": 0.5})
     fps, speed_px_s = 20.0, 200.0

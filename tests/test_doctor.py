@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from firmware_bridge import protocol as p
 from firmware_bridge.framing import Deframer
 from sorter.cli import app
-from sorter.commands import doctor as d
+from sorter.ops import diagnostics as d
 from sorter.perception.sources import Frame
 
 DATA = Path(__file__).parent / "data" / "classifier"

@@ -20,6 +20,7 @@ from sorter.config import Config, apply_overrides
 from sorter.monitor.audit import DecisionLog, read_decisions
 from sorter.monitor.status import Status
 from sorter.perception.sources import Frame, FrameSource
+from sorter.replay.truth import run_with_truth
 from sorter.runtime.runner import RunOptions, RunResult, run
 from tests.test_pipeline_standins import ColourClassifier, make_belt, reference_accuracy
 
@@ -39,12 +40,16 @@ def fast_belt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_belt(root, "fast", per_grade=2, count=40, speed_px_s=1500.0, items_per_second=10.0)
 
 
-def _run(config: Config, tmp: Path, **kw: Any) -> tuple[RunResult, Status]:
+def _run(
+    config: Config, tmp: Path, truth: Path | None = None, **kw: Any
+) -> tuple[RunResult, Status]:
     status = Status()
     log = DecisionLog(tmp / "d.db", jsonl_path=tmp / "d.jsonl")
     kw.setdefault("classifier", ColourClassifier())
-    result = run(config, RunOptions(handle_signals=False, **kw), log, status)
-    return result, status
+    opts = RunOptions(handle_signals=False, **kw)
+    if truth is not None:
+        return run_with_truth(config, opts, log, status, truth), status
+    return run(config, opts, log, status), status
 
 
 def test_fast_replay_against_simulator(belt: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -197,6 +202,13 @@ class _RecordingLink:
 
     def resume(self) -> None:
         self.calls.append("resume")
+
+    def cancel(self, item: int) -> None:
+        self.calls.append(f"cancel {item}")
+
+    def on_event(self, callback: Any) -> Any:
+        self.calls.append("on_event")
+        return lambda: None
 
     def sort(self, *a: Any, **k: Any) -> Any:
         raise AssertionError("no item on an empty belt")

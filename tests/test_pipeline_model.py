@@ -22,7 +22,8 @@ from sorter.monitor.audit import DecisionLog
 from sorter.monitor.status import Status
 from sorter.perception.preprocess import to_model_input
 from sorter.perception.vision import crop_window, window_px
-from sorter.runtime.runner import RunOptions, run
+from sorter.replay.truth import run_with_truth
+from sorter.runtime.runner import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO, TRUTH = ROOT / "demo" / "belt.mp4", ROOT / "demo" / "belt.json"
@@ -78,11 +79,12 @@ def test_loop_grades_as_well_as_ideal_crops(tmp_path: Path) -> None:
         Config(),
         {"serial.url": "sim://?gates=9", "thresholds.confidence": 0.0, "thresholds.margin": 0.0},
     )
-    result = run(
+    result = run_with_truth(
         config,
-        RunOptions(video=VIDEO, truth=TRUTH, classifier=clf, handle_signals=False),
+        RunOptions(video=VIDEO, classifier=clf, handle_signals=False),
         DecisionLog(tmp_path / "d.db"),
         Status(),
+        TRUTH,
     )
     card = result.scorecard
     assert (card.items, card.missed, card.duplicated, card.spurious) == (100, 0, 0, 0)

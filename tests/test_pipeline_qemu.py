@@ -18,7 +18,8 @@ from firmware_bridge.emulator import qemu_controller
 from sorter.config import Config, apply_overrides
 from sorter.monitor.audit import FINAL_STATUSES, DecisionLog
 from sorter.monitor.status import Status
-from sorter.runtime.runner import RunOptions, run
+from sorter.replay.truth import run_with_truth
+from sorter.runtime.runner import RunOptions
 from tests.test_pipeline_standins import ColourClassifier, make_belt
 
 pytestmark = [
@@ -34,13 +35,12 @@ def test_realtime_replay_against_emulated_firmware(tmp_path: Path) -> None:
         config = apply_overrides(
             Config(), {"serial.url": url, "serial.window_ms": 25.0, "serial.heartbeat_ms": 1000}
         )
-        result = run(
+        result = run_with_truth(
             config,
-            RunOptions(
-                video=video, truth=truth, classifier=ColourClassifier(), handle_signals=False
-            ),
+            RunOptions(video=video, classifier=ColourClassifier(), handle_signals=False),
             DecisionLog(tmp_path / "d.db", jsonl_path=tmp_path / "d.jsonl"),
             status,
+            truth,
         )
     card = result.scorecard
     summary = result.summary

@@ -131,7 +131,8 @@ def child_main() -> None:
     from sorter.config import Config
     from sorter.monitor.audit import DecisionLog
     from sorter.monitor.status import Status
-    from sorter.runtime.runner import RunOptions, run
+    from sorter.replay.truth import run_with_truth
+    from sorter.runtime.runner import RunOptions
 
     video, db, mode, jsonl = sys.argv[1:5]
     truth = Path(video).with_suffix(".json")
@@ -139,9 +140,8 @@ def child_main() -> None:
         video=Path(video),
         mode=mode,
         dry_run=True,
-        truth=truth,
         classifier=ColourClassifier(),
         progress=lambda st: print(f"frame {st.frames}", flush=True),
     )
-    result = run(Config(), opts, DecisionLog(db, jsonl_path=jsonl), Status())
+    result = run_with_truth(Config(), opts, DecisionLog(db, jsonl_path=jsonl), Status(), truth)
     print(json.dumps(result.summary, default=str), flush=True)

@@ -19,42 +19,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from firmware_bridge.errors import BridgeError
+from sorter.actuation.link import ClockLike, PositionLink, SortLink
 from sorter.config import Config
 
 log = logging.getLogger(__name__)
 
 
-class ClockLike(Protocol):
-    """firmware_bridge.clock's interface: seconds on the host timeline."""
-
-    def now(self) -> float: ...
-
-
-class CommandLike(Protocol):
-    """firmware_bridge.link's Command: the fate of one SORT."""
-
-    @property
-    def status(self) -> str: ...
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
-
-
-class LinkLike(Protocol):
-    """The part of firmware_bridge.link.ControllerLink the scheduler uses."""
-
-    def sort(
-        self,
-        item: int,
-        gate: int,
-        fire_at: float | None = ...,
-        window_s: float = ...,
-        *,
-        position: int | None = ...,
-        window_ticks: int = ...,
-    ) -> Any: ...
+def travel_s(config: Config, gate: int) -> float:
+    """Seconds from the decision line to `gate`: distance / belt speed + its offset_ms."""
+    g = config.gates[str(gate)]
+    return g.distance_mm / config.belt.speed_mm_s + g.offset_ms / 1000.0
 
 
 @dataclass
@@ -97,7 +74,7 @@ class Scheduler:
         self,
         config: Config,
         clock: ClockLike,
-        link: LinkLike | None,
+        link: SortLink | None,
         *,
         timeline: Timeline | None = None,
         dry_run: bool = False,
@@ -113,8 +90,7 @@ class Scheduler:
 
     def travel_s(self, gate: int) -> float:
         """Seconds from the decision line to `gate` (its calibration offset included)."""
-        g = self.config.gates[str(gate)]
-        return g.distance_mm / self.config.belt.speed_mm_s + g.offset_ms / 1000.0
+        return travel_s(self.config, gate)
 
     def fire_time(self, gate: int, t_line: float) -> float:
         """When an item that crossed the line at `t_line` reaches `gate` (source timeline)."""
@@ -130,8 +106,7 @@ class Scheduler:
         ticks_per_mm = self.config.belt.encoder_ticks_per_mm
         if ticks_per_mm <= 0 or self.link is None:
             return None
-        position_at = getattr(self.link, "position_at", None)
-        if not callable(position_at):
+        if not isinstance(self.link, PositionLink):
             if not self._warned_position:
                 self._warned_position = True
                 log.warning(
@@ -141,7 +116,7 @@ class Scheduler:
             return None
         g = self.config.gates[str(gate)]
         speed_ticks_s = self.config.belt.speed_mm_s * ticks_per_mm
-        line_pos = float(position_at(self.timeline.to_host(t_line)))
+        line_pos = float(self.link.position_at(self.timeline.to_host(t_line)))
         target = line_pos + g.distance_mm * ticks_per_mm + g.offset_ms / 1000.0 * speed_ticks_s
         return round(target), max(1, round(self.window_s * speed_ticks_s))
 

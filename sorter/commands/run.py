@@ -18,7 +18,8 @@ from sorter.config import DEFAULT_PATH, Config, apply_overrides, load_config
 from sorter.errors import SorterError
 from sorter.monitor.audit import DecisionLog
 from sorter.monitor.status import Status, print_summary, render_status
-from sorter.runtime.runner import RunOptions, run
+from sorter.replay.truth import run_with_truth, scorecard_tables
+from sorter.runtime.runner import RunOptions, RunResult, run
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +68,8 @@ def run_command(
     try:
         if realtime and fast:
             raise SorterError("--realtime and --fast exclude each other; choose one")
-        config, from_file = _load(config_path)
-        config = apply_overrides(
-            config,
-            {
-                "serial.url": serial,
-                "logging.jsonl": str(jsonl) if jsonl else None,
-                "logging.db": str(db) if db else (None if from_file else DEV_DB),
-                "logging.crops_dir": str(save_crops) if save_crops else None,
-            },
-        )
-        if err_console.is_terminal:  # shares the console with the live view
-            handler: logging.Handler = RichHandler(console=err_console, show_path=False)
-            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        else:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logging.basicConfig(level=config.logging.level, handlers=[handler])
+        config = _config(config_path, serial, jsonl, db, save_crops)
+        _setup_logging(config, err_console)
         cam = source_camera(config, camera, given=video is not None or images is not None)
         status = Status(url="dry-run" if dry_run else config.serial.url)
         decisions = DecisionLog(
@@ -93,38 +79,24 @@ def run_command(
             review_below=config.thresholds.review_below,
             keep=None if cam is None else 4096,  # a camera runs for days: bounded memory
         )
-        server = start_dashboard(config, status, dashboard)
-        live: Live | None = None
-        if not as_json and err_console.is_terminal:
-            live = Live(render_status(status.snapshot()), console=err_console, auto_refresh=False)
-        last = [0.0]
-
-        def progress(st: Status) -> None:
-            now = time.monotonic()
-            if live is not None and now - last[0] > 0.5:
-                last[0] = now
-                live.update(render_status(st.snapshot()), refresh=True)
-
         opts = RunOptions(
             camera=cam,
             video=video,
             images=images,
             mode="realtime" if realtime else "fast" if fast else None,
             dry_run=dry_run,
-            truth=truth,
             model=model,
-            progress=progress,
         )
-        try:
-            if live is not None:
-                live.start()
-            result = run(config, opts, decisions, status)
-        finally:
-            if live is not None:
-                live.update(render_status(status.snapshot()), refresh=True)
-                live.stop()
-            if server is not None:
-                server.stop()
+        server = start_dashboard(config, status, dashboard)
+        with LiveView(err_console, status, enabled=not as_json, opts=opts):
+            try:
+                if truth is not None:
+                    result = run_with_truth(config, opts, decisions, status, truth)
+                else:
+                    result = run(config, opts, decisions, status)
+            finally:
+                if server is not None:
+                    server.stop()
     except SorterError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
@@ -133,10 +105,74 @@ def run_command(
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from err
         raise
+    _report(result, config, err_console, as_json)
+
+
+def _config(
+    config_path: Path | None,
+    serial: str | None,
+    jsonl: Path | None,
+    db: Path | None,
+    save_crops: Path | None,
+) -> Config:
+    """The config file (or the defaults) with the command line's overrides."""
+    config, from_file = _load(config_path)
+    return apply_overrides(
+        config,
+        {
+            "serial.url": serial,
+            "logging.jsonl": str(jsonl) if jsonl else None,
+            "logging.db": str(db) if db else (None if from_file else DEV_DB),
+            "logging.crops_dir": str(save_crops) if save_crops else None,
+        },
+    )
+
+
+def _setup_logging(config: Config, console: Console) -> None:
+    if console.is_terminal:  # shares the console with the live view
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.logging.level, handlers=[handler])
+
+
+class LiveView:
+    """The live status on a terminal while the run lasts (refreshed at most twice a second);
+    sets `opts.progress`. Off when not on a terminal or `enabled` is False."""
+
+    def __init__(self, console: Console, status: Status, *, enabled: bool, opts: Any) -> None:
+        self.status = status
+        self.live: Live | None = None
+        if enabled and console.is_terminal:
+            self.live = Live(render_status(status.snapshot()), console=console, auto_refresh=False)
+        self._last = 0.0
+        opts.progress = self.progress
+
+    def progress(self, st: Status) -> None:
+        now = time.monotonic()
+        if self.live is not None and now - self._last > 0.5:
+            self._last = now
+            self.live.update(render_status(st.snapshot()), refresh=True)
+
+    def __enter__(self) -> LiveView:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(render_status(self.status.snapshot()), refresh=True)
+            self.live.stop()
+
+
+def _report(result: RunResult, config: Config, console: Console, as_json: bool) -> None:
+    """The summary (JSON on stdout, or tables on stderr); exit 1 when the source broke."""
     if as_json:
         typer.echo(json.dumps(result.summary, default=str))
     else:
-        print_summary(err_console, result.summary, result.scorecard)
+        print_summary(console, result.summary, *scorecard_tables(result))
     if "error" in result.summary:
         typer.echo(
             f"error: {result.summary['error']} ({result.summary['items']} decisions before it "

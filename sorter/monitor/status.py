@@ -343,8 +343,8 @@ def render_status(snap: dict[str, Any]) -> Table:
     return t
 
 
-def print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> None:
-    """Print the end-of-run summary (and the scorecard when there is one)."""
+def print_summary(console: Console, summary: dict[str, Any], *extra: Any) -> None:
+    """Print the end-of-run summary, then any `extra` renderables (the scorecard's table)."""
     console.print()  # a live display may have left the cursor at the end of its last line
     t = Table(title="run summary", show_header=False)
     t.add_column("what", style="bold")
@@ -366,7 +366,5 @@ def print_summary(console: Console, summary: dict[str, Any], scorecard: Any) -> 
     if "error" in summary:
         t.add_row("[red]stopped by[/red]", f"[red]{summary['error']}[/red]")
     console.print(t)
-    if scorecard is not None:
-        from sorter.replay.scorecard import render_scorecard
-
-        console.print(render_scorecard(scorecard))
+    for renderable in extra:
+        console.print(renderable)

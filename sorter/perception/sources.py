@@ -94,6 +94,9 @@ class FrameSource:
 
     name: str = "source"
     fps: float | None = None
+    start_at: float | None = None
+    """A replay paced on a clock: the clock time its frame t = 0 was (or is) due at, so host
+    time = start_at + frame.t. None for sources that do not pace (cameras, fast replays)."""
 
     def start(self) -> None:
         """Open the device or file."""
@@ -178,6 +181,7 @@ class VideoSource(FrameSource):
         assert self.fps is not None
         fps = self.fps
         t0 = self.clock.now()
+        self.start_at = t0 if self.realtime else None
         pending: np.ndarray | None = self._first
         self._first = None
         index = 0
@@ -508,6 +512,11 @@ class ThreadedSource(FrameSource):
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+
+    @property
+    def start_at(self) -> float | None:  # type: ignore[override]
+        """The wrapped source's `start_at` (set once its capture thread began reading)."""
+        return self.source.start_at
 
     @property
     def finished(self) -> bool:

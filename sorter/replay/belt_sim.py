@@ -387,17 +387,3 @@ def simulate_belt(
     truth_path.write_text(json.dumps(truth, indent=1) + "\n")
     log.info("%s: %d frames, %d items", out, n_frames, len(items))
     return BeltSimResult(out, truth_path, items, n_frames)
-
-
-def load_truth(path: str | Path) -> dict[str, object]:
-    """Read a truth JSON; DatasetError naming the file when it is not one."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError as err:
-        raise DatasetError(f"{p}: truth file not found; it is written beside the video") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{p}: not a belt truth JSON ({err})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-        raise DatasetError(f"{p}: not a belt truth JSON (no 'items' list)")
-    return data

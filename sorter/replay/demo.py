@@ -27,7 +27,8 @@ from sorter.config import Config, apply_overrides
 from sorter.errors import SorterError
 from sorter.monitor.audit import DecisionLog
 from sorter.monitor.status import Status, print_summary, render_status
-from sorter.runtime.runner import RunOptions, run
+from sorter.replay.truth import run_with_truth, scorecard_tables
+from sorter.runtime.runner import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,17 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
                 live.update(render_status(st.snapshot()), refresh=True)
 
         with live:
-            result = run(
+            result = run_with_truth(
                 config,
-                RunOptions(video=VIDEO, truth=TRUTH, model=args.model, progress=progress),
+                RunOptions(video=VIDEO, model=args.model, progress=progress),
                 decisions,
                 status,
+                TRUTH,
             )
             live.update(render_status(status.snapshot()), refresh=True)
     if args.json:
         print(json.dumps(result.summary, default=str))
-    print_summary(console, result.summary, result.scorecard)
+    print_summary(console, result.summary, *scorecard_tables(result))
     console.print(f"decision log: {out / 'decisions.db'} and {out / 'decisions.jsonl'}")
     console.print(f"crops for review/retraining: {out / 'crops'}")
     return 1 if "error" in result.summary else 0

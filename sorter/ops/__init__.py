@@ -1,0 +1,1 @@
+"""Operations on the farm: diagnostics (`sorter doctor`), gate calibration (`sorter calibrate`)."""

@@ -1,0 +1,162 @@
+"""The sorting loop: one frame in, decisions out (`SortingLoop.process`).
+
+Per frame:
+    locate -> track -> crop a fixed window of belt around each item in full view
+    (window_px = the model's crop window_mm * px_per_mm)
+    -> sorter.perception.preprocess.to_model_input -> classifier (one batch per frame)
+    -> for each item crossing the decision line, `sorter.actuation.decider.Decider`: policy
+    (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run) -> decision
+    log + status; fates come back on the link's thread.
+
+The loop owns no threads and no devices: `sorter.runtime.runner.Runner` feeds it frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from sorter.actuation.decider import Decider, ItemViews
+from sorter.actuation.scheduling import Scheduler
+from sorter.config import Config
+from sorter.monitor.audit import DecisionLog, DecisionRecord
+from sorter.monitor.status import Overlay, Status
+from sorter.perception.preprocess import to_model_input
+from sorter.perception.sources import Frame
+from sorter.perception.tracking import Track, Tracker
+from sorter.perception.vision import crop_window
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierLike(Protocol):
+    """What the loop needs from sorter.grading.classifier.Classifier."""
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    def classify(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class SortingLoop:
+    """Processes frames one at a time; owns no threads and no devices.
+
+    Seeing items (locate, track, classify their full views) is done here; deciding an item
+    that crosses the line, sending its SORT and following its fate is `sorter.actuation.decider`'s.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        classifier: ClassifierLike,
+        locator: Any,
+        tracker: Tracker,
+        scheduler: Scheduler,
+        decisions: DecisionLog,
+        status: Status,
+        *,
+        window: tuple[int, int],
+        keep_crops: bool = False,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.locator = locator
+        self.tracker = tracker
+        self.status = status
+        self.decider = Decider(
+            config, classifier.labels, scheduler, decisions, status, keep_crops=keep_crops
+        )
+        self.window = window
+        self.keep_crops = keep_crops
+        self._items: dict[int, ItemViews] = {}
+        self.lost = 0
+        """Tracks that ended without crossing the decision line (after being seen whole)."""
+        status.line_x = tracker.line
+
+    def process(self, frame: Frame, received: float) -> list[DecisionRecord]:
+        """Process one frame; `received` is `time.perf_counter()` when it was read.
+
+        Returns the decisions made on this frame.
+        """
+        t0 = time.perf_counter()
+        detections = self.locator.locate(frame.image)
+        t1 = time.perf_counter()
+        tracks = self.tracker.update(detections, frame.t, frame.index)
+        t2 = time.perf_counter()
+        seen = [tr for tr in tracks if tr.last.frame_index == frame.index]
+        self._classify_views(frame, seen)
+        t3 = time.perf_counter()
+        self.status.add_stages({"locate": t1 - t0, "track": t2 - t1, "classify": t3 - t2})
+
+        made = [self._decide(track, frame.t, received) for track in self.tracker.crossings]
+        for track in self.tracker.ended:
+            self._forget(track)
+        self.status.frame_done(frame.image, [self._overlay(tr) for tr in seen])
+        return made
+
+    def process_still(self, frame: Frame, received: float) -> DecisionRecord:
+        """Bench mode: the frame is one item's picture (no tracking); decide it at once."""
+        t0 = time.perf_counter()
+        batch = to_model_input(frame.image, self.classifier.input_size)[None]
+        scores = self.classifier.classify(batch)
+        self.status.add_stage("classify", time.perf_counter() - t0)
+        views = ItemViews([np.asarray(scores[0], dtype=np.float32)], [frame.image])
+        rec = self.decider.decide(frame.index + 1, views, frame.t, received)
+        self.status.frame_done(frame.image, [])
+        return rec
+
+    def finish(self) -> None:
+        """End of stream: every track still open ends undecided."""
+        for track in self.tracker.flush():
+            self._forget(track)
+
+    # -- steps ----------------------------------------------------------------------
+    def _classify_views(self, frame: Frame, seen: Sequence[Track]) -> None:
+        """Grade, in one batch, every undecided item seen whole in this frame."""
+        todo: list[tuple[int, np.ndarray]] = []
+        for track in seen:
+            view = track.last
+            if not view.full or self.decider.decided(track.id) is not None:
+                continue
+            d = view.detection
+            todo.append((track.id, crop_window(frame.image, d.cx, d.cy, self.window)))
+        if not todo:
+            return
+        size = self.classifier.input_size
+        batch = np.stack([to_model_input(crop, size) for _, crop in todo])
+        scores = self.classifier.classify(batch)
+        for (item, crop), s in zip(todo, scores, strict=True):
+            views = self._items.setdefault(item, ItemViews())
+            views.scores.append(np.asarray(s, dtype=np.float32))
+            if self.keep_crops:
+                views.crops.append(crop)
+
+    def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
+        views = self._items.pop(track.id, ItemViews())
+        t_line = track.t_line if track.t_line is not None else t_frame
+        return self.decider.decide(track.id, views, t_line, received)
+
+    def _forget(self, track: Track) -> None:
+        views = self._items.pop(track.id, None)
+        decided = self.decider.decided(track.id) is not None
+        if track.t_line is None and not decided and views and views.scores:
+            self.lost += 1
+            log.warning("item %d left the view without crossing the decision line", track.id)
+
+    def _overlay(self, track: Track) -> Overlay:
+        d = track.last.detection
+        rec = self.decider.decided(track.id)
+        return Overlay(
+            id=track.id,
+            box=(d.x, d.y, d.w, d.h),
+            grade=rec.label if rec else "",
+            confidence=rec.confidence if rec else 0.0,
+            bin=rec.bin if rec else "",
+        )
