@@ -1,10 +1,14 @@
 """The sorter's configuration: one TOML file loaded into typed dataclasses.
 
 `load_config(path)` reads the file with tomllib and checks every key against the dataclasses
-below: an unknown key, a value of the wrong type or out of range is a `ConfigError` naming the
-file, the line and the dotted key (tomllib gives no line numbers, so `_KeyLines` finds them by
-scanning the text). `example_toml()` writes a commented example generated from the field
-docstrings below, so the example cannot drift from the code.
+below: an unknown key, a value of the wrong type, out of range or not finite (nan, inf) is a
+`ConfigError` naming the file, the line and the dotted key (tomllib gives no line numbers, so
+`_KeyLines` finds them by scanning the text). Ranges and choices are field metadata
+(`sorter.fields`). One dataclass per concern: `[locate]` loads straight into
+`sorter.perception.vision.LocatorConfig` and `[track]` into
+`sorter.perception.tracking.TrackerConfig`, the dataclasses the locator and tracker take.
+`example_toml()` writes a commented example generated from the field docstrings, so the
+example cannot drift from the code.
 
 Command-line flags override the file through `apply_overrides(config, {"serial.url": ...})`.
 """
@@ -24,17 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from sorter.errors import ConfigError
+from sorter.fields import FieldError, choice_problem, choices, number_problem, rng
+from sorter.perception.tracking import TrackerConfig
+from sorter.perception.vision import LocatorConfig
 
 DEFAULT_PATH = Path("/etc/produce-sorter/sorter.toml")
 """Where the sorter looks for its config when `--config` is not given."""
 
 GRADES = ("2L", "BM", "BL", "M", "S", "L", "2S", "BS", "C")
 """The nine CUCUMBER-9 grades, the default model's labels."""
-
-
-def _rng(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
-    """Field metadata: the allowed range of a number (inclusive unless lo_open)."""
-    return {"min": lo, "max": hi, "lo_open": lo_open}
 
 
 # --------------------------------------------------------------------------------------
@@ -45,19 +47,19 @@ def _rng(lo: float | None = None, hi: float | None = None, *, lo_open: bool = Fa
 class CameraConfig:
     """The camera above the belt (`sorter run --camera N`)."""
 
-    backend: str = field(default="auto", metadata={"choices": ("auto", "picamera2", "opencv")})
+    backend: str = field(default="auto", metadata=choices("auto", "picamera2", "opencv"))
     """auto: Picamera2 when importable and a CSI camera is present, else OpenCV VideoCapture."""
-    index: int = field(default=0, metadata=_rng(0))
+    index: int = field(default=0, metadata=rng(0))
     """Camera number (Picamera2 camera index, or the N of /dev/videoN for OpenCV)."""
-    width: int = field(default=640, metadata=_rng(64, 4096))
+    width: int = field(default=640, metadata=rng(64, 4096))
     """Frame width in pixels."""
-    height: int = field(default=480, metadata=_rng(48, 4096))
+    height: int = field(default=480, metadata=rng(48, 4096))
     """Frame height in pixels."""
-    fps: float = field(default=30.0, metadata=_rng(1.0, 240.0))
+    fps: float = field(default=30.0, metadata=rng(1.0, 240.0))
     """Frames per second requested from the camera."""
-    queue_frames: int = field(default=2, metadata=_rng(1, 8))
+    queue_frames: int = field(default=2, metadata=rng(1, 8))
     """Capture queue length; when full the oldest frame is dropped (and counted)."""
-    stall_s: float = field(default=2.0, metadata=_rng(0.1, 600.0))
+    stall_s: float = field(default=2.0, metadata=rng(0.1, 600.0))
     """No frame for this many seconds is a stall: reported, and the controller is put safe."""
 
 
@@ -67,7 +69,7 @@ class ModelConfig:
 
     path: str = ""
     """Path to the .tflite model (with its metadata); empty: the bundled default model."""
-    threads: int = field(default=1, metadata=_rng(1, 16))
+    threads: int = field(default=1, metadata=rng(1, 16))
     """LiteRT interpreter threads."""
 
 
@@ -76,16 +78,16 @@ class BeltConfig:
     """Belt geometry: direction, speed, camera scale and the decision line."""
 
     direction: str = field(
-        default="left-to-right", metadata={"choices": ("left-to-right", "right-to-left")}
+        default="left-to-right", metadata=choices("left-to-right", "right-to-left")
     )
     """Which way items move across the camera image."""
-    speed_mm_s: float = field(default=200.0, metadata=_rng(0.0, 10000.0, lo_open=True))
+    speed_mm_s: float = field(default=200.0, metadata=rng(0.0, 10000.0, lo_open=True))
     """Belt speed in mm per second (used to time the gates when there is no encoder)."""
-    encoder_ticks_per_mm: float = field(default=0.0, metadata=_rng(0.0, 1000.0))
+    encoder_ticks_per_mm: float = field(default=0.0, metadata=rng(0.0, 1000.0))
     """Encoder ticks per mm of belt; 0: no encoder, gates are timed from speed_mm_s."""
-    px_per_mm: float = field(default=0.5, metadata=_rng(0.0, 100.0, lo_open=True))
+    px_per_mm: float = field(default=0.5, metadata=rng(0.0, 100.0, lo_open=True))
     """Camera scale at the belt surface, in pixels per mm."""
-    decision_line: float = field(default=0.5, metadata=_rng(0.05, 0.95))
+    decision_line: float = field(default=0.5, metadata=rng(0.05, 0.95))
     """Where items are decided, as a fraction of the frame width (0.5: the centre)."""
 
 
@@ -95,11 +97,11 @@ class GateConfig:
 
     bin: str = ""
     """The bin this gate diverts items into."""
-    distance_mm: float = field(default=300.0, metadata=_rng(0.0, 100000.0, lo_open=True))
+    distance_mm: float = field(default=300.0, metadata=rng(0.0, 100000.0, lo_open=True))
     """Distance along the belt from the decision line to this gate, in mm."""
-    pulse_ms: int = field(default=40, metadata=_rng(1, 255))
+    pulse_ms: int = field(default=40, metadata=rng(1, 255))
     """How long the gate output is driven when it fires, in ms."""
-    offset_ms: float = field(default=0.0, metadata=_rng(-10000.0, 10000.0))
+    offset_ms: float = field(default=0.0, metadata=rng(-10000.0, 10000.0))
     """Calibration: added to this gate's computed fire time, in ms (sorter calibrate)."""
 
 
@@ -117,9 +119,9 @@ class BinsConfig:
 class GradeThreshold:
     """Thresholds for one grade, overriding the global ones."""
 
-    confidence: float | None = field(default=None, metadata=_rng(0.0, 1.0))
+    confidence: float | None = field(default=None, metadata=rng(0.0, 1.0))
     """Minimum top score for this grade (unset: the global confidence)."""
-    margin: float | None = field(default=None, metadata=_rng(0.0, 1.0))
+    margin: float | None = field(default=None, metadata=rng(0.0, 1.0))
     """Minimum gap between the top two scores for this grade (unset: the global margin)."""
 
 
@@ -127,13 +129,13 @@ class GradeThreshold:
 class ThresholdsConfig:
     """When an item is certain enough to sort; below these it goes to the reject bin."""
 
-    confidence: float = field(default=0.5, metadata=_rng(0.0, 1.0))
+    confidence: float = field(default=0.5, metadata=rng(0.0, 1.0))
     """Minimum score of the top grade (scores are the mean over the item's views)."""
-    margin: float = field(default=0.1, metadata=_rng(0.0, 1.0))
+    margin: float = field(default=0.1, metadata=rng(0.0, 1.0))
     """Minimum gap between the top two grades' scores."""
-    min_views: int = field(default=1, metadata=_rng(1, 100))
+    min_views: int = field(default=1, metadata=rng(1, 100))
     """Minimum number of full views (crops) of an item before it can be graded."""
-    review_below: float = field(default=0.6, metadata=_rng(0.0, 1.0))
+    review_below: float = field(default=0.6, metadata=rng(0.0, 1.0))
     """With --save-crops, crops whose confidence is below this also go to _review/."""
     per_grade: dict[str, GradeThreshold] = field(default_factory=dict)
     """Per-grade overrides, e.g. [thresholds.per_grade.C] confidence = 0.7."""
@@ -145,15 +147,15 @@ class SerialConfig:
 
     url: str = "/dev/sorter-controller"
     """Device path, socket://HOST:PORT (emulated firmware) or sim:// (Python simulator)."""
-    heartbeat_ms: int = field(default=500, metadata=_rng(50, 60000))
+    heartbeat_ms: int = field(default=500, metadata=rng(50, 60000))
     """Controller heartbeat timeout: silent this long, it puts the gates in the safe state."""
-    ack_timeout_ms: int = field(default=250, metadata=_rng(5, 10000))
+    ack_timeout_ms: int = field(default=250, metadata=rng(5, 10000))
     """How long to wait for an ACK before resending a command."""
-    retries: int = field(default=3, metadata=_rng(0, 20))
+    retries: int = field(default=3, metadata=rng(0, 20))
     """Resends of an unanswered command before it is reported as timeout."""
-    safety_margin_ms: float = field(default=30.0, metadata=_rng(0.0, 10000.0))
+    safety_margin_ms: float = field(default=30.0, metadata=rng(0.0, 10000.0))
     """A SORT whose fire time is less than this ahead of now is not sent: logged late."""
-    window_ms: float = field(default=5.0, metadata=_rng(0.1, 60.0))
+    window_ms: float = field(default=5.0, metadata=rng(0.1, 60.0))
     """How far past its target the controller may still fire a gate (else LATE)."""
 
 
@@ -161,7 +163,7 @@ class SerialConfig:
 class LoggingConfig:
     """Logging and the decision log."""
 
-    level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
+    level: str = field(default="INFO", metadata=choices("DEBUG", "INFO", "WARNING", "ERROR"))
     """Log level."""
     db: str = "/var/lib/produce-sorter/decisions.db"
     """SQLite decision log (one row per item, WAL mode)."""
@@ -179,58 +181,10 @@ class DashboardConfig:
     """Serve the dashboard while running."""
     host: str = "127.0.0.1"
     """Address to bind; anything but localhost requires the token."""
-    port: int = field(default=8080, metadata=_rng(1, 65535))
+    port: int = field(default=8080, metadata=rng(1, 65535))
     """TCP port."""
     token: str = ""
     """Access token required on every request when bound off localhost."""
-
-
-@dataclass
-class LocateConfig:
-    """Finding items against the belt (sorter.perception.vision.LocatorConfig; same names)."""
-
-    method: str = field(default="color", metadata={"choices": ("color", "background")})
-    """color: pixels outside the belt's HSV range are item; background: compare with the
-    learned empty belt (more robust; needs `sorter calibrate-belt`)."""
-    background: str = ""
-    """Empty-belt model (.npz) for method = background; `sorter calibrate-belt` writes it."""
-    min_area_px: float = field(default=1500.0, metadata=_rng(0.0))
-    """Blobs smaller than this (pixels) are ignored (dirt, noise)."""
-    max_area_px: float = field(default=60000.0, metadata=_rng(1.0))
-    """Blobs larger than this (pixels) are ignored (a hand, a shadow across the belt)."""
-    scale: float = field(default=0.5, metadata=_rng(0.05, 1.0))
-    """Detection runs on the frame scaled by this factor (speed); results are full size."""
-    threshold: float = field(default=25.0, metadata=_rng(0.0, 255.0))
-    """Background: a pixel differing from the belt by more than this (0-255) is item."""
-    spread_k: float = field(default=2.5, metadata=_rng(0.0, 100.0))
-    """Background: multiples of the empty belt's own per-pixel spread still counted as belt."""
-    belt_hsv_lower: tuple[int, int, int] = field(default=(5, 110, 60), metadata=_rng(0, 255))
-    """Color: lower HSV bound of BELT pixels (OpenCV ranges: H 0-179, S and V 0-255);
-    anything outside the belt's range is item. Default: an orange belt."""
-    belt_hsv_upper: tuple[int, int, int] = field(default=(25, 255, 255), metadata=_rng(0, 255))
-    """Color: upper HSV bound of belt pixels."""
-    open_px: int = field(default=3, metadata=_rng(0, 100))
-    """Opening kernel (pixels at detection scale) that removes speckle."""
-    close_px: int = field(default=5, metadata=_rng(0, 100))
-    """Closing kernel (pixels at detection scale) that joins an item's parts."""
-    edge_margin_px: int = field(default=2, metadata=_rng(0, 100))
-    """A blob within this many pixels of the frame border touches the edge (not graded)."""
-    compensate_gain: bool = True
-    """Background: follow global brightness drift."""
-
-
-@dataclass
-class TrackConfig:
-    """Following items across frames (sorter.perception.tracking.TrackerConfig)."""
-
-    max_jump_px: float = field(default=60.0, metadata=_rng(0.0, 10000.0, lo_open=True))
-    """Largest distance between where a track was predicted and a detection it takes."""
-    max_cross_px: float = field(default=40.0, metadata=_rng(0.0, 10000.0, lo_open=True))
-    """Largest sideways (across the belt) movement between two views of one item."""
-    max_missed: int = field(default=5, metadata=_rng(0, 1000))
-    """Frames an item may go unseen before its track ends."""
-    speed_smoothing: float = field(default=0.3, metadata=_rng(0.0, 1.0))
-    """Weight of each new observation in the running belt-speed estimate."""
 
 
 @dataclass
@@ -255,9 +209,9 @@ class Config:
     """Logging."""
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     """Dashboard."""
-    locate: LocateConfig = field(default_factory=LocateConfig)
+    locate: LocatorConfig = field(default_factory=LocatorConfig)
     """Locating items."""
-    track: TrackConfig = field(default_factory=TrackConfig)
+    track: TrackerConfig = field(default_factory=TrackerConfig)
     """Tracking items."""
 
     def gate_for_bin(self, bin_name: str) -> int | None:
@@ -350,7 +304,10 @@ class _Loader:
                 known = ", ".join(sorted(fields))
                 raise self.fail(sub, f"unknown key (known keys here: {known})")
             kwargs[key] = self.value(hints[key], value, sub, fields[key].metadata)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except FieldError as err:  # a check across keys (the dataclass's __post_init__)
+            raise self.fail(f"{path}.{err.key}" if path else err.key, err.problem) from err
 
     def value(self, tp: Any, value: Any, path: str, meta: Any) -> Any:
         origin = typing.get_origin(tp)
@@ -385,20 +342,16 @@ class _Loader:
         if tp is str:
             if not isinstance(value, str):
                 raise self.fail(path, f"must be a string, got {_tname(value)}")
-            choices = meta.get("choices") if meta else None
-            if choices and value not in choices:
-                raise self.fail(path, f"must be one of {', '.join(choices)}, got {value!r}")
+            problem = choice_problem(value, meta)
+            if problem:
+                raise self.fail(path, problem)
             return value
         raise TypeError(f"config type {tp!r} not supported")  # a bug, not a user error
 
     def check_range(self, value: float, path: str, meta: Any) -> Any:
-        lo, hi = (meta or {}).get("min"), (meta or {}).get("max")
-        lo_open = (meta or {}).get("lo_open", False)
-        if lo is not None and (value <= lo if lo_open else value < lo):
-            op = ">" if lo_open else ">="
-            raise self.fail(path, f"must be {op} {lo:g}, got {value:g}")
-        if hi is not None and value > hi:
-            raise self.fail(path, f"must be <= {hi:g}, got {value:g}")
+        problem = number_problem(value, meta)  # nan and inf are never allowed
+        if problem:
+            raise self.fail(path, problem)
         return value
 
 
@@ -463,8 +416,6 @@ def _check_consistency(config: Config, loader: _Loader) -> None:
                 f"bins.grades.{grade}",
                 f"bin {bin_name!r} has no gate; add a [gates.N] with bin = {bin_name!r}",
             )
-    if config.locate.min_area_px >= config.locate.max_area_px:
-        raise loader.fail("locate.min_area_px", "must be smaller than locate.max_area_px")
 
 
 # --------------------------------------------------------------------------------------
@@ -488,9 +439,11 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
             raise KeyError(dotted)  # a bug in the caller
         hint = typing.get_type_hints(type(section))[key]
         checked = loader.value(hint, value, dotted, f.metadata)
-        out = dataclasses.replace(
-            out, **{section_name: dataclasses.replace(section, **{key: checked})}
-        )
+        try:
+            replaced = dataclasses.replace(section, **{key: checked})
+        except FieldError as err:  # a check across keys
+            raise loader.fail(f"{section_name}.{err.key}", err.problem) from err
+        out = dataclasses.replace(out, **{section_name: replaced})
     return out
 
 
@@ -549,9 +502,9 @@ def _emit_table(out: list[str], header: str, obj: Any, *, document: bool = True)
             nested.append((f.name, value, docs.get(f.name, ""), typing.get_type_hints(cls)[f.name]))
             continue
         out.extend(_comment(docs.get(f.name, "")))
-        choices = f.metadata.get("choices")
-        if choices and document:
-            out.append(f"# one of: {', '.join(choices)}")
+        allowed = f.metadata.get("choices")
+        if allowed and document:
+            out.append(f"# one of: {', '.join(allowed)}")
         if value is None:
             out.append(f"# {f.name} = ")
         else:

@@ -40,7 +40,7 @@ def replay(video: Path, truth: dict, method: str = "background") -> tuple[list, 
         LocatorConfig(method=method, min_area_px=0.3 * win * win, max_area_px=2.0 * win * win),
         model,
     )
-    tracker = Tracker(TrackerConfig(line=truth["line_x"]), (w, h))
+    tracker = Tracker(TrackerConfig(), (w, h), line=truth["line_x"])
     crossings = []
     most = 0
     for f in frames:

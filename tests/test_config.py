@@ -153,3 +153,61 @@ def test_deploy_example_is_current() -> None:
 
 def test_example_has_no_uncommented_none() -> None:
     assert not re.search(r"^\w+ = $", cfg.example_toml(), re.M)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("thresholds", "confidence"), ("belt", "speed_mm_s"), ("gates.0", "offset_ms")],
+)
+def test_non_finite_numbers_are_rejected(
+    tmp_path: Path, value: str, section: str, key: str
+) -> None:
+    """TOML allows nan and inf; no setting means anything with them (issue 11 item 5:
+    `confidence = nan` used to pass `sorter config check`)."""
+    text = f"[{section}]\n{key} = {value}\n"
+    if section == "gates.0":
+        text = f'[gates.0]\nbin = "2L"\n{key} = {value}\n'
+    p = tmp_path / "sorter.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        cfg.load_config(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}:{_line_of(text, key)}: {section}.{key}: must be a finite number")
+    assert "\n" not in msg
+
+
+def test_non_finite_override_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: belt\.speed_mm_s: must be a finite"):
+        cfg.apply_overrides(cfg.Config(), {"belt.speed_mm_s": float("inf")})
+
+
+def test_config_check_rejects_nan_confidence(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sorter.cli import app
+
+    p = tmp_path / "sorter.toml"
+    p.write_text("[thresholds]\nconfidence = nan\n")
+    result = CliRunner().invoke(app, ["config", "check", str(p)])
+    assert result.exit_code == 2
+    assert f"{p}:2: thresholds.confidence: must be a finite number" in result.output
+
+
+def test_locate_and_track_load_into_the_perception_dataclasses() -> None:
+    from sorter.perception.tracking import TrackerConfig
+    from sorter.perception.vision import LocatorConfig
+
+    c = cfg.parse_config('[locate]\nscale = 0.25\nmethod = "background"\n[track]\nmax_missed = 9\n')
+    assert isinstance(c.locate, LocatorConfig) and isinstance(c.track, TrackerConfig)
+    assert (c.locate.scale, c.locate.method, c.track.max_missed) == (0.25, "background", 9)
+    # one default: what `sorter run` has always done with no [locate] method (color)
+    assert cfg.Config().locate == LocatorConfig() and LocatorConfig().method == "color"
+
+
+def test_a_check_across_keys_names_the_key_and_line() -> None:
+    text = "[locate]\nscale = 0.5\nmin_area_px = 5000.0\nmax_area_px = 4000.0\n"
+    with pytest.raises(ConfigError, match=r"^s\.toml:3: locate\.min_area_px: must be smaller"):
+        cfg.parse_config(text, "s.toml")
+    with pytest.raises(ConfigError, match=r"^command line: locate\.min_area_px: must be smaller"):
+        cfg.apply_overrides(cfg.Config(), {"locate.min_area_px": 1e6})

@@ -105,14 +105,14 @@ def test_missed_detections_do_not_split_tracks_or_duplicate_crossings() -> None:
 def test_right_to_left_belt() -> None:
     speed = 500.0
     x0s = [-70.0 - i * 180 for i in range(5)]
-    tracker = Tracker(TrackerConfig(direction="right-to-left"), (W, H))
+    tracker = Tracker(TrackerConfig(), (W, H), direction="right-to-left")
     owners, crossings = run(tracker, x0s, speed, 30.0, 90, mirror=True)
     assert len(owners) == 5 and all(len(v) == 1 for v in owners.values())
     assert sorted(i for i, _ in crossings) == list(range(5))
 
 
 def test_a_track_first_seen_past_the_line_is_not_reported() -> None:
-    tracker = Tracker(TrackerConfig(speed_px_s=300.0), (W, H))
+    tracker = Tracker(TrackerConfig(), (W, H), speed_px_s=300.0)
     for k in range(10):
         t = k / 30
         tracker.update([Detection(400 + 10 * k, 240, 340 + 10 * k, 180, 120, 120, 14400)], t, k)
@@ -121,7 +121,7 @@ def test_a_track_first_seen_past_the_line_is_not_reported() -> None:
 
 
 def test_tracks_end_after_leaving_or_being_lost() -> None:
-    tracker = Tracker(TrackerConfig(max_missed=2, speed_px_s=300.0), (W, H))
+    tracker = Tracker(TrackerConfig(max_missed=2), (W, H), speed_px_s=300.0)
     tracker.update([Detection(100, 240, 40, 180, 120, 120, 14400)], 0.0)
     (track,) = tracker.active
     for k in range(1, 4):
@@ -152,4 +152,6 @@ def test_track_views_and_crossed_helper() -> None:
 
 def test_bad_direction_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="'sideways'"):
-        TrackerConfig(direction="sideways")
+        Tracker(direction="sideways")
+    with pytest.raises(ConfigError, match=r"^track\.max_jump_px: must be > 0"):
+        TrackerConfig(max_jump_px=0)

@@ -80,9 +80,10 @@ def test_blobs_too_small_or_too_large_are_ignored(tree: Path) -> None:
 def test_background_follows_lighting_drift(tree: Path, model: BackgroundModel) -> None:
     frame, _, _, _ = scene(tree, [200.0, 450.0])
     brighter = np.clip(frame.astype(np.float32) * 1.35, 0, 255).astype(np.uint8)
-    assert len(Locator(LocatorConfig(), model).locate(brighter)) == 2
+    assert len(Locator(LocatorConfig(method="background"), model).locate(brighter)) == 2
     # Without gain compensation the whole belt turns "item": one huge blob, dropped.
-    assert Locator(LocatorConfig(compensate_gain=False), model).locate(brighter) == []
+    off = LocatorConfig(method="background", compensate_gain=False)
+    assert Locator(off, model).locate(brighter) == []
 
 
 def test_background_model_round_trip_and_bad_files(tmp_path: Path, model: BackgroundModel) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sorter.errors import ConfigError
+from sorter.fields import check_fields, rng
 from sorter.perception.vision import Detection
 
 log = logging.getLogger(__name__)
@@ -40,30 +41,19 @@ _ENTRY_EXIT = {
 
 @dataclass
 class TrackerConfig:
-    """How items are followed and when they are decided."""
+    """Following items across frames (the config file's [track])."""
 
-    direction: str = "left-to-right"
-    """Belt direction in the frame: left-to-right, right-to-left, top-to-bottom, bottom-to-top."""
-    line: float | None = None
-    """Decision line, in pixels along the belt axis (x for horizontal belts); None = centre."""
-    speed_px_s: float | None = None
-    """Expected belt speed in px/s (from the config); None = learn it from the matches."""
-    max_jump_px: float = 60.0
+    max_jump_px: float = field(default=60.0, metadata=rng(0.0, 10000.0, lo_open=True))
     """Largest distance between where a track was predicted and a detection it takes."""
-    max_cross_px: float = 40.0
-    """Largest sideways (across the belt) movement between views of one item."""
-    max_missed: int = 5
-    """Frames a track may go unseen before it is ended."""
-    speed_smoothing: float = 0.3
-    """Weight of each new observation in the running belt-speed estimate (0..1)."""
+    max_cross_px: float = field(default=40.0, metadata=rng(0.0, 10000.0, lo_open=True))
+    """Largest sideways (across the belt) movement between two views of one item."""
+    max_missed: int = field(default=5, metadata=rng(0, 1000))
+    """Frames an item may go unseen before its track ends."""
+    speed_smoothing: float = field(default=0.3, metadata=rng(0.0, 1.0))
+    """Weight of each new observation in the running belt-speed estimate."""
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ConfigError(
-                f"belt direction {self.direction!r} unknown; use one of {', '.join(DIRECTIONS)}"
-            )
-        if self.max_jump_px <= 0 or self.max_cross_px <= 0:
-            raise ConfigError("tracker max_jump_px and max_cross_px must be positive")
+        check_fields(self, "track")
 
 
 @dataclass
@@ -127,19 +117,33 @@ class Tracker:
     """Assigns detections to tracks frame by frame; see the module docstring.
 
     `frame_size` (width, height) places the default decision line at the frame centre and
-    lets partial views be recognised.
+    lets partial views be recognised. The belt's geometry (from the config's [belt]):
+    `direction` of travel in the frame (left-to-right, right-to-left, top-to-bottom,
+    bottom-to-top); the decision `line` in pixels along the belt axis (None: the centre);
+    the expected belt speed `speed_px_s` (None: learned from the matches).
     """
 
     def __init__(
-        self, config: TrackerConfig | None = None, frame_size: tuple[int, int] = (640, 480)
+        self,
+        config: TrackerConfig | None = None,
+        frame_size: tuple[int, int] = (640, 480),
+        *,
+        direction: str = "left-to-right",
+        line: float | None = None,
+        speed_px_s: float | None = None,
     ) -> None:
+        if direction not in DIRECTIONS:
+            raise ConfigError(
+                f"belt direction {direction!r} unknown; use one of {', '.join(DIRECTIONS)}"
+            )
         self.config = config or TrackerConfig()
         self.frame_size = frame_size
-        self.axis, self.sign = DIRECTIONS[self.config.direction]
-        self.entry_edge, self.exit_edge = _ENTRY_EXIT[self.config.direction]
+        self.direction = direction
+        self.axis, self.sign = DIRECTIONS[direction]
+        self.entry_edge, self.exit_edge = _ENTRY_EXIT[direction]
         extent = frame_size[self.axis]
-        self.line = float(self.config.line) if self.config.line is not None else extent / 2
-        self.speed_px_s: float | None = self.config.speed_px_s
+        self.line = float(line) if line is not None else extent / 2
+        self.speed_px_s: float | None = speed_px_s
         """Current belt speed estimate along the direction (px/s, positive)."""
         self.active: list[Track] = []
         """Tracks still being followed."""

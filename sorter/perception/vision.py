@@ -2,12 +2,13 @@
 
 Pure array code: frames in, detections out; no cameras here.
 
-Two ways to tell item from belt (`LocatorConfig.method`):
+Two ways to tell item from belt (`LocatorConfig.method`, the config's `[locate] method`):
+- "color" (the default): an HSV range the BELT falls in (no calibration); anything outside
+  it is item.
 - "background": a per-pixel model of the EMPTY belt (mean and spread over a few seconds of
   frames of the moving, empty belt, learned by `sorter calibrate-belt`); a pixel far from it
   is item. A global brightness gain is estimated every frame, so slow lighting drift does
   not turn the whole belt into "item".
-- "color": an HSV range the BELT falls in (no calibration); anything outside it is item.
 
 Blobs too small or too large are ignored; blobs touching the frame edge are flagged, since
 only a full view can be graded. `crop_window` cuts a FIXED window of belt centred on the item
@@ -25,10 +26,11 @@ import cv2
 import numpy as np
 
 from sorter.errors import ConfigError
+from sorter.fields import FieldError, check_fields, choices, rng
 
 log = logging.getLogger(__name__)
 
-METHODS = ("background", "color")
+METHODS = ("color", "background")
 
 
 @dataclass(frozen=True)
@@ -60,46 +62,45 @@ class Detection:
 
 @dataclass
 class LocatorConfig:
-    """How items are told apart from the belt."""
+    """Finding items against the belt (the config file's [locate])."""
 
-    method: str = "background"
-    """"background" (learned empty belt) or "color" (HSV range of the belt)."""
-    min_area_px: float = 1500.0
-    """Blobs smaller than this (full-resolution pixels) are ignored (dirt, noise)."""
-    max_area_px: float = 60000.0
-    """Blobs larger than this are ignored (a hand, a shadow across the belt)."""
-    scale: float = 0.5
-    """Detection runs on the frame scaled by this factor (speed); results are full-size."""
-    threshold: float = 25.0
-    """Background: a pixel is item when it differs from the belt by more than this
-    (0-255 levels, after `spread_k` times the belt's own spread is allowed for)."""
-    spread_k: float = 2.5
-    """Background: multiples of the per-pixel spread of the empty belt that are still belt."""
-    belt_hsv_lower: tuple[int, int, int] = (5, 110, 60)
+    method: str = field(default="color", metadata=choices(*METHODS))
+    """color: pixels outside the belt's HSV range are item; background: compare with the
+    learned empty belt (more robust; needs `sorter calibrate-belt`)."""
+    background: str = ""
+    """Empty-belt model (.npz) for method = background; `sorter calibrate-belt` writes it."""
+    min_area_px: float = field(default=1500.0, metadata=rng(0.0))
+    """Blobs smaller than this (pixels) are ignored (dirt, noise)."""
+    max_area_px: float = field(default=60000.0, metadata=rng(1.0))
+    """Blobs larger than this (pixels) are ignored (a hand, a shadow across the belt)."""
+    scale: float = field(default=0.5, metadata=rng(0.05, 1.0))
+    """Detection runs on the frame scaled by this factor (speed); results are full size."""
+    threshold: float = field(default=25.0, metadata=rng(0.0, 255.0))
+    """Background: a pixel differing from the belt by more than this (0-255) is item."""
+    spread_k: float = field(default=2.5, metadata=rng(0.0, 100.0))
+    """Background: multiples of the empty belt's own per-pixel spread still counted as belt."""
+    belt_hsv_lower: tuple[int, int, int] = field(default=(5, 110, 60), metadata=rng(0, 255))
     """Color: lower HSV bound of BELT pixels (OpenCV ranges: H 0-179, S and V 0-255);
-    anything outside the belt range is item. Default: an orange belt."""
-    belt_hsv_upper: tuple[int, int, int] = (25, 255, 255)
+    anything outside the belt's range is item. Default: an orange belt."""
+    belt_hsv_upper: tuple[int, int, int] = field(default=(25, 255, 255), metadata=rng(0, 255))
     """Color: upper HSV bound of belt pixels."""
-    open_px: int = 3
+    open_px: int = field(default=3, metadata=rng(0, 100))
     """Opening kernel (pixels at detection scale) that removes speckle."""
-    close_px: int = 5
+    close_px: int = field(default=5, metadata=rng(0, 100))
     """Closing kernel (pixels at detection scale) that joins an item's parts."""
-    edge_margin_px: int = 2
-    """A blob within this many pixels of the frame border touches the edge."""
+    edge_margin_px: int = field(default=2, metadata=rng(0, 100))
+    """A blob within this many pixels of the frame border touches the edge (not graded)."""
     compensate_gain: bool = True
-    """Background: follow global brightness drift (median ratio of frame to belt)."""
+    """Background: follow global brightness drift."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"locator method {self.method!r} unknown; use one of {', '.join(METHODS)}"
-            )
-        if not 0.05 <= self.scale <= 1.0:
-            raise ConfigError(f"locator scale {self.scale} out of range; use 0.05..1.0")
+        check_fields(self, "locate")
         if self.min_area_px >= self.max_area_px:
-            raise ConfigError(
-                f"locator min_area_px ({self.min_area_px}) must be below max_area_px "
-                f"({self.max_area_px})"
+            raise FieldError(
+                "locate",
+                "min_area_px",
+                f"must be smaller than locate.max_area_px ({self.min_area_px:g} >= "
+                f"{self.max_area_px:g})",
             )
 
 

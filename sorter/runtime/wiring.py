@@ -4,7 +4,6 @@ the same way)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,8 +11,8 @@ from sorter.actuation.link import ControllerLinkLike
 from sorter.config import Config
 from sorter.errors import ConfigError
 from sorter.perception.sources import CameraSettings
-from sorter.perception.tracking import Tracker, TrackerConfig
-from sorter.perception.vision import BackgroundModel, Locator, LocatorConfig, window_px
+from sorter.perception.tracking import Tracker
+from sorter.perception.vision import BackgroundModel, Locator, window_px
 
 if TYPE_CHECKING:
     from firmware_bridge.clock import Clock
@@ -23,10 +22,8 @@ DEFAULT_WINDOW_MM = (250.0, 250.0)
 
 
 def make_locator(config: Config) -> Locator:
-    """A Locator from the [locate] section (keys named as LocatorConfig's)."""
+    """A Locator from the [locate] section (with its empty-belt model for "background")."""
     c = config.locate
-    names = {f.name for f in dataclasses.fields(LocatorConfig)}
-    lc = LocatorConfig(**{k: v for k, v in dataclasses.asdict(c).items() if k in names})
     background = None
     if c.method == "background":
         if not c.background:
@@ -35,22 +32,19 @@ def make_locator(config: Config) -> Locator:
                 'make one with `sorter calibrate-belt` or set locate.method = "color"'
             )
         background = BackgroundModel.load(c.background)
-    return Locator(lc, background)
+    return Locator(c, background)
 
 
 def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
-    """A Tracker from the [belt] and [track] sections for this frame size."""
-    b, t = config.belt, config.track
-    tc = TrackerConfig(
+    """A Tracker from the [track] section, placed by the [belt] geometry for this frame size."""
+    b = config.belt
+    return Tracker(
+        config.track,
+        frame_size,
         direction=b.direction,
         line=b.decision_line * frame_size[0],
         speed_px_s=b.speed_mm_s * b.px_per_mm,
-        max_jump_px=t.max_jump_px,
-        max_cross_px=t.max_cross_px,
-        max_missed=t.max_missed,
-        speed_smoothing=t.speed_smoothing,
     )
-    return Tracker(tc, frame_size=frame_size)
 
 
 def camera_settings(config: Config) -> CameraSettings:
