@@ -91,6 +91,7 @@ def warm_up(link: Any, clock: Any) -> None:
 def measure(url: str, n: int) -> dict[str, Any]:
     """Send `n` SORTs over `url` in real time; return errors (s) and fate counts."""
     from firmware_bridge.clock import MonotonicClock
+    from firmware_bridge.command import Fate
     from firmware_bridge.link import ControllerLink
 
     clock = MonotonicClock()
@@ -115,9 +116,9 @@ def measure(url: str, n: int) -> dict[str, Any]:
             status = str(getattr(cmd, "status", "?"))
             fates[status] = fates.get(status, 0) + 1
             fired = fired_time(cmd)
-            if status == "fired" and fired is not None:
+            if status == Fate.FIRED and fired is not None:
                 errors.append(fired - fire_at)
-            elif status != "fired":
+            elif status != Fate.FIRED:
                 log.info("%s: item %s ended %s (%s)", url, cmd.msg, status, cmd.detail)
     return {"errors": errors, "fates": fates}
 

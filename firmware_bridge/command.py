@@ -15,19 +15,41 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from firmware_bridge import protocol as p
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
-FIRED = "fired"
-LATE = "late"
-NAK = "nak"
-TIMEOUT = "timeout"
-CANCELLED = "cancelled"
-ACKED = "acked"
+
+class Fate(StrEnum):
+    """What became of a command: the one set of fate names, for the link and the sorter.
+
+    A StrEnum: members equal (and hash, print and serialise as) their plain strings, so
+    logs, JSON and SQLite hold "fired", "late"... as before. The link's commands end in one
+    of FINAL; REJECTED and DRY_RUN are the sorter's outcomes for an item no command was
+    sent for (no gate: reject lane; a dry run).
+    """
+
+    PENDING = "pending"
+    FIRED = "fired"
+    LATE = "late"
+    NAK = "nak"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    ACKED = "acked"
+    REJECTED = "rejected"
+    DRY_RUN = "dry-run"
+
+
+PENDING = Fate.PENDING
+FIRED = Fate.FIRED
+LATE = Fate.LATE
+NAK = Fate.NAK
+TIMEOUT = Fate.TIMEOUT
+CANCELLED = Fate.CANCELLED
+ACKED = Fate.ACKED
 FINAL = frozenset({FIRED, LATE, NAK, TIMEOUT, CANCELLED, ACKED})
 """Statuses a command ends in."""
 CORRECTABLE_TO = frozenset({FIRED, LATE})

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from sorter.cli import app
 from sorter.errors import ImageError, ModelError
 from sorter.grading import classifier as C
-from sorter.grading.classifier import Classifier, Confusion, TensorQuant, collect_images
+from sorter.grading.classifier import Classifier, TensorQuant, collect_images
 from sorter.grading.metadata import (
     METADATA_NAME,
     CropRule,
@@ -27,6 +27,7 @@ from sorter.grading.metadata import (
     read_embedded_metadata,
     sidecar_path,
 )
+from sorter.grading.metrics import Confusion
 from sorter.perception.preprocess import load_image
 
 DATA = Path(__file__).parent / "data" / "classifier"

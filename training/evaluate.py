@@ -16,9 +16,9 @@ from typing import Any
 import keras
 
 from sorter.errors import DatasetError, ModelError
+from sorter.grading.metrics import compute_metrics, most_confused_pairs
 from training import data as D
 from training import reports
-from training.metrics import compute_metrics, most_confused_pairs
 from training.model import inference_model
 from training.train import predict
 

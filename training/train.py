@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from sorter.errors import ConfigError
+from sorter.grading.metrics import compute_metrics, most_confused_pairs
 from training import data as D
-from training.metrics import compute_metrics, most_confused_pairs
 from training.model import (
     ARCHS,
     DEFAULT_ARCH,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from firmware_bridge.command import Fate
 from sorter.actuation.scheduling import Scheduler
 from sorter.config import Config
 from sorter.grading.policy import Policy, Verdict
@@ -92,7 +93,7 @@ class Decider:
         sched = self.scheduler.schedule(item, verdict.gate, t_line, on_done=on_done)
         t1 = time.perf_counter()
         latency = t1 - received
-        sent = sched.status in ("pending", "dry-run")
+        sent = sched.status in (Fate.PENDING, Fate.DRY_RUN)
         bin_name = verdict.bin if sent else self.policy.reject_bin
         rec = DecisionRecord(
             item=item,
@@ -112,7 +113,7 @@ class Decider:
         crop = best_crop(views, verdict, self.policy.labels) if self.keep_crops else None
         self.decisions.record(rec, crop)
         self.status.decided(rec.as_dict(), latency, crop)
-        if sched.status != "pending":
+        if sched.status != Fate.PENDING:
             self.status.fate(item, sched.status)
         with self._lock:
             self._decided[item] = rec
@@ -147,17 +148,17 @@ class Decider:
         self._apply_fate(item, cmd)
 
     def _apply_fate(self, item: int, cmd: Any) -> None:
-        status = str(getattr(cmd, "status", "timeout"))
+        status = str(getattr(cmd, "status", Fate.TIMEOUT))
         fired_host = getattr(cmd, "fired_at", None)
         fired_at = (
             self.scheduler.timeline.to_source(float(fired_host)) if fired_host is not None else None
         )
-        bin_name = self._bins.get(item) if status == "fired" else self.policy.reject_bin
+        bin_name = self._bins.get(item) if status == Fate.FIRED else self.policy.reject_bin
         self.decisions.update_fate(item, status, fired_at=fired_at, bin_name=bin_name)
         self.status.fate(item, status)
         # FIRED and LATE reach the status as the controller's own events (link.on_event);
         # the other fates (and corrections) only come this way
-        if status not in ("fired", "late") or getattr(cmd, "corrected", False):
+        if status not in (Fate.FIRED, Fate.LATE) or getattr(cmd, "corrected", False):
             self.status.event(status.upper(), f"item {item}: {status}")
 
 

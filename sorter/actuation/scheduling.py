@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from firmware_bridge.command import Fate
 from firmware_bridge.errors import BridgeError
 from sorter.actuation.link import ClockLike, PositionLink, SortLink
 from sorter.config import Config
@@ -60,9 +61,9 @@ class Scheduled:
     """The gate commanded, or None when no gate fires."""
     fire_at: float | None
     """Ideal fire time on the source timeline, or None."""
-    status: str
-    """"pending" (sent, fate to come), "late" (not sent: too late), "timeout" (the link
-    could not take it), "dry-run" or "rejected" (no gate)."""
+    status: Fate
+    """PENDING (sent, fate to come), LATE (not sent: too late), TIMEOUT (the link could not
+    take it), DRY_RUN or REJECTED (no gate)."""
     command: Any | None = None
     """The link's Command when a SORT was sent."""
 
@@ -132,10 +133,10 @@ class Scheduler:
         `on_done(command)` is called from the link's thread when the command's fate is known.
         """
         if gate is None:
-            return Scheduled(item, None, None, "rejected")
+            return Scheduled(item, None, None, Fate.REJECTED)
         fire_at = self.fire_time(gate, t_line)
         if self.dry_run:
-            return Scheduled(item, gate, fire_at, "dry-run")
+            return Scheduled(item, gate, fire_at, Fate.DRY_RUN)
         fire_host = self.timeline.to_host(fire_at)
         ahead = fire_host - self.clock.now()
         if ahead < self.margin_s:
@@ -147,7 +148,7 @@ class Scheduler:
                 ahead * 1000.0,
                 self.margin_s * 1000.0,
             )
-            return Scheduled(item, gate, fire_at, "late")
+            return Scheduled(item, gate, fire_at, Fate.LATE)
         assert self.link is not None
         try:
             target = self.position_target(gate, t_line)
@@ -157,7 +158,7 @@ class Scheduler:
                 cmd = self.link.sort(item, gate, fire_at=fire_host, window_s=self.window_s)
         except BridgeError as err:  # link lost or not synced: the item rides to reject
             log.error("item %d: SORT not sent: %s", item, err)
-            return Scheduled(item, gate, fire_at, "timeout")
+            return Scheduled(item, gate, fire_at, Fate.TIMEOUT)
         if on_done is not None:
             cmd.add_done_callback(on_done)
-        return Scheduled(item, gate, fire_at, "pending", cmd)
+        return Scheduled(item, gate, fire_at, Fate.PENDING, cmd)

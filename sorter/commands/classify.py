@@ -14,7 +14,8 @@ import numpy as np
 import typer
 
 from sorter.errors import ImageError, SorterError
-from sorter.grading.classifier import Classifier, Confusion, collect_images, measure_latency
+from sorter.grading.classifier import Classifier, collect_images, measure_latency
+from sorter.grading.metrics import Confusion
 from sorter.perception.preprocess import load_image
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ import threading
 import typer
 
 from firmware_bridge import bench
+from firmware_bridge.command import Fate
 from firmware_bridge.errors import BridgeError
 from sorter.errors import SorterError
 
@@ -53,7 +54,7 @@ def fire_command(
     except (BridgeError, SorterError) as err:
         raise _fail(err) from err
     typer.echo(f"gate {result.gate}: {result.status} {result.detail}".rstrip())
-    if result.status != "fired":
+    if result.status != Fate.FIRED:
         raise typer.Exit(1)
 
 

@@ -320,29 +320,3 @@ def collect_images(paths: Iterable[str | Path], labels: Sequence[str]) -> list[I
         else:
             raise ImageError(f"{p}: no such file or folder; check the path")
     return items
-
-
-@dataclass
-class Confusion:
-    """Confusion counts: rows are true grades, columns predicted grades (label order)."""
-
-    labels: tuple[str, ...]
-    """Grade names, row/column order."""
-    matrix: np.ndarray
-    """(C, C) int64 counts."""
-
-    @classmethod
-    def empty(cls, labels: Sequence[str]) -> Confusion:
-        n = len(labels)
-        return cls(tuple(labels), np.zeros((n, n), dtype=np.int64))
-
-    def add(self, truth: str, predicted: str) -> None:
-        self.matrix[self.labels.index(truth), self.labels.index(predicted)] += 1
-
-    @property
-    def total(self) -> int:
-        return int(self.matrix.sum())
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.trace(self.matrix) / self.total) if self.total else 0.0

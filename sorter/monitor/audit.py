@@ -31,11 +31,14 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from firmware_bridge.command import Fate
 from sorter.errors import SorterError
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = frozenset({"fired", "late", "nak", "timeout", "cancelled", "dry-run", "rejected"})
+FINAL_STATUSES = frozenset(
+    {Fate.FIRED, Fate.LATE, Fate.NAK, Fate.TIMEOUT, Fate.CANCELLED, Fate.DRY_RUN, Fate.REJECTED}
+)
 """Statuses after which a decision's fate does not change."""
 
 _SCHEMA = """

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firmware_bridge.command import Fate
 from sorter.actuation.link import SortLink
 from sorter.actuation.scheduling import travel_s as gate_travel_s
 from sorter.config import Config, parse_config
@@ -294,7 +295,7 @@ def run_session(
                 break
             except ValueError as err:
                 say(f"  {err}")
-        if status != "fired" and error is not None:
+        if status != Fate.FIRED and error is not None:
             say(f"  the gate did not fire ({status}); trial not counted")
             error = None
         done.append(Trial(item, t_line, fire_at, status, error))

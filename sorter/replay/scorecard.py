@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from firmware_bridge.command import Fate
 from sorter.errors import DatasetError
+from sorter.grading.metrics import Confusion
 
-NOT_FIRED = frozenset({"rejected", "late", "nak", "timeout", "cancelled"})
+NOT_FIRED = frozenset({Fate.REJECTED, Fate.LATE, Fate.NAK, Fate.TIMEOUT, Fate.CANCELLED})
 
 
 @dataclass
@@ -198,7 +200,8 @@ def score(
     spurious = sum(1 for di in range(len(decs)) if di not in near_item)
 
     per_grade: dict[str, GradeScore] = {}
-    confusion: dict[str, dict[str, int]] = {}
+    labels = [it["label"] for it in items] + [str(_get(d, "label")) for d in decs]
+    confusion = Confusion.empty(list(dict.fromkeys(labels)))
     correct_bin = correct_grade = rejected = 0
     line_err: list[float] = []
     gate_err: list[float] = []
@@ -214,12 +217,11 @@ def score(
         dbin = _get(d, "bin")
         dbin = label if dbin is None else str(dbin)
         status = _get(d, "status")
-        row = confusion.setdefault(it["label"], {})
-        row[label] = row.get(label, 0) + 1
+        confusion.add(it["label"], label)
         if label == it["label"]:
             correct_grade += 1
             g.correct += 1
-        if dbin == reject_bin or status == "rejected":
+        if dbin == reject_bin or status == Fate.REJECTED:
             rejected += 1
         elif dbin == bin_for(it["label"]):
             correct_bin += 1
@@ -249,7 +251,7 @@ def score(
         rejected=rejected,
         tolerance_s=round(tol, 6),
         per_grade=per_grade,
-        confusion=confusion,
+        confusion=confusion.as_nested(),
         line_error_ms=_stats_ms(line_err),
         gate_error_ms=_stats_ms(gate_err, signed=gate_err),
         gate_basis=basis if gate_err else "",

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from firmware_bridge.clock import MonotonicClock, VirtualClock
+from firmware_bridge.command import Fate
 from sorter.actuation.link import ControllerLinkLike
 from sorter.actuation.link_events import on_event
 from sorter.actuation.scheduling import Scheduler, Timeline
@@ -508,7 +509,7 @@ def _flush_pending(
         log.warning("item %d: no fate from the controller; cancelling", rec.item)
         with contextlib.suppress(Exception):
             link.cancel(rec.item)
-        decisions.update_fate(rec.item, "cancelled", bin_name=config.bins.reject)
+        decisions.update_fate(rec.item, Fate.CANCELLED, bin_name=config.bins.reject)
 
 
 def _count(values: Iterator[str] | Any) -> dict[str, int]:
