@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from sorter import native
 from sorter.errors import SorterError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ tools_app = typer.Typer(
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Debug logging with --verbose, which also shows TensorFlow's own start-up notices."""
+    native.set_verbose(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -104,13 +107,16 @@ def train(
     multi_gpu: bool = typer.Option(False, "--multi-gpu", help="tf.distribute.MirroredStrategy."),
     no_reports: bool = typer.Option(False, "--no-reports", help="Skip the report pictures."),
     quiet: bool = typer.Option(False, "--quiet", help="One line per epoch, no progress bar."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging, and TensorFlow's own notices."
+    ),
 ) -> None:
     """Train on DATA_DIR and write a run folder (model, labels, config, split, metrics, reports)."""
     _setup_logging(verbose)
-    from training.model import AugmentConfig
-    from training.train import TrainConfig
-    from training.train import train as run_training
+    with native.native_notices_captured():  # TensorFlow's oneDNN / absl notices at import
+        from training.model import AugmentConfig
+        from training.train import TrainConfig
+        from training.train import train as run_training
 
     aug = AugmentConfig.off() if no_augment else AugmentConfig(scale=scale_jitter)
     if no_camera_augment:
@@ -177,10 +183,14 @@ def evaluate(
     data_dir: Path = typer.Argument(..., help="Folder-per-grade tree with the run's grades."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN_DIR/eval-<name>)."),
     split: str | None = typer.Option(None, help="For train/val/test trees: which subtree."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging, and TensorFlow's own notices."
+    ),
 ) -> None:
     """Score a trained run on DATA_DIR; writes metrics.json, confusion.png, errors.png."""
-    _setup_logging(False)
-    from training.evaluate import evaluate_run
+    _setup_logging(verbose)
+    with native.native_notices_captured():  # TensorFlow's oneDNN / absl notices at import
+        from training.evaluate import evaluate_run
 
     r = evaluate_run(run_dir, data_dir, out=out, split=split)
     res = r.metrics["test"]

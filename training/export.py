@@ -49,8 +49,8 @@ from sorter.grading.metadata import (
     ModelMetadata,
     sidecar_path,
 )
+from sorter.native import native_notices_captured
 from training import data as D
-from training.export_cli import native_output_captured
 from training.model import FLIP_VIEWS, flip_average, inference_model
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def convert(graph: keras.Model, calibration: np.ndarray | None) -> bytes:
     # Keras prints "Saved artifact at ..." for its temporary SavedModel and the converter's
     # C++ side chats on stderr: keep both out of the user's terminal (debug log keeps them).
     with (
-        native_output_captured(),
+        native_notices_captured(stdout=True, keep_other=False),
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
     ):
@@ -491,8 +491,7 @@ def export_run(
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.tflite"
         probe_path.write_bytes(embed_metadata(tflite, meta.to_json().encode()))
-        with native_output_captured():  # LiteRT's delegate banner
-            clf = Classifier(probe_path)
+        clf = Classifier(probe_path)
         splits = [s for s in ("val", "test") if _split_size(run.path, s)] or ["train"]
         for split in splits:
             x, y = D.load_split_images(run.path, split)

@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sorter import native
 from sorter.errors import SorterError
-
-
-@contextlib.contextmanager
-def native_output_captured() -> Iterator[None]:
-    """Send file descriptors 1 and 2 to a temporary file for the block; log it at debug."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            logging.getLogger(__name__).debug(
-                "converter output:\n%s", sink.read().decode(errors="replace")
-            )
-
 
 app = typer.Typer(
     name="sorter-export",
@@ -79,11 +53,21 @@ def export(
             "v, hv (e.g. id,h,v,hv); empty for none."
         ),
     ] = "",
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Debug logging, and TensorFlow's and LiteRT's own notices."
+        ),
+    ] = False,
 ) -> None:
     """Export a trained run to TFLite with its metadata, and compare it with the Keras model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with native_output_captured():  # TensorFlow's import-time banners
+    native.set_verbose(verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    with native.native_notices_captured(stdout=True, keep_other=False):  # TF's import banners
         from training.export import ExportOptions, export_run, newest_run
 
     def progress(msg: str) -> None:

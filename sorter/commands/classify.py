@@ -13,6 +13,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from sorter.commands.common import VerboseOpt, apply_verbose
 from sorter.errors import ImageError, SorterError
 from sorter.grading.classifier import Classifier, collect_images, measure_latency
 from sorter.grading.metrics import Confusion
@@ -48,12 +49,14 @@ def classify(
         bool, typer.Option("--json", help="Write JSON lines {path, label, confidence, scores}.")
     ] = False,
     threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Grade images: one line per image (file, grade, confidence).
 
     For a folder-per-grade tree (folders named after the model's grades) it also prints the
     accuracy and the confusion matrix (to stderr with --json, so stdout stays JSON lines).
     """
+    apply_verbose(verbose)
     try:
         clf = Classifier(model, num_threads=threads)
         items = collect_images(paths, clf.labels)
@@ -146,8 +149,10 @@ def bench(
     runs: Annotated[int, typer.Option(help="Timed invokes per thread count.")] = 300,
     warmup: Annotated[int, typer.Option(help="Untimed invokes first.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Invoke latency (median, p99) and throughput of the model at 1..N threads."""
+    apply_verbose(verbose)
     n = max_threads or (os.cpu_count() or 1)
     try:
         clf = Classifier(model)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from sorter.commands.common import VerboseOpt, apply_verbose
 from sorter.ops.diagnostics import FAIL, OK, SKIP, WARN, Check, DoctorOptions, run_checks
 
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red", SKIP: "dim"}
@@ -35,8 +36,10 @@ def doctor(
     ),
     seconds: float = typer.Option(2.0, "--seconds", min=0.2, help="Camera measuring time."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Check this machine can run the sorter; exit 1 if anything blocks running."""
+    apply_verbose(verbose)
     opts = DoctorOptions(
         config=config,
         model=model,

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 
+from sorter.commands.common import VerboseOpt, apply_verbose
 from sorter.config import DEFAULT_PATH, Config, apply_overrides, load_config
 from sorter.errors import SorterError
 from sorter.monitor.audit import DecisionLog
@@ -62,6 +63,7 @@ def run_command(
     dashboard: str | None = typer.Option(
         None, "--dashboard", help="Serve the live dashboard at HOST:PORT."
     ),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the sorting loop: grade each item and fire its gate in time."""
     err_console = Console(stderr=True)
@@ -69,7 +71,8 @@ def run_command(
         if realtime and fast:
             raise SorterError("--realtime and --fast exclude each other; choose one")
         config = _config(config_path, serial, jsonl, db, save_crops)
-        _setup_logging(config, err_console)
+        apply_verbose(verbose, configure_logging=False)
+        _setup_logging(config, err_console, verbose)
         cam = source_camera(config, camera, given=video is not None or images is not None)
         status = Status(url="dry-run" if dry_run else config.serial.url)
         decisions = DecisionLog(
@@ -128,14 +131,15 @@ def _config(
     )
 
 
-def _setup_logging(config: Config, console: Console) -> None:
+def _setup_logging(config: Config, console: Console, verbose: bool) -> None:
+    """Log to the console at the config's level (DEBUG with --verbose)."""
     if console.is_terminal:  # shares the console with the live view
         handler: logging.Handler = RichHandler(console=console, show_path=False)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=config.logging.level, handlers=[handler])
+    logging.basicConfig(level="DEBUG" if verbose else config.logging.level, handlers=[handler])
 
 
 class LiveView:

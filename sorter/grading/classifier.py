@@ -29,6 +29,7 @@ import numpy as np
 
 from sorter.errors import ImageError, ModelError
 from sorter.grading.metadata import ModelMetadata, read_model_bytes
+from sorter.native import native_notices_captured
 from sorter.perception.preprocess import IMAGE_SUFFIXES, to_model_input
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,9 @@ class Classifier:
         """Interpreter threads."""
         interpreter_cls = interpreter_class()
         try:
-            self._interp = interpreter_cls(model_content=data, num_threads=num_threads)
-            self._interp.allocate_tensors()
+            with native_notices_captured():  # LiteRT's "Created ... XNNPACK delegate" line
+                self._interp = interpreter_cls(model_content=data, num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelError(
                 f"{path}: the TFLite runtime cannot load this model ({err}); "

@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from firmware_bridge import emulator
+from sorter import native
 from sorter.config import Config, apply_overrides
 from sorter.errors import SorterError
 from sorter.monitor.audit import DecisionLog
@@ -69,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "demo-out", help="Output folder.")
     parser.add_argument("--model", type=Path, default=None, help="Model (default: bundled).")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="Debug logging and LiteRT's own notices."
+    )
     args = parser.parse_args(argv)
+    native.set_verbose(args.verbose)
     console = Console(stderr=True)
     handler = RichHandler(console=console, show_path=False)  # cooperates with the live view
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler]
+    )
     try:
         return _demo(args, console)
     except SorterError as err:

@@ -147,8 +147,44 @@ def score(
 ) -> Scorecard:
     """Score decisions (dicts or objects with `t_line`, `label`, optional `bin`, `status`,
     `gate`, `fire_at`, `fired_at`) against a truth dict (`load_truth`); see module doc."""
+    items = _truth_items(truth)
+    decs = list(decisions)
+    tol = (
+        tolerance_s if tolerance_s is not None else default_tolerance([i["t_line"] for i in items])
+    )
+    match_of_truth, duplicated, spurious = _match(decs, items, tol)
+    labels = [it["label"] for it in items] + [str(_get(d, "label")) for d in decs]
+    tally = _Tally(
+        Confusion.empty(list(dict.fromkeys(labels))),
+        _bin_lookup(bin_of),
+        None if gate_delay_s is None else _delay_lookup(gate_delay_s),
+        reject_bin,
+    )
+    for ti, it in enumerate(items):
+        matched = match_of_truth.get(ti)
+        tally.add(it, None if matched is None else decs[matched])
+    basis = "geometry" if gate_delay_s is not None else "planned"
+    return Scorecard(
+        items=len(items),
+        decided=len(match_of_truth),
+        missed=len(items) - len(match_of_truth),
+        duplicated=duplicated,
+        spurious=spurious,
+        correct_bin=tally.correct_bin,
+        correct_grade=tally.correct_grade,
+        rejected=tally.rejected,
+        tolerance_s=round(tol, 6),
+        per_grade=tally.per_grade,
+        confusion=tally.confusion.as_nested(),
+        line_error_ms=_stats_ms(tally.line_err),
+        gate_error_ms=_stats_ms(tally.gate_err, signed=tally.gate_err),
+        gate_basis=basis if tally.gate_err else "",
+    )
+
+
+def _truth_items(truth: Mapping[str, Any]) -> list[dict[str, Any]]:
     try:
-        items = [
+        return [
             {"id": _get(it, "id"), "label": str(it["label"]), "t_line": float(it["t_line"])}
             for it in truth["items"]
         ]
@@ -156,20 +192,24 @@ def score(
         raise DatasetError(
             f"truth has no valid 'items' list with label and t_line ({err})"
         ) from err
-    decs = list(decisions)
-    tol = (
-        tolerance_s if tolerance_s is not None else default_tolerance([i["t_line"] for i in items])
-    )
 
-    def bin_for(label: str) -> str:
-        if bin_of is None:
-            return label
-        if callable(bin_of):
-            return str(bin_of(label))
-        return str(bin_of.get(label, label))
+
+def _bin_lookup(bin_of: Mapping[str, str] | Callable[[str], str] | None) -> Callable[[str], str]:
+    """grade -> bin (the grade itself when `bin_of` does not say)."""
+    if bin_of is None:
+        return lambda label: label
+    if callable(bin_of):
+        return lambda label: str(bin_of(label))
+    return lambda label: str(bin_of.get(label, label))
+
+
+def _delay_lookup(
+    gate_delay_s: Mapping[int, float] | Callable[[int], float] | float,
+) -> Callable[[Any], float | None]:
+    """gate -> seconds from the line to it (None: unknown gate or no gate)."""
 
     def delay_for(gate: Any) -> float | None:
-        if gate_delay_s is None or gate is None:
+        if gate is None:
             return None
         if isinstance(gate_delay_s, int | float):
             return float(gate_delay_s)
@@ -178,6 +218,13 @@ def score(
         value = gate_delay_s.get(int(gate))
         return None if value is None else float(value)
 
+    return delay_for
+
+
+def _match(
+    decs: list[Any], items: list[dict[str, Any]], tol: float
+) -> tuple[dict[int, int], int, int]:
+    """Greedy nearest-in-time matching: ({truth index: decision index}, duplicated, spurious)."""
     pairs: list[tuple[float, int, int]] = []
     for di, d in enumerate(decs):
         t = _get(d, "t_line")
@@ -198,64 +245,59 @@ def score(
     near_item = {di for _, di, _ in pairs}
     duplicated = sum(1 for di in near_item if di not in matched_decs)
     spurious = sum(1 for di in range(len(decs)) if di not in near_item)
+    return match_of_truth, duplicated, spurious
 
-    per_grade: dict[str, GradeScore] = {}
-    labels = [it["label"] for it in items] + [str(_get(d, "label")) for d in decs]
-    confusion = Confusion.empty(list(dict.fromkeys(labels)))
-    correct_bin = correct_grade = rejected = 0
-    line_err: list[float] = []
-    gate_err: list[float] = []
-    basis = "geometry" if gate_delay_s is not None else "planned"
-    for ti, it in enumerate(items):
-        g = per_grade.setdefault(it["label"], GradeScore())
+
+@dataclass
+class _Tally:
+    """Counts over the truth items, each with its matched decision (or None)."""
+
+    confusion: Confusion
+    bin_for: Callable[[str], str]
+    delay_for: Callable[[Any], float | None] | None
+    """Gate geometry (ideal fire times), or None: the planned fire_at is the reference."""
+    reject_bin: str
+    per_grade: dict[str, GradeScore] = field(default_factory=dict)
+    correct_bin: int = 0
+    correct_grade: int = 0
+    rejected: int = 0
+    line_err: list[float] = field(default_factory=list)
+    gate_err: list[float] = field(default_factory=list)
+
+    def add(self, it: dict[str, Any], d: Any) -> None:
+        g = self.per_grade.setdefault(it["label"], GradeScore())
         g.items += 1
-        matched = match_of_truth.get(ti)
-        if matched is None:
-            continue
-        d = decs[matched]
+        if d is None:
+            return
         label = str(_get(d, "label"))
         dbin = _get(d, "bin")
         dbin = label if dbin is None else str(dbin)
         status = _get(d, "status")
-        confusion.add(it["label"], label)
+        self.confusion.add(it["label"], label)
         if label == it["label"]:
-            correct_grade += 1
+            self.correct_grade += 1
             g.correct += 1
-        if dbin == reject_bin or status == Fate.REJECTED:
-            rejected += 1
-        elif dbin == bin_for(it["label"]):
-            correct_bin += 1
+        if dbin == self.reject_bin or status == Fate.REJECTED:
+            self.rejected += 1
+        elif dbin == self.bin_for(it["label"]):
+            self.correct_bin += 1
             g.correct_bin += 1
         t_dec = float(_get(d, "t_line"))
-        line_err.append(t_dec - it["t_line"])
+        self.line_err.append(t_dec - it["t_line"])
+        self._gate_error(it, d, status, t_dec)
+
+    def _gate_error(self, it: dict[str, Any], d: Any, status: Any, t_dec: float) -> None:
         fired_at = _get(d, "fired_at")
         fire_at = _get(d, "fire_at")
         actual = fired_at if fired_at is not None else (None if status in NOT_FIRED else fire_at)
         if actual is None:
-            continue
-        if gate_delay_s is not None:
-            delay = delay_for(_get(d, "gate"))
+            return
+        if self.delay_for is not None:
+            delay = self.delay_for(_get(d, "gate"))
         else:
             delay = None if fire_at is None else float(fire_at) - t_dec
         if delay is not None:
-            gate_err.append(float(actual) - (it["t_line"] + delay))
-
-    return Scorecard(
-        items=len(items),
-        decided=len(match_of_truth),
-        missed=len(items) - len(match_of_truth),
-        duplicated=duplicated,
-        spurious=spurious,
-        correct_bin=correct_bin,
-        correct_grade=correct_grade,
-        rejected=rejected,
-        tolerance_s=round(tol, 6),
-        per_grade=per_grade,
-        confusion=confusion.as_nested(),
-        line_error_ms=_stats_ms(line_err),
-        gate_error_ms=_stats_ms(gate_err, signed=gate_err),
-        gate_basis=basis if gate_err else "",
-    )
+            self.gate_err.append(float(actual) - (it["t_line"] + delay))
 
 
 def render_scorecard(card: Scorecard, title: str = "Scorecard") -> Table:
