@@ -87,7 +87,7 @@ def test_metadata_travels_with_the_model(int8_export: E.ExportResult, run_dir: P
     assert meta.color_order == "RGB" and meta.input_dtype == "uint8"
     assert meta.crop.rule == "fixed-window" and meta.crop.window_mm == (120.0, 100.0)
     assert meta.dataset_fingerprint == "synthetic-0-40"
-    assert meta.source_run == str(run_dir.resolve())
+    assert meta.source_run == run_dir.resolve().name  # the run's name, never a machine path
     assert meta.attribution == "CUCUMBER-9 dataset (c) Workpiles, CC BY 4.0"
     assert meta.quantization["mode"] == "int8"
     assert meta.quantization["input"] == {"scale": 1.0, "zero_point": 0}
@@ -205,6 +205,7 @@ def test_embedded_metadata_round_trip_and_replacement(int8_export: E.ExportResul
     ]
     assert names.count(METADATA_NAME) == 1
     assert read_embedded_metadata(again)[METADATA_NAME] == b'{"x": 1}'
+    assert b'"source_run"' in data and b'"source_run"' not in again  # the old JSON is gone
 
 
 def test_stratified_calibration_sample_covers_every_grade() -> None:

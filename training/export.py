@@ -368,16 +368,22 @@ def pin_raw_pixel_input(tflite: bytes) -> bytes:
 
 
 def embed_metadata(tflite: bytes, meta_json: bytes) -> bytes:
-    """The flatbuffer with our metadata entry added (replacing an older one of the name)."""
+    """The flatbuffer with our metadata entry added, or an older one of the name replaced
+    in its own buffer (so no copy of the old JSON is left in the file)."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    data = np.frombuffer(meta_json, dtype=np.uint8)
+    ours = [m for m in (model.metadata or []) if _name(m.name) == METADATA_NAME]
+    if ours:
+        model.buffers[ours[0].buffer].data = data
+        model.metadata = [m for m in model.metadata if m not in ours[1:]]
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     buffer = schema_fb.BufferT()
-    buffer.data = np.frombuffer(meta_json, dtype=np.uint8)
+    buffer.data = data
     model.buffers.append(buffer)
     entry = schema_fb.MetadataT()
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
-    kept = [m for m in (model.metadata or []) if _name(m.name) != METADATA_NAME]
-    model.metadata = [*kept, entry]
+    model.metadata = [*(model.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -430,7 +436,7 @@ def build_metadata(
         quantization=quant,
         metrics={},
         dataset_fingerprint=str(run.config.get("dataset_fingerprint", "")),
-        source_run=str(run.path.resolve()),
+        source_run=run.path.resolve().name,  # the run folder's name, not a machine path
         attribution=opts.attribution,
         extra={
             "arch": run.config.get("arch", run.model.name),

@@ -372,7 +372,7 @@ def simulate_belt(
         "empty_frames": empty_frames,
         "direction": "left-to-right",
         "seed": cfg.seed,
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": str(data_dir),  # as given (relative in the shipped demo truth)
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in asdict(cfg).items()
