@@ -341,3 +341,60 @@ def test_command_guided_session_with_enter_trigger_on_the_simulator(tmp_path: Pa
     # 22.5 mm at 250 mm/s = 90 ms
     assert "offset_ms 0.0 -> 90.0" in result.output
     assert load_config(path).gates["1"].offset_ms == pytest.approx(90.0)
+
+
+def test_marker_session_builds_the_link_from_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sorter calibrate` opens the controller with the config's [serial] settings and
+    sends CONFIG for every configured gate with its own pulse (runtime.wiring), and fires
+    at the scheduler's travel time (distance / speed + offset)."""
+    from sorter.config import apply_overrides
+    from sorter.ops import calibration
+    from sorter.runtime import wiring
+
+    config = apply_overrides(
+        parse_config(
+            '[belt]\nspeed_mm_s = 1000.0\n[gates.0]\nbin = "A"\ndistance_mm = 250.0\n'
+            'offset_ms = -50.0\npulse_ms = 30\n[gates.2]\nbin = "B"\npulse_ms = 70\n'
+            '[bins]\ngrades = { A = "A", B = "B" }\n'
+        ),
+        {"serial.url": "sim://?gates=3", "serial.heartbeat_ms": 800, "serial.retries": 5},
+    )
+    opened: list[Any] = []
+    configured: list[tuple[int, Any]] = []
+    real_open = wiring.open_link
+
+    def spy_open(cfg: Any, url: str | None = None, clock: Any = None) -> Any:
+        link = real_open(cfg, url, clock)
+        real_configure = link.configure
+
+        def configure(n_gates: int, pulse_ms: Any = 40) -> None:
+            configured.append((n_gates, list(pulse_ms)))
+            real_configure(n_gates, pulse_ms)
+
+        link.configure = configure  # type: ignore[method-assign]
+        opened.append(link)
+        return link
+
+    monkeypatch.setattr(calibration.wiring, "open_link", spy_open)
+    presses = iter(["", "ok", "", "+5ms"])  # Enter at the line, then the report; twice
+    said: list[str] = []
+    errors = calibration.marker_session(
+        config,
+        0,
+        url=None,
+        trials=2,
+        trigger_kind="enter",
+        camera=None,
+        ask=lambda _p: next(presses),
+        say=said.append,
+    )
+    link = opened[0]
+    assert (link.url, link.heartbeat_s, link.retries) == ("sim://?gates=3", 0.8, 5)
+    assert configured == [(3, [30, 1, 70])]  # gates 0..2, the gap at 1 gets 1 ms
+    assert "= 200 ms" in said[0]  # 250 mm at 1000 mm/s - 50 ms offset
+    assert errors == [0.0, 5.0]
+    with pytest.raises(ConfigError, match="--trigger 'flash'"):
+        calibration.marker_session(
+            config, 0, url=None, trials=1, trigger_kind="flash", camera=None,
+            ask=lambda _p: "", say=said.append,
+        )  # fmt: skip

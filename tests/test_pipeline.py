@@ -291,3 +291,35 @@ def test_systemd_status_is_sent_at_most_once_per_interval(
     assert results == [True, False, True, False, True, False]
     assert notifier.update(st, force=True)  # the final one at the end of a run
     assert len(sent) == 4 and all("items" in text for text in sent)
+
+
+def test_runner_start_step_stop_and_the_caller_adds_to_the_summary(
+    belt: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The runner's lifecycle as the CLI and replay use it: one step per frame, the result
+    from stop(), and the summary (with what the caller added) stored when it closes."""
+    import sqlite3
+
+    from sorter.runtime.runner import Runner
+
+    video, _truth, _ = belt
+    config = apply_overrides(Config(), {"serial.url": "sim://?gates=9"})
+    opts = RunOptions(video=video, classifier=ColourClassifier(), handle_signals=False)
+    decisions = DecisionLog(tmp_path / "d.db")
+    runner = Runner(config, opts, decisions, Status())
+    with pytest.raises(RuntimeError, match="before start"):
+        runner.step()
+    steps = 0
+    with runner:
+        assert runner.link is not None and runner.link.state == "connected"
+        while runner.step():
+            steps += 1
+        result = runner.stop()
+        assert decisions.is_open  # still open: the caller may add to the summary
+        result.summary["note"] = "added by the caller"
+    assert steps == result.summary["frames"] > 0
+    assert result.summary["statuses"] == {"fired": 27}
+    assert runner.link.state == "closed" and not decisions.is_open
+    with sqlite3.connect(tmp_path / "d.db") as db:
+        (stored,) = db.execute("SELECT summary FROM runs").fetchone()
+    assert json.loads(stored)["note"] == "added by the caller"
