@@ -4,8 +4,8 @@
   layered along the data flow (docs/ARCHITECTURE.md) and a lower layer never imports a
   higher one. Every import counts, also the lazy ones inside functions.
 - No function body over 80 lines in sorter/ and firmware_bridge/ (the developers' guide).
-- No machine paths (/work/..., /root/..., /home/<user>/...) and no work-item tags in any
-  tracked file, binaries included (a model's metadata, a truth JSON).
+- No machine paths (absolute paths under /work, /root or /home/<user>) and no work-item
+  tags in any tracked file, binaries included (a model's metadata, a truth JSON).
 """
 
 from __future__ import annotations
