@@ -10,7 +10,6 @@ for int8.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from benchmarks import models
@@ -24,39 +23,11 @@ def missing() -> str | None:
     return models.training_missing()
 
 
-def _shape(t: Any) -> tuple[int, ...]:
-    return tuple(int(d) if d is not None else 1 for d in t.shape)
-
-
 def count_macs(model: Any) -> int:
     """Multiply-accumulates of one inference (batch 1) of a Keras functional model."""
-    import keras
-    from keras import layers
+    from training.budget import count_macs as macs
 
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += count_macs(layer)
-            continue
-        try:
-            out = _shape(layer.output)
-            inp = _shape(layer.input)
-        except (AttributeError, ValueError):
-            continue
-        spatial = math.prod(out[1:-1]) if len(out) > 2 else 1
-        if isinstance(layer, layers.DepthwiseConv2D):
-            kh, kw = layer.kernel_size
-            total += spatial * kh * kw * inp[-1] * layer.depth_multiplier
-        elif isinstance(layer, layers.SeparableConv2D):
-            kh, kw = layer.kernel_size
-            mid = inp[-1] * layer.depth_multiplier
-            total += spatial * (kh * kw * mid + mid * out[-1])
-        elif isinstance(layer, layers.Conv2D):
-            kh, kw = layer.kernel_size
-            total += spatial * kh * kw * (inp[-1] // layer.groups) * out[-1]
-        elif isinstance(layer, layers.Dense):
-            total += math.prod(inp[1:-1] or (1,)) * inp[-1] * out[-1]
-    return int(total)
+    return macs(model)
 
 
 def cost_of(ctx: Context, arch: str) -> dict[str, Any]:

@@ -95,16 +95,18 @@ def trained(ctx: Context, arch: str, seed: int) -> Any:
         from training.model import AugmentConfig
         from training.train import TrainConfig, train
 
+        plain = arch == "softmax" or ctx.smoke
         cfg = TrainConfig(
             data_dir=split_tree(ctx),
             out=ctx.workdir / "runs" / f"{arch}-s{seed}",
             arch=arch,
             epochs=epochs(ctx),
             seed=seed,
-            # Smoke runs skip augmentation: tracing it costs more than the tiny fit.
-            augment=AugmentConfig.off() if arch == "softmax" or ctx.smoke else AugmentConfig(),
-            patience=max(3, epochs(ctx) // 3),
+            # The default recipe (camera-path renders, fixed cosine budget); the softmax
+            # baseline and smoke runs (where tracing costs more than the tiny fit) plain.
+            **({"augment": AugmentConfig.off(), "camera": None} if plain else {}),
             reports=False,
+            robustness=False,
             verbose=0,
         )
         log.info("training %s seed %d for up to %d epochs", arch, seed, cfg.epochs)
@@ -137,7 +139,7 @@ def export_run(run_dir: Path, out: Path, *, quantize: bool, smoke: bool = False)
     from training.export import ExportOptions
     from training.export import export_run as do_export
 
-    opts = ExportOptions(quantize=quantize, out=out, force=True)
+    opts = ExportOptions(quantize=quantize, out=out, force=True, robustness=False)
     if smoke:
         opts.calibration_images = 40
     do_export(run_dir, opts, progress=lambda _msg: None)

@@ -18,47 +18,28 @@ weights from memory (the literal Deep-MNIST's first dense layer is 4 MB) are add
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from training.budget import (
+    INVOKE_OVERHEAD_MS,
+    PI4_GMACS_1T,
+    PI4_GMACS_4T,
+    PI4_MEM_GBS,
+    PI5_SPEEDUP,
+    PiEstimate,
+)
+from training.budget import pi_estimate as estimate
 
-PI4_GMACS_4T = 19.0
-"""Pi 4, int8, 4 threads, G multiply-accumulates per second (Q-engineering MobileNet V1)."""
-PI4_GMACS_1T = PI4_GMACS_4T / 4
-"""Pi 4, one thread (linear scaling assumed: optimistic for tiny models)."""
-PI5_SPEEDUP = 4.8
-"""Pi 5 over Pi 4 for TFLite (Allan: 82.7/16.9 and 112.6/23.5 ms)."""
-PI4_MEM_GBS = 2.0
-"""Effective bandwidth for streaming weights on a Pi 4 (LPDDR4; a conservative figure)."""
-INVOKE_OVERHEAD_MS = 0.1
-"""Fixed cost per invoke (set input, invoke, read output) from Python."""
-
-
-@dataclass
-class PiEstimate:
-    """Estimated int8 latency per crop, in ms."""
-
-    pi4_1t: float
-    """Pi 4, 1 thread."""
-    pi4_4t: float
-    """Pi 4, 4 threads."""
-    pi5_1t: float
-    """Pi 5, 1 thread."""
-    pi5_4t: float
-    """Pi 5, 4 threads."""
-
-
-def estimate(macs: float, weight_bytes: float) -> PiEstimate:
-    """Latency estimate for a model with `macs` MACs and `weight_bytes` of int8 weights."""
-    mem_ms = weight_bytes / (PI4_MEM_GBS * 1e9) * 1e3
-
-    def pi4(gmacs: float) -> float:
-        return INVOKE_OVERHEAD_MS + mem_ms + macs / (gmacs * 1e9) * 1e3
-
-    def pi5(p4: float) -> float:
-        # The Python-side invoke overhead shrinks less than the arithmetic does.
-        return INVOKE_OVERHEAD_MS / 2 + (p4 - INVOKE_OVERHEAD_MS) / PI5_SPEEDUP
-
-    p4_1, p4_4 = pi4(PI4_GMACS_1T), pi4(PI4_GMACS_4T)
-    return PiEstimate(p4_1, p4_4, pi5(p4_1), pi5(p4_4))
+__all__ = [
+    "INVOKE_OVERHEAD_MS",
+    "PI4_GMACS_1T",
+    "PI4_GMACS_4T",
+    "PI4_MEM_GBS",
+    "PI5_SPEEDUP",
+    "PiEstimate",
+    "estimate",
+    "table",
+]
+# The constants and the formula live in training.budget, which sorter-train uses to warn
+# when a network would be too slow on the Pi; this module keeps the sources and the table.
 
 
 def table(costs: dict[str, dict[str, float]]) -> str:

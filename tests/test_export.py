@@ -87,13 +87,20 @@ def test_metadata_travels_with_the_model(int8_export: E.ExportResult, run_dir: P
     assert meta.color_order == "RGB" and meta.input_dtype == "uint8"
     assert meta.crop.rule == "fixed-window" and meta.crop.window_mm == (120.0, 100.0)
     assert meta.dataset_fingerprint == "synthetic-0-40"
-    assert meta.source_run == run_dir.resolve().name  # the run's name, never a machine path
+    assert meta.source_run == run_dir.name == "tiny-run"  # a name, not a machine path
     assert meta.attribution == "CUCUMBER-9 dataset (c) Workpiles, CC BY 4.0"
     assert meta.quantization["mode"] == "int8"
     assert meta.quantization["input"] == {"scale": 1.0, "zero_point": 0}
     assert meta.quantization["output"]["scale"] == pytest.approx(1 / 256)
     assert meta.quantization["calibration_images"] == 84  # all 28 training images per grade
     assert set(meta.metrics) == {"val", "test", "threshold_points"}
+    # robustness of the exported model itself, on the validation images, in the metadata
+    rob = meta.extra["robustness"]
+    assert rob["model"] == "int8 (LiteRT)" and rob["split"] == "val"
+    assert rob["images"] == meta.metrics["val"]["images"]
+    assert rob["clean"] == pytest.approx(meta.metrics["val"]["exported_accuracy"], abs=1e-4)
+    assert len(rob["per_kind"]) == 10 and set(rob["scale"]) == {"x0.95", "x0.98", "x1.02", "x1.05"}
+    assert 0.0 <= rob["mean_corruption"] <= 1.0
     # the sidecar is the same document as the embedded copy
     sidecar = json.loads(int8_export.sidecar.read_text())
     assert sidecar == meta.to_dict()

@@ -3,7 +3,8 @@ delegate to training.train / training.cucumber9 / training.evaluate.
 
     sorter-train DATA_DIR [--out DIR] [--arch pi-cnn] ...      train (the main form)
     sorter-train import-cucumber9 SRC DEST                     batches -> folder-per-grade PNGs
-    sorter-train evaluate RUN_DIR DATA_DIR                     score a run on another tree
+    sorter-train evaluate RUN_DIR DATA_DIR [--robustness]      score a run on another tree
+    sorter-train cv DATA_DIR --folds 5 --recipe camera         cross-validate (int8)
 
 Typer cannot mix a default command with sub-commands, so `main` dispatches: a known
 sub-command name as the first argument goes to the sub-app, anything else to `train`.
@@ -15,32 +16,35 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from sorter import native
 from sorter.errors import SorterError
+from training.defaults import DEFAULT_BUDGET_MIN, DEFAULTS
 
 log = logging.getLogger(__name__)
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it (set by the user wins).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SUBCOMMANDS = ("import-cucumber9", "evaluate")
+SUBCOMMANDS = ("import-cucumber9", "evaluate", "cv")
 _TRAIN_EXTRA_MODULES = frozenset({"tensorflow", "keras", "matplotlib", "tensorboard"})
 
 train_app = typer.Typer(
     name="sorter-train",
     help=(
         "Train a produce-grading CNN on a folder-per-grade image tree. Other commands: "
-        "'sorter-train import-cucumber9 SRC DEST', 'sorter-train evaluate RUN_DIR DATA_DIR'."
+        "'sorter-train import-cucumber9 SRC DEST', 'sorter-train evaluate RUN_DIR DATA_DIR', "
+        "'sorter-train cv DATA_DIR'."
     ),
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 tools_app = typer.Typer(
     name="sorter-train",
-    help="sorter-train helpers: import-cucumber9, evaluate.",
+    help="sorter-train helpers: import-cucumber9, evaluate, cv.",
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
@@ -87,22 +91,46 @@ def train(
     data_dir: Path = typer.Argument(..., help="Folder of grade folders (or train/ val/ test/)."),
     out: Path | None = typer.Option(None, help="Run folder (default: runs/<time>-<arch>)."),
     arch: str = typer.Option("pi-cnn", help="Network: pi-cnn, deep-mnist or softmax."),
-    epochs: int = typer.Option(150, help="Maximum epochs (early stopping ends sooner)."),
-    batch_size: int = typer.Option(32, help="Images per step."),
+    epochs: int = typer.Option(DEFAULTS.epochs, help="Epochs (the time budget may cut them)."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per step."),
     learning_rate: float | None = typer.Option(None, help="Adam rate (default: per arch)."),
     seed: int = typer.Option(0, help="Seed for split, weights, shuffle, augmentation."),
-    val_fraction: float = typer.Option(0.1, help="Per-grade validation share if no val/."),
+    val_fraction: float = typer.Option(
+        DEFAULTS.val_fraction, help="Per-grade validation share if no val/ (0: train on all)."
+    ),
     test_fraction: float = typer.Option(0.0, help="Per-grade test share if no test/."),
-    input_size: str | None = typer.Option(None, help="HxW model input (default: native size)."),
+    folds: int = typer.Option(0, help="k-fold split: hold out fold --fold of this many."),
+    fold: int = typer.Option(0, help="Which fold is the test split (with --folds)."),
+    input_size: str | None = typer.Option(
+        None, help="HxW model input (default: native; ~1024 px for large photos)."
+    ),
     field_of_view_mm: str = typer.Option(
         "250x250", help="WxH mm of belt one training image shows (the device crops this)."
     ),
+    time_budget_min: float = typer.Option(
+        DEFAULT_BUDGET_MIN, help="Minutes for the whole run; epochs are cut to fit (0: none)."
+    ),
+    schedule: str = typer.Option(DEFAULTS.schedule, help="Learning rate: cosine or plateau."),
+    early_stopping: bool = typer.Option(
+        DEFAULTS.early_stopping,
+        "--early-stopping/--no-early-stopping",
+        help="Stop on validation loss and keep the best weights.",
+    ),
     patience: int = typer.Option(20, help="Early-stopping patience in epochs."),
     no_augment: bool = typer.Option(False, "--no-augment", help="No augmentation at all."),
-    no_camera_augment: bool = typer.Option(
-        False, "--no-camera-augment", help="Keep flips/shifts, drop noise/blur/scale jitter."
+    camera_augment: bool = typer.Option(
+        True,
+        "--camera-augment/--no-camera-augment",
+        help="Render training images through a randomised camera path (belt, rim, blur, codec).",
     ),
-    scale_jitter: float = typer.Option(0.04, help="Zoom +- fraction (keep it a few %)."),
+    scale_jitter: float = typer.Option(0.0, help="Size change +- fraction (size grades!)."),
+    class_weight_power: float = typer.Option(
+        DEFAULTS.class_weight_power, help="Class weights ** this (1 balanced, 0 none)."
+    ),
+    teacher: list[Path] = typer.Option([], help="Run folder to distil from (repeatable)."),
+    ensemble: int = typer.Option(
+        DEFAULTS.ensemble, help="Train N teachers, distil them into one model (0: off)."
+    ),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute."),
     multi_gpu: bool = typer.Option(False, "--multi-gpu", help="tf.distribute.MirroredStrategy."),
     no_reports: bool = typer.Option(False, "--no-reports", help="Skip the report pictures."),
@@ -114,13 +142,11 @@ def train(
     """Train on DATA_DIR and write a run folder (model, labels, config, split, metrics, reports)."""
     _setup_logging(verbose)
     with native.native_notices_captured():  # TensorFlow's oneDNN / absl notices at import
-        from training.model import AugmentConfig
-        from training.train import TrainConfig
+        from training.camera_augment import CameraAugmentConfig
+        from training.train import TrainConfig, train_ensemble
         from training.train import train as run_training
 
-    aug = AugmentConfig.off() if no_augment else AugmentConfig(scale=scale_jitter)
-    if no_camera_augment:
-        aug.camera = False
+    aug, cam = _augmentation(no_augment, camera_augment, scale_jitter)
     cfg = TrainConfig(
         data_dir=data_dir,
         out=out,
@@ -132,23 +158,51 @@ def train(
         seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        folds=folds,
+        fold=fold,
         augment=aug,
+        camera=cam if cam is None else CameraAugmentConfig(scale=scale_jitter),
+        early_stopping=early_stopping,
         patience=patience,
+        schedule=schedule,
+        time_budget_min=time_budget_min or None,
+        class_weight_power=class_weight_power,
+        teachers=tuple(teacher),
         mixed_precision=mixed_precision,
         multi_gpu=multi_gpu,
         field_of_view_mm=_fov(field_of_view_mm),
         reports=not no_reports,
         verbose=2 if quiet else 1,
     )
-    r = run_training(cfg)
+    r = train_ensemble(cfg, ensemble) if ensemble else run_training(cfg)
     typer.echo(f"run: {r.run_dir}")
-    typer.echo(
-        f"validation accuracy: {r.val_accuracy:.1%} ({r.epochs_run} epochs, "
-        f"{r.params:,} params, {r.seconds:.0f} s)"
+    acc, where = (
+        (r.val_accuracy, "validation") if r.val_accuracy is not None else (r.test_accuracy, "test")
     )
-    if r.test_accuracy is not None:
+    if acc is None:
+        typer.echo(f"no validation or test images ({r.epochs_run} epochs, {r.seconds:.0f} s)")
+    else:
+        bal = "" if r.balanced_accuracy is None else f", balanced {r.balanced_accuracy:.1%}"
+        typer.echo(
+            f"{where} accuracy: {acc:.1%}{bal} ({r.epochs_run} epochs, "
+            f"{r.params:,} params, {r.seconds:.0f} s)"
+        )
+    if r.test_accuracy is not None and r.val_accuracy is not None:
         typer.echo(f"test accuracy: {r.test_accuracy:.1%}")
+    if r.mean_corruption is not None:
+        typer.echo(f"mean accuracy under camera corruptions: {r.mean_corruption:.1%}")
     _echo_confused(r.confused)
+
+
+def _augmentation(no_augment: bool, camera: bool, scale: float) -> tuple[Any, Any]:
+    """(Keras AugmentConfig, camera pool on?) for the command-line switches."""
+    from training.model import AugmentConfig
+
+    if no_augment:
+        return AugmentConfig.off(), None
+    if camera:
+        return AugmentConfig.with_camera_pool(), True
+    return AugmentConfig(scale=scale), None
 
 
 def _echo_confused(pairs: list[tuple[str, str, int]]) -> None:
@@ -183,20 +237,50 @@ def evaluate(
     data_dir: Path = typer.Argument(..., help="Folder-per-grade tree with the run's grades."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN_DIR/eval-<name>)."),
     split: str | None = typer.Option(None, help="For train/val/test trees: which subtree."),
+    robustness: bool = typer.Option(
+        False, "--robustness", help="Also score the camera-path corruption suite."
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Debug logging, and TensorFlow's own notices."
     ),
 ) -> None:
-    """Score a trained run on DATA_DIR; writes metrics.json, confusion.png, errors.png."""
+    """Score a trained run on DATA_DIR; writes metrics.json, confusion.png, errors.png (and
+    robustness.json/.md/.png with --robustness)."""
     _setup_logging(verbose)
     with native.native_notices_captured():  # TensorFlow's oneDNN / absl notices at import
         from training.evaluate import evaluate_run
 
-    r = evaluate_run(run_dir, data_dir, out=out, split=split)
+    r = evaluate_run(run_dir, data_dir, out=out, split=split, robustness=robustness)
     res = r.metrics["test"]
     typer.echo(f"accuracy on {r.metrics['data_dir']}: {res['accuracy']:.1%} ({res['n']} images)")
+    rob = r.metrics.get("robustness")
+    if rob is not None:
+        typer.echo(
+            f"camera path: clean {rob['camera_clean']:.1%}, mean corruption "
+            f"{rob['mean_corruption']:.1%} (worst {rob['worst_kind']}), scale "
+            + ", ".join(f"{k} {v:.1%}" for k, v in rob["scale"].items())
+        )
     _echo_confused(r.confused)
     typer.echo(f"wrote {r.out_dir}")
+
+
+@tools_app.command("cv")
+def cross_validate(
+    data_dir: Path = typer.Argument(..., help="Folder of grade folders."),
+    out: Path = typer.Option(Path("runs/cv"), help="Folder for the fold runs and results.jsonl."),
+    recipe: list[str] = typer.Option(["camera"], help="Recipe(s) of training.cv.CV_RECIPES."),
+    folds: int = typer.Option(5, help="Number of folds."),
+    fold: list[int] = typer.Option([], help="Only these folds (repeatable; default all)."),
+    epochs: int = typer.Option(60, help="Epochs per fold run (x the recipe's factor)."),
+) -> None:
+    """Cross-validate recipes: train per fold, export int8, score accuracy and robustness."""
+    _setup_logging(False)
+    from training import cv
+
+    unknown = [r for r in recipe if r not in cv.CV_RECIPES]
+    if unknown:
+        raise SorterError(f"--recipe {unknown[0]}: unknown; choose from {', '.join(cv.CV_RECIPES)}")
+    cv.run(data_dir, out, list(recipe), folds, list(fold) or list(range(folds)), epochs)
 
 
 def run(argv: list[str]) -> int:

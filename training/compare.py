@@ -3,10 +3,11 @@
     python -m training.compare data/c9 --out runs/compare --seeds 1 2 \\
         --recipe pi-cnn --recipe deep-mnist --recipe deep-mnist-literal
 
-Each run makes its own stratified split from its seed: 80% train, 10% validation (early
-stopping, checkpoint choice) and 10% test (scored once, never used for choices). One JSON
-line per run goes to OUT/results.jsonl as soon as the run ends; the table is printed at the
-end (mean and spread of the held-out accuracy over seeds).
+With ``--folds K`` it cross-validates instead (training.cv: int8 accuracy and robustness
+on each held-out fold). Otherwise each run makes its own stratified split from its seed:
+80% train, 10% validation (early stopping, checkpoint choice) and 10% test (scored once,
+never used for choices). One JSON line per run goes to OUT/results.jsonl as soon as the run
+ends; the table is printed at the end (mean and spread of the held-out accuracy over seeds).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from training import cv
 from training.model import AugmentConfig
 from training.train import TrainConfig, train
 
@@ -183,7 +185,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--out", type=Path, default=Path("runs/compare"))
-    ap.add_argument("--recipe", action="append", choices=sorted(RECIPES))
+    ap.add_argument("--recipe", action="append", choices=sorted({*RECIPES, *cv.CV_RECIPES}))
+    ap.add_argument("--folds", type=int, default=0, help="k-fold cross-validation (int8)")
+    ap.add_argument("--fold-list", type=int, nargs="+", help="only these folds (default all)")
+    ap.add_argument(
+        "--attach",
+        type=Path,
+        help="with --folds and one --recipe: write its cross-validation into this run folder",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--patience", type=int, default=20)
@@ -206,6 +215,16 @@ def main() -> None:
         for rd in a.flip_average:
             scores = flip_average_scores(rd)
             print(f"{rd}: " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items()))
+        return
+    if a.folds:
+        if a.attach:
+            cv.attach(a.out, (a.recipe or ["camera"])[0], a.attach)
+            return
+        if a.table_only:
+            cv.table(a.out / "results.jsonl")
+            return
+        folds = a.fold_list if a.fold_list is not None else list(range(a.folds))
+        cv.run(a.data_dir, a.out, a.recipe or ["camera"], a.folds, folds, a.epochs)
         return
     if a.table_only:
         table(a.out / "results.jsonl")

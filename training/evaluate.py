@@ -49,11 +49,17 @@ def load_run_model(run_dir: Path) -> keras.Model:
 
 
 def evaluate_run(
-    run_dir: str | Path, data_dir: str | Path, *, out: Path | None = None, split: str | None = None
+    run_dir: str | Path,
+    data_dir: str | Path,
+    *,
+    out: Path | None = None,
+    split: str | None = None,
+    robustness: bool = False,
 ) -> EvalResult:
     """Score `run_dir`'s model on `data_dir` and write the metrics.
 
     For a tree with train/val/test subfolders, `split` chooses one (default: test, else val).
+    With `robustness`, also the camera-path corruption suite (robustness.json/.md/.png).
     """
     rd = Path(run_dir)
     labels = D.read_labels(rd)
@@ -91,5 +97,12 @@ def evaluate_run(
     (out_dir / "metrics.json").write_text(json.dumps(doc, indent=1) + "\n")
     reports.plot_confusion(result["confusion"], labels, out_dir / "confusion.png", scan.root.name)
     reports.plot_errors(x, y, y_pred, labels, out_dir / "errors.png")
+    if robustness:
+        from training import robustness as R
+
+        rob = R.robustness(lambda b: predict(model, b), x, y, seed=0)
+        rob["split"], rob["model"] = f"{scan.root.name} ({chosen})", "float (Keras)"
+        R.write_report(rob, out_dir)
+        doc["robustness"] = R.summary(rob)
     log.info("evaluation written to %s", out_dir)
     return EvalResult(out_dir, doc, most_confused_pairs(result["confusion"], labels, 3))

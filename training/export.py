@@ -16,6 +16,9 @@ Steps (`export_run`):
    the device path) on the run's validation and test images: both accuracies, top-1
    agreement, mean absolute probability difference. Recorded in the metadata; an
    accuracy drop beyond the threshold is an error unless forced.
+7. Robustness: the exported model under the camera-path corruption suite
+   (`training.robustness`) on the validation (else test) images; the summary goes into the
+   metadata (`robustness`). `source_run` is the run folder's name, not a machine path.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ class ExportOptions:
     flip_views: tuple[str, ...] = ()
     """Test-time flip averaging built into the exported graph (`training.model.FLIP_VIEWS`
     names, e.g. ("id", "h", "v", "hv")); empty for none. Costs one forward pass per view."""
+    robustness: bool = True
+    """Score the exported model under the camera-path corruption suite on the run's
+    validation (else test) images and record the summary in the metadata; a run without
+    either records its own robustness.json (e.g. from cross-validation) if it has one."""
 
 
 @dataclass
@@ -442,6 +449,7 @@ def build_metadata(
             "arch": run.config.get("arch", run.model.name),
             "test_time_flip_views": list(opts.flip_views),
             "training_accuracy": training_metrics,
+            **_cross_validation(run.path),
             "created": datetime.now().isoformat(timespec="seconds"),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
@@ -449,32 +457,38 @@ def build_metadata(
     )
 
 
+def _cross_validation(run_dir: Path) -> dict[str, Any]:
+    """{"cross_validation": ...} from the run's cross_validation.json (training.cv.attach)."""
+    path = run_dir / "cross_validation.json"
+    if not path.is_file():
+        return {}
+    try:
+        return {"cross_validation": json.loads(path.read_text())}
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err}); re-run training.cv attach") from err
+
+
 def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=64, verbose=0), dtype=np.float32)
 
 
-def export_run(
-    run_dir: str | Path, opts: ExportOptions, progress: Progress = log.info
-) -> ExportResult:
-    """Export a run (see the module docstring); raises FidelityError past the threshold."""
-    bad = [v for v in opts.flip_views if v not in FLIP_VIEWS]
-    if bad:
-        raise ConfigError(
-            f"--flip-average {','.join(opts.flip_views)}: unknown view(s) {', '.join(bad)}; "
-            f"choose from {', '.join(FLIP_VIEWS)}"
-        )
-    run = load_run(run_dir)
-    mode = "int8" if opts.quantize else "float"
-    out = opts.out or run.path / f"model-{mode}.tflite"
-    progress(f"run {run.path}: {run.config.get('arch', run.model.name)}, {len(run.labels)} grades")
+def _calibration(run: Run, opts: ExportOptions, progress: Progress) -> np.ndarray | None:
+    """Stratified training images for the int8 ranges (None for a float export)."""
+    if not opts.quantize:
+        return None
+    x_train, y_train = D.load_split_images(run.path, "train")
+    if len(x_train) == 0:
+        raise DatasetError(f"{run.path}/split.json: no training images to calibrate with")
+    calibration = x_train[stratified_sample(y_train, opts.calibration_images, opts.seed)]
+    progress(f"calibrating int8 ranges on {len(calibration)} training images (stratified)")
+    return calibration
 
-    calibration: np.ndarray | None = None
-    if opts.quantize:
-        x_train, y_train = D.load_split_images(run.path, "train")
-        if len(x_train) == 0:
-            raise DatasetError(f"{run.path}/split.json: no training images to calibrate with")
-        calibration = x_train[stratified_sample(y_train, opts.calibration_images, opts.seed)]
-        progress(f"calibrating int8 ranges on {len(calibration)} training images (stratified)")
+
+def _convert_checked(
+    run: Run, opts: ExportOptions, calibration: np.ndarray | None, progress: Progress
+) -> tuple[bytes, keras.Model]:
+    """(flatbuffer, the float Keras reference it must match) for the run's model."""
+    mode = "int8" if opts.quantize else "float"
     graph = export_graph(run.model, "float32" if opts.quantize else "uint8")
     reference = inference_model(run.model, batch_size=None)
     if opts.flip_views:
@@ -491,12 +505,19 @@ def export_run(
     elif any(p.startswith("custom") for p in problems):
         raise ModelError(f"the model needs custom ops ({', '.join(problems)}); not supported")
     progress(f"graph: {len(ops)} ops ({', '.join(sorted(set(ops)))})")
+    return tflite, reference
 
-    meta = build_metadata(run, tflite, opts, 0 if calibration is None else len(calibration))
+
+def _check(
+    run: Run, probe: bytes, reference: keras.Model, opts: ExportOptions, progress: Progress
+) -> tuple[list[SplitFidelity], dict[str, Any] | None]:
+    """Fidelity per split and the robustness summary of the exported model (device path)."""
+    mode = "int8" if opts.quantize else "float"
     results: list[SplitFidelity] = []
+    robust: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = Path(tmp) / "probe.tflite"
-        probe_path.write_bytes(embed_metadata(tflite, meta.to_json().encode()))
+        probe_path.write_bytes(probe)
         clf = Classifier(probe_path)
         splits = [s for s in ("val", "test") if _split_size(run.path, s)] or ["train"]
         for split in splits:
@@ -510,7 +531,54 @@ def export_run(
                 f"{result.exported_accuracy:.2%}, agreement {result.agreement:.2%}, "
                 f"mean |dp| {result.mean_abs_prob_diff:.4f} on {result.images} images"
             )
-    meta = _with_metrics(meta, results, opts.threshold_points)
+            if robust is None and opts.robustness and split != "train":
+                robust = _robustness(clf, x, y, split, mode, progress)
+    return results, robust if robust is not None else _run_robustness(run)
+
+
+def _robustness(
+    clf: Classifier, x: np.ndarray, y: np.ndarray, split: str, mode: str, progress: Progress
+) -> dict[str, Any]:
+    from training import robustness as R
+
+    progress(f"robustness of the {mode} model on {split} (camera-path corruption suite)")
+    doc = R.robustness(clf.classify, x, y, seed=0)
+    doc["split"], doc["model"] = split, f"{mode} (LiteRT)"
+    progress(
+        f"{split}: clean {doc['clean']:.2%}, camera path {doc['camera_clean']:.2%}, "
+        f"mean corruption {doc['mean_corruption']:.2%} (worst {doc['worst_kind']})"
+    )
+    return {**R.summary(doc), "model": doc["model"]}
+
+
+def _run_robustness(run: Run) -> dict[str, Any] | None:
+    """The run folder's own robustness report (e.g. from cross-validation), summarised."""
+    from training import robustness as R
+
+    doc = R.read_report(run.path)
+    return None if doc is None else {**R.summary(doc), "model": doc.get("model", "")}
+
+
+def export_run(
+    run_dir: str | Path, opts: ExportOptions, progress: Progress = log.info
+) -> ExportResult:
+    """Export a run (see the module docstring); raises FidelityError past the threshold."""
+    bad = [v for v in opts.flip_views if v not in FLIP_VIEWS]
+    if bad:
+        raise ConfigError(
+            f"--flip-average {','.join(opts.flip_views)}: unknown view(s) {', '.join(bad)}; "
+            f"choose from {', '.join(FLIP_VIEWS)}"
+        )
+    run = load_run(run_dir)
+    mode = "int8" if opts.quantize else "float"
+    out = opts.out or run.path / f"model-{mode}.tflite"
+    progress(f"run {run.path}: {run.config.get('arch', run.model.name)}, {len(run.labels)} grades")
+    calibration = _calibration(run, opts, progress)
+    tflite, reference = _convert_checked(run, opts, calibration, progress)
+    meta = build_metadata(run, tflite, opts, 0 if calibration is None else len(calibration))
+    probe = embed_metadata(tflite, meta.to_json().encode())
+    results, robust = _check(run, probe, reference, opts, progress)
+    meta = _with_metrics(meta, results, opts.threshold_points, robust)
     worst = max(results, key=lambda r: r.drop_points)
     failed = worst.drop_points > opts.threshold_points
     if failed and not opts.force:
@@ -536,8 +604,14 @@ def _split_size(run_dir: Path, split: str) -> int:
 
 
 def _with_metrics(
-    meta: ModelMetadata, results: list[SplitFidelity], threshold: float
+    meta: ModelMetadata,
+    results: list[SplitFidelity],
+    threshold: float,
+    robust: dict[str, Any] | None,
 ) -> ModelMetadata:
     metrics: dict[str, Any] = {r.split: r.as_dict() for r in results}
     metrics["threshold_points"] = threshold
-    return ModelMetadata(**{**meta.__dict__, "metrics": metrics})
+    extra = dict(meta.extra)
+    if robust is not None:
+        extra["robustness"] = robust
+    return ModelMetadata(**{**meta.__dict__, "metrics": metrics, "extra": extra})

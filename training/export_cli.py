@@ -59,6 +59,13 @@ def export(
             "--verbose", "-v", help="Debug logging, and TensorFlow's and LiteRT's own notices."
         ),
     ] = False,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness/--no-robustness",
+            help="Score the exported model under the camera-path corruption suite.",
+        ),
+    ] = True,
 ) -> None:
     """Export a trained run to TFLite with its metadata, and compare it with the Keras model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,6 +89,7 @@ def export(
             threshold_points=threshold,
             force=force,
             flip_views=tuple(v.strip() for v in flip_average.split(",") if v.strip()),
+            robustness=robustness,
         )
         result = export_run(run, opts, progress=progress)
     except SorterError as err:
@@ -95,6 +103,14 @@ def export(
             f"{f.split:>5}: float {f.float_accuracy:.2%}  {mode} {f.exported_accuracy:.2%}  "
             f"({-f.drop_points:+.1f} points)  agreement {f.agreement:.2%}  "
             f"mean |dp| {f.mean_abs_prob_diff:.4f}  [{f.images} images]"
+        )
+    rob = result.metadata.extra.get("robustness")
+    if isinstance(rob, dict):
+        typer.echo(
+            f"robustness ({rob.get('split')}, {rob.get('images')} images): camera path "
+            f"{rob['camera_clean']:.2%}, mean corruption {rob['mean_corruption']:.2%} "
+            f"(worst {rob['worst_kind']}), scale "
+            + ", ".join(f"{k} {v:.1%}" for k, v in rob["scale"].items())
         )
     if result.forced:
         typer.echo(

@@ -66,6 +66,13 @@ class AugmentConfig:
     grades are told apart by how big the cucumber is in the fixed window."""
 
     @classmethod
+    def with_camera_pool(cls) -> AugmentConfig:
+        """The Keras layers kept beside camera-path renders (training.camera_augment), which
+        do the shifts, rotations, blur, noise and light: the 180-degree turn, mild
+        brightness and contrast."""
+        return cls(shift=0, rotate_deg=0, brightness=0.05, contrast=0.1, camera=False)
+
+    @classmethod
     def off(cls) -> AugmentConfig:
         """No augmentation at all."""
         return cls(
@@ -143,7 +150,11 @@ def _conv_bn(x: Any, filters: int, name: str) -> Any:
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _pi_cnn(x: Any, widths: tuple[int, int, int] = (24, 48, 96), dense: int = 128) -> Any:
+PI_CNN_WIDTHS = (24, 48, 96)
+"""Filters of pi-cnn's three stages (`build_model(widths=...)` changes them)."""
+
+
+def _pi_cnn(x: Any, widths: tuple[int, ...] = PI_CNN_WIDTHS, dense: int = 128) -> Any:
     for stage, width in enumerate(widths, start=1):
         x = _conv_bn(x, width, f"conv{stage}a")
         if stage < len(widths):
@@ -164,11 +175,12 @@ def build_model(
     batch_size: int | None = None,
     augment: AugmentConfig | bool = True,
     seed: int = 0,
+    widths: tuple[int, ...] = PI_CNN_WIDTHS,
 ) -> keras.Model:
     """Build an (uncompiled) grading model: uint8 (batch, h, w, 3) in, N probabilities out.
 
-    `augment` True uses the default `AugmentConfig`, False none. The output layer is float32
-    even under a mixed-precision policy.
+    `augment` True uses the default `AugmentConfig`, False none. `widths` are pi-cnn's
+    stage widths. The output layer is float32 even under a mixed-precision policy.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -183,7 +195,7 @@ def build_model(
     if arch == "deep-mnist":
         x = _deep_mnist(x)
     elif arch == "pi-cnn":
-        x = _pi_cnn(x)
+        x = _pi_cnn(x, tuple(widths))
     else:
         x = layers.Flatten(name="flatten")(x)
     out = layers.Dense(n_classes, activation="softmax", dtype="float32", name="grades")(x)

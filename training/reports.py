@@ -189,13 +189,17 @@ def write_all(
     x_val: np.ndarray,
     y_val: np.ndarray,
     probs: dict[str, np.ndarray],
+    split: str = "val",
 ) -> None:
-    """Every report of a finished run into `run_dir`."""
-    plot_confusion(metrics["val"]["confusion"], labels, run_dir / "confusion.png", "validation")
+    """Every report of a finished run into `run_dir` (the gallery from `split`, the one the
+    images `x_val`, `y_val` come from)."""
+    if "val" in metrics:
+        plot_confusion(metrics["val"]["confusion"], labels, run_dir / "confusion.png", "validation")
     if "test" in metrics:
-        plot_confusion(metrics["test"]["confusion"], labels, run_dir / "confusion_test.png", "test")
+        name = "confusion_test.png" if "val" in metrics else "confusion.png"
+        plot_confusion(metrics["test"]["confusion"], labels, run_dir / name, "test")
     plot_curves(history, run_dir / "curves.png")
-    y_pred = probs["val"].argmax(axis=1)
+    y_pred = probs[split].argmax(axis=1)
     plot_errors(x_val, y_val, y_pred, labels, run_dir / "errors.png")
     plot_filters(infer, run_dir / "filters.png")
     if len(x_val):

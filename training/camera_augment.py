@@ -1,0 +1,205 @@
+"""Training for the camera: each training image rendered through a RANDOMISED camera path.
+
+The same path as the robustness suite (`training.corruptions`), with every setting drawn at
+random per render: camera scale (item window 2.5-4x the model input), belt colour (orange,
+dark or any), a locator error with belt-coloured fill (sub-pixel, up to `shift_px`), a small
+rotation on the belt, a tray rim and belt inside the window, motion blur along the belt,
+defocus, lighting and white-balance drift, sensor noise, JPEG or a video-codec round trip of
+moving content. Scale is NOT jittered by default: the size grades are scale.
+
+`build_pool` renders `variants` versions of every training image once, before training
+(OpenCV; a few seconds per thousand images), and `pool_dataset` makes the tf.data pipeline
+that shows, each epoch, either the clean image (with probability `clean_fraction`) or one of
+its renders, drawn at random. Keras layers in the model add the 180-degree turn on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from training import corruptions as C
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CameraAugmentConfig:
+    """How the training images are rendered through the randomised camera path (the
+    defaults are the default recipe's, chosen by cross-validation: training.cv)."""
+
+    variants: int = 6
+    """Renders kept per training image (the pool; 0 turns camera rendering off)."""
+    clean_fraction: float = 0.4
+    """Chance that an epoch shows an image as it is, not one of its renders."""
+    factor: tuple[float, float] = (2.5, 4.0)
+    """Range of the camera window size, in multiples of the model input."""
+    shift_px: float = 2.0
+    """Largest locator error per axis, in model pixels (belt-coloured fill)."""
+    rotate_deg: float = 6.0
+    """Largest rotation of the item on the belt, either way (belt-coloured corners)."""
+    scale: float = 0.0
+    """Largest size change (fraction). 0: the size grades are scale; measure it instead."""
+    rim_p: float = 0.25
+    """Chance of a tray rim (and belt) inside the window."""
+    rim_px: float = 6.0
+    """Largest rim width, in camera pixels (belt outside it up to as wide again)."""
+    motion_px: float = 12.0
+    """Largest motion blur along the belt, in camera pixels."""
+    defocus_px: float = 2.5
+    """Largest defocus radius, in camera pixels."""
+    gain: float = 0.1
+    """Largest brightness change (fraction)."""
+    white_balance: float = 0.08
+    """Largest red/blue white-balance drift (fraction)."""
+    noise: float = 12.0
+    """Largest sensor noise, in levels at camera resolution."""
+    jpeg_p: float = 0.2
+    """Chance of a JPEG round trip (quality 25-90)."""
+    codec_p: float = 0.15
+    """Chance of an mp4v or MJPG round trip of moving content."""
+    max_pool_mb: float = 800.0
+    """Fewer variants are kept when the pool would need more memory than this."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """For config.json."""
+        return asdict(self)
+
+
+def _belt(rng: np.random.Generator) -> tuple[float, float, float]:
+    u = rng.random()
+    if u < 0.35:
+        base = np.asarray(C.BELTS["orange"])
+    elif u < 0.7:
+        base = np.asarray(C.BELTS["dark"])
+    else:
+        base = rng.uniform(10, 230, 3)
+    r, g, b = (float(v) for v in np.clip(base + rng.normal(0, 8, 3), 0, 255))
+    return (r, g, b)
+
+
+def random_view(rng: np.random.Generator, cfg: CameraAugmentConfig) -> C.View:
+    """One random camera path."""
+    rim = band = 0.0
+    if rng.random() < cfg.rim_p:
+        rim = rng.uniform(0.5, cfg.rim_px)
+        band = rng.uniform(0.0, cfg.rim_px) if rng.random() < 0.5 else 0.0
+    rim_rgb = tuple(float(v) for v in rng.uniform(10, 90, 3)) if rng.random() < 0.7 else _belt(rng)
+    s = cfg.white_balance
+    jpeg = int(rng.integers(25, 91)) if rng.random() < cfg.jpeg_p else None
+    return C.View(
+        factor=float(rng.uniform(*cfg.factor)),
+        belt=_belt(rng),
+        belt_texture=float(rng.uniform(0, 8)),
+        dx_model=float(rng.uniform(-cfg.shift_px, cfg.shift_px)),
+        dy_model=float(rng.uniform(-cfg.shift_px, cfg.shift_px)),
+        rotate_deg=float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)),
+        scale=float(1 + rng.uniform(-cfg.scale, cfg.scale)) if cfg.scale > 0 else 1.0,
+        scale_fill="belt",
+        rim_px=float(rim),
+        rim_rgb=(rim_rgb[0], rim_rgb[1], rim_rgb[2]),
+        belt_band_px=float(band),
+        motion_px=float(rng.uniform(0, cfg.motion_px)) if rng.random() < 0.5 else 0.0,
+        defocus_px=float(rng.uniform(0, cfg.defocus_px)) if rng.random() < 0.4 else 0.0,
+        gain=float(1 + rng.uniform(-cfg.gain, cfg.gain)),
+        wb=(
+            float(1 + rng.uniform(-s, s)),
+            float(1 + rng.uniform(-s / 3, s / 3)),
+            float(1 + rng.uniform(-s, s)),
+        ),
+        noise=float(rng.uniform(0, cfg.noise)),
+        jpeg_quality=jpeg,
+    )
+
+
+def pool_variants(n_images: int, shape: tuple[int, ...], cfg: CameraAugmentConfig) -> int:
+    """How many renders per image fit `max_pool_mb` (at most `cfg.variants`)."""
+    per = float(np.prod(shape)) * n_images / 1e6
+    fit = int(cfg.max_pool_mb // max(per, 1e-9)) - 1
+    k = max(0, min(cfg.variants, fit))
+    if k < cfg.variants:
+        log.warning(
+            "camera augmentation: %d renders per image instead of %d (memory cap %.0f MB)",
+            k,
+            cfg.variants,
+            cfg.max_pool_mb,
+        )
+    return k
+
+
+def render_batch(x: np.ndarray, cfg: CameraAugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """One random render of every image of `x` (N, h, w, 3) uint8."""
+    out = np.empty_like(x)
+    views = [random_view(rng, cfg) for _ in range(len(x))]
+    coded = rng.random(len(x)) < cfg.codec_p
+    for i in np.flatnonzero(~coded):
+        out[i] = C.render(x[i], views[i], int(rng.integers(1 << 30)))
+    idx = np.flatnonzero(coded)
+    for start in range(0, len(idx), 24):
+        part = idx[start : start + 24]
+        fourcc = "mp4v" if rng.random() < 0.6 else "MJPG"
+        speed = float(rng.uniform(2, 30))
+        # One mosaic shares one camera scale (a clip has one camera).
+        factor = views[part[0]].factor
+        vs = [C.View(**{**asdict(views[i]), "factor": factor, "jpeg_quality": None}) for i in part]
+        out[part] = C.codec_round_trip(x[part], vs, fourcc, speed, int(rng.integers(1 << 30)))
+    return out
+
+
+def build_pool(x: np.ndarray, cfg: CameraAugmentConfig, seed: int) -> np.ndarray:
+    """(1 + k, N, h, w, 3) uint8: the clean images, then k renders of each."""
+    k = pool_variants(len(x), x.shape[1:], cfg)
+    pool = np.empty((1 + k, *x.shape), dtype=np.uint8)
+    pool[0] = x
+    rng = np.random.default_rng(seed + 7919)
+    for v in range(k):
+        pool[1 + v] = render_batch(x, cfg, rng)
+    return pool
+
+
+def pool_dataset(
+    pool: np.ndarray, y: np.ndarray, clean_fraction: float, batch_size: int, seed: int
+) -> Any:
+    """tf.data: each epoch every image once, shuffled, clean or one random render. `y` is
+    (N,) labels, (N, C) targets, or (1 + k, N, C) targets per pool image."""
+    import tensorflow as tf
+
+    n_var = pool.shape[0] - 1
+    images = tf.constant(pool)
+    labels = tf.constant(y)
+    n = pool.shape[1]
+
+    per_view = y.ndim == 3  # soft targets per pool image (distillation): (1 + k, N, C)
+
+    def pick(i: Any, r: Any) -> tuple[Any, Any]:
+        """A batch: indices i (B,), random r (B,) -> images (B, h, w, 3), targets."""
+        if n_var == 0:
+            k = tf.zeros_like(i)
+        else:
+            u = tf.cast(r % 10_000, tf.float32) / 10_000.0
+            k = tf.where(u < clean_fraction, tf.zeros_like(i), 1 + (r // 10_000) % n_var)
+        ki = tf.stack([k, i], axis=1)
+        return tf.gather_nd(images, ki), (
+            tf.gather_nd(labels, ki) if per_view else tf.gather(labels, i)
+        )
+
+    idx = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    rnd = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).map(tf.abs)
+    return (
+        tf.data.Dataset.zip(idx, rnd)
+        .batch(batch_size)
+        .map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def describe(cfg: CameraAugmentConfig) -> str:
+    """One line for the log."""
+    return (
+        f"camera augmentation: {cfg.variants} renders/image, clean {cfg.clean_fraction:.0%}, "
+        f"window x{cfg.factor[0]:g}-{cfg.factor[1]:g}, shift ±{cfg.shift_px:g} px, "
+        f"rotation ±{cfg.rotate_deg:g}°, scale ±{100 * cfg.scale:g}%"
+    )

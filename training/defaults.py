@@ -1,0 +1,35 @@
+"""The default training recipe's settings, in one place (no TensorFlow import: the command
+line reads them for its help text). Chosen by cross-validation: README, "Choosing the recipe".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RecipeDefaults:
+    """Defaults shared by `training.train.TrainConfig` and `sorter-train`."""
+
+    epochs: int = 120
+    """Planned epochs (fixed budget, cosine decay; the time budget may cut them)."""
+    batch_size: int = 64
+    """Images per step."""
+    val_fraction: float = 0.1
+    """Validation share per grade (reported, not used for choices unless early stopping)."""
+    schedule: str = "cosine"
+    """Learning-rate schedule."""
+    early_stopping: bool = False
+    """Stop on validation loss (off: every run trains its planned epochs, so a run on all
+    images, `--val-fraction 0`, trains exactly like the cross-validated recipe)."""
+    class_weight_power: float = 0.5
+    """Class weights (n / (k n_c)) ** power."""
+    ensemble: int = 0
+    """Teachers trained and distilled into the model (0: a single network)."""
+
+
+DEFAULTS = RecipeDefaults()
+"""The default recipe."""
+DEFAULT_BUDGET_MIN = 30.0
+"""Minutes a default `sorter-train` run may take on the machine it runs on (the planned
+epochs are cut to fit, from the measured time of the first epochs)."""
