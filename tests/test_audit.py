@@ -153,3 +153,28 @@ def test_bounded_memory_keeps_pending_and_the_database_keeps_all(tmp_path: Path)
     log.close()
     rows = {r["item"]: r for r in read_decisions(db)}
     assert len(rows) == 50 and rows[3]["status"] == "fired" and rows[3]["fired_at"] == 2.0
+
+
+def test_extra_columns_added_to_an_older_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sorter.monitor import audit
+
+    db = tmp_path / "d.db"
+    old = DecisionLog(db, run="r1")
+    old.open()
+    old.record(rec(1))
+    old.close()
+    monkeypatch.setitem(audit.EXTRA_COLUMNS, "probe_mm", "REAL")
+    monkeypatch.setitem(audit.EXTRA_COLUMNS, "probe_list", "TEXT")
+    new = DecisionLog(db, run="r2")
+    new.open()
+    r = rec(2)
+    r.extra.update(probe_mm=12.5, probe_list=[1, 2])
+    new.record(r)
+    new.record(rec(3))  # no value: NULL
+    new.close()
+    rows = {row["item"]: row for row in read_decisions(db, "r2")}
+    assert rows[2]["probe_mm"] == 12.5 and json.loads(rows[2]["probe_list"]) == [1, 2]
+    assert rows[3]["probe_mm"] is None
+    assert read_decisions(db, "r1")[0]["probe_mm"] is None  # the old row reads back too

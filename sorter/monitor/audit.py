@@ -41,6 +41,21 @@ FINAL_STATUSES = frozenset(
 )
 """Statuses after which a decision's fate does not change."""
 
+EXTRA_COLUMNS: dict[str, str] = {}
+"""Optional decision columns (name -> SQLite type) beyond the core schema below.
+
+A feature that logs more per item adds its column here and puts the value in the record's
+`extra` under the same name; `open()` adds missing columns to an older database
+(ALTER TABLE ... ADD COLUMN), so old logs stay readable and new rows carry the value. A
+record without the value stores NULL. Values must be SQLite-storable (str, int, float,
+None; lists and dicts are stored as JSON text).
+"""
+
+_CORE_COLUMNS = (
+    "run", "item", "t_line", "label", "confidence", "margin", "scores", "views", "reason",
+    "bin", "gate", "fire_at", "fired_at", "status", "latency_ms", "crop", "decided_wall",
+)  # fmt: skip
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     run TEXT NOT NULL,
@@ -159,6 +174,7 @@ class DecisionLog:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
+                _add_extra_columns(db)
                 db.execute(
                     "INSERT OR REPLACE INTO runs (run, started_wall, source, model, labels) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -228,34 +244,26 @@ class DecisionLog:
             if self.keep is not None and len(self._records) > self.keep:
                 self._trim()
             if self._db is not None:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO decisions (run, item, t_line, label, confidence, "
-                    "margin, scores, views, reason, bin, gate, fire_at, fired_at, status, "
-                    "latency_ms, crop, decided_wall) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.run,
-                        rec.item,
-                        rec.t_line,
-                        rec.label,
-                        rec.confidence,
-                        rec.margin,
-                        json.dumps(rec.scores),
-                        rec.views,
-                        rec.reason,
-                        rec.bin,
-                        rec.gate,
-                        rec.fire_at,
-                        rec.fired_at,
-                        rec.status,
-                        rec.latency_ms,
-                        rec.crop,
-                        _wall(),
-                    ),
-                )
+                self._insert(rec)
             if rec.status in FINAL_STATUSES:
                 self._write_jsonl(rec)
         return rec
+
+    def _insert(self, rec: DecisionRecord) -> None:
+        assert self._db is not None
+        values: list[Any] = [
+            rec.run, rec.item, rec.t_line, rec.label, rec.confidence, rec.margin,
+            json.dumps(rec.scores), rec.views, rec.reason, rec.bin, rec.gate, rec.fire_at,
+            rec.fired_at, rec.status, rec.latency_ms, rec.crop, _wall(),
+        ]  # fmt: skip
+        names = list(_CORE_COLUMNS)
+        for name in EXTRA_COLUMNS:
+            names.append(name)
+            values.append(_sql_value(rec.extra.get(name)))
+        marks = ", ".join("?" * len(names))
+        self._db.execute(
+            f"INSERT OR REPLACE INTO decisions ({', '.join(names)}) VALUES ({marks})", values
+        )
 
     def update_fate(
         self, item: int, status: str, *, fired_at: float | None = None, bin_name: str | None = None
@@ -355,6 +363,20 @@ def read_decisions(db_path: str | Path, run: str | None = None) -> list[dict[str
         d["scores"] = json.loads(d["scores"])
         out.append(d)
     return out
+
+
+def _add_extra_columns(db: sqlite3.Connection) -> None:
+    """Add the EXTRA_COLUMNS an older decision log does not have yet."""
+    have = {str(row[1]) for row in db.execute("PRAGMA table_info(decisions)")}
+    for name, sql_type in EXTRA_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE decisions ADD COLUMN {name} {sql_type}")
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
 
 
 def _wall() -> str:
