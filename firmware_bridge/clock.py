@@ -9,11 +9,13 @@ does its due work there instead of on a real-time thread.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -159,6 +161,28 @@ class VirtualClock:
 
 _MAX_STEPS = 1_000_000
 """Safety bound on wake-ups within one move."""
+
+
+_PORT_CLOCK: contextvars.ContextVar[Clock | None] = contextvars.ContextVar(
+    "port_clock", default=None
+)
+
+
+@contextlib.contextmanager
+def ports_follow(clock: Clock) -> Iterator[None]:
+    """Ports opened inside this block (`serial.serial_for_url`) run on `clock` if they keep
+    time at all (the `sim://` simulator does; a device or a socket ignores it). pyserial
+    passes only its own settings to a port, so the link says which clock it is on here."""
+    token = _PORT_CLOCK.set(clock)
+    try:
+        yield
+    finally:
+        _PORT_CLOCK.reset(token)
+
+
+def port_clock() -> Clock | None:
+    """The clock of the `ports_follow` block being run in, or None outside one."""
+    return _PORT_CLOCK.get()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """`ControllerLink`: the host's end of the serial link to the gate controller.
 
 It owns the port (pyserial `serial_for_url`: a device path, `socket://host:port`,
-`loop://`; or `sim://` for the in-process simulator on the link's clock), a reader thread
+`loop://`, or `sim://`, the in-process simulator, a URL handler registered by
+`firmware_bridge.urlhandler` that runs on the link's clock), a reader thread
 that turns bytes into messages, and a supervisor thread that sends heartbeats, re-SYNCs,
 resends commands whose ACK is overdue (same seq, bounded), QUERYs SORTs whose FIRED/LATE
 is overdue, and reconnects with backoff when the port disappears (HELLO, CONFIG, RESUME,
@@ -27,7 +28,7 @@ from typing import Any
 import serial
 
 from firmware_bridge import protocol as p
-from firmware_bridge.clock import Clock, MonotonicClock, SyncEstimator, SyncSample
+from firmware_bridge.clock import Clock, MonotonicClock, SyncEstimator, SyncSample, ports_follow
 from firmware_bridge.command import (
     ACKED,
     CANCELLED,
@@ -45,7 +46,6 @@ from firmware_bridge.errors import LinkError, ProtocolError
 from firmware_bridge.fates import SortFates
 from firmware_bridge.framing import PROTO_VERSION, Deframer
 from firmware_bridge.rtt import AckTimeout
-from firmware_bridge.simulator import SimulatorPort
 
 log = logging.getLogger(__name__)
 
@@ -410,12 +410,11 @@ class ControllerLink(SortFates):
         try:
             if self._port_factory is not None:
                 port = self._port_factory()
-            elif self.url.startswith("sim://"):
-                port = SimulatorPort(self.url, self.clock)
             else:
-                port = serial.serial_for_url(
-                    self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=0.5
-                )
+                with ports_follow(self.clock):
+                    port = serial.serial_for_url(
+                        self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=0.5
+                    )
         except LinkError:
             raise
         except (serial.SerialException, OSError, ValueError) as err:
@@ -703,9 +702,8 @@ class ControllerLink(SortFates):
 
     # ================================================================ supervisor
     def _heartbeat_virtual(self) -> bool:
-        return self.clock.virtual and isinstance(
-            getattr(self._port, "sim_port", self._port), SimulatorPort
-        )
+        """Heartbeats on virtual time: the port keeps time on the link's virtual clock."""
+        return self.clock.virtual and getattr(self._port, "clock", None) is self.clock
 
     def _next_heartbeat(self) -> float | None:
         if self._state != "connected":

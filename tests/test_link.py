@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from firmware_bridge import protocol as p
-from firmware_bridge.clock import SyncEstimator, SyncSample, VirtualClock
+from firmware_bridge.clock import Clock, SyncEstimator, SyncSample, VirtualClock
 from firmware_bridge.command import Command
 from firmware_bridge.errors import LinkError
 from firmware_bridge.framing import Deframer
@@ -55,6 +55,11 @@ class FilterPort:
         """Deliver a controller message to the host with the next read (a late frame)."""
         with self._inject_lock:
             self._inject += p.encode(msg, seq)
+
+    @property
+    def clock(self) -> Clock:
+        """The simulator's clock (the link heartbeats on it when it is virtual)."""
+        return self.sim_port.clock
 
     @property
     def in_waiting(self) -> int:
@@ -525,7 +530,7 @@ def test_a_controller_reset_on_the_same_port_is_noticed_and_resynced() -> None:
     with ControllerLink("sim://?gates=3", ack_timeout_s=0.1) as link:
         cmd = link.sort(1, 0, link.clock.now() + 30.0)
         assert wait_for(lambda: cmd.acked)
-        port = link._port
+        port = link._port.sim
         with port._lock:  # power glitch: a fresh controller, same port, nothing configured
             port.controller = SimController(SimOptions(gates=3), port.now_us())
             port._tick(port.now_us())  # its boot STATUS: configured flag clear
