@@ -39,12 +39,15 @@ sysdeps:
 	command -v qemu-system-avr >/dev/null || missing="$$missing qemu-system-misc"; \
 	$(apt_install)
 
-# What the tests need on top: shellcheck and systemd-analyze (deploy/), headless Chromium (dashboard).
+# What the tests need on top: shellcheck and systemd-analyze (deploy/), headless Chromium (dashboard),
+# Prometheus (promtool) and Alertmanager (amtool) for the packhouse view (docs/fleet.md).
 sysdeps-test: sysdeps
 	@missing=""; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	$(apt_install)
 
 $(VENV)/.stamp-$(TRAIN_EXTRA): pyproject.toml

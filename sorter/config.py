@@ -187,10 +187,35 @@ class DashboardConfig:
     """Access token required on every request when bound off localhost."""
 
 
+LANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}")
+"""A lane id: 1-16 letters, digits, - or _, starting with a letter or digit (it goes into
+file names, systemd instance names and Prometheus labels)."""
+
+
+@dataclass
+class LaneConfig:
+    """Which lane of a packhouse this sorter is (docs/fleet.md): one config file per lane."""
+
+    id: str = ""
+    """Lane id, e.g. "1" or "east-2": goes into every decision record, every /metrics series
+    (label lane) and every saved crop's name. Empty: a single-lane farm (no lane label)."""
+
+    def __post_init__(self) -> None:
+        if self.id and not LANE_ID.fullmatch(self.id):
+            raise FieldError(
+                "lane",
+                "id",
+                f"must be 1-16 letters, digits, - or _ (starting with a letter or digit), "
+                f"got {self.id!r}",
+            )
+
+
 @dataclass
 class Config:
     """The whole sorter configuration (one TOML file)."""
 
+    lane: LaneConfig = field(default_factory=LaneConfig)
+    """Lane."""
     camera: CameraConfig = field(default_factory=CameraConfig)
     """Camera."""
     model: ModelConfig = field(default_factory=ModelConfig)

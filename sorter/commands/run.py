@@ -63,6 +63,9 @@ def run_command(
     dashboard: str | None = typer.Option(
         None, "--dashboard", help="Serve the live dashboard at HOST:PORT."
     ),
+    linger: float = typer.Option(
+        0.0, "--linger", help="Keep the dashboard and /metrics up this many seconds after the end."
+    ),
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the sorting loop: grade each item and fire its gate in time."""
@@ -74,13 +77,15 @@ def run_command(
         apply_verbose(verbose, configure_logging=False)
         _setup_logging(config, err_console, verbose)
         cam = source_camera(config, camera, given=video is not None or images is not None)
-        status = Status(url="dry-run" if dry_run else config.serial.url)
+        lane = config.lane.id
+        status = Status(url="dry-run" if dry_run else config.serial.url, lane=lane)
         decisions = DecisionLog(
             config.logging.db,
             jsonl_path=config.logging.jsonl or None,
             crops_dir=config.logging.crops_dir or None,
             review_below=config.thresholds.review_below,
             keep=None if cam is None else 4096,  # a camera runs for days: bounded memory
+            lane=lane,
         )
         opts = RunOptions(
             camera=cam,
@@ -97,6 +102,8 @@ def run_command(
                     result = run_with_truth(config, opts, decisions, status, truth)
                 else:
                     result = run(config, opts, decisions, status)
+                if server is not None and linger > 0:  # a scraper reads the final counts
+                    time.sleep(linger)
             finally:
                 if server is not None:
                     server.stop()

@@ -11,9 +11,11 @@ reported `timeout` whose FIRED arrives after all), a second line for the item fo
 `"corrected": true`: the last line of an item wins.
 
 `--save-crops DIR` keeps each item's best crop as DIR/<grade>/<run>_<item>.png (the run
-prefix keeps runs from overwriting each other), or DIR/_review/<grade>/<run>_<item>.png
-when its confidence is below the review threshold: a person checks _review/, moves each crop
-to the right grade folder, and the folder-per-grade tree goes to `sorter-train`.
+prefix keeps runs from overwriting each other; a lane's sorter names it
+<lane>_<run>_<item>.png, so crops gathered from many lanes stay apart), or
+DIR/_review/<grade>/<run>_<item>.png when its confidence is below the review threshold: a
+person checks _review/, moves each crop to the right grade folder, and the folder-per-grade
+tree goes to `sorter-train`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ FINAL_STATUSES = frozenset(
 )
 """Statuses after which a decision's fate does not change."""
 
-EXTRA_COLUMNS: dict[str, str] = {}
+EXTRA_COLUMNS: dict[str, str] = {"lane": "TEXT"}
 """Optional decision columns (name -> SQLite type) beyond the core schema below.
 
 A feature that logs more per item adds its column here and puts the value in the record's
@@ -147,7 +149,11 @@ class DecisionLog:
         review_below: float = 0.6,
         run: str | None = None,
         keep: int | None = None,
+        lane: str = "",
     ) -> None:
+        self.lane = lane
+        """The lane id ([lane] id): stored in every record's `lane` column and prefixed to every
+        crop's name (LANE_RUN_ITEM.png); empty on a single-lane farm."""
         self.db_path = Path(db_path) if db_path else None
         self.jsonl_path = Path(jsonl_path) if jsonl_path else None
         self.crops_dir = Path(crops_dir) if crops_dir else None
@@ -237,6 +243,8 @@ class DecisionLog:
     def record(self, rec: DecisionRecord, crop: np.ndarray | None = None) -> DecisionRecord:
         """Store a new decision (one transaction); save its crop if crops are kept."""
         rec.run = self.run
+        if self.lane:
+            rec.extra.setdefault("lane", self.lane)
         if crop is not None and self.crops_dir is not None:
             rec.crop = str(self._save_crop(rec, crop))
         with self._lock:
@@ -338,7 +346,8 @@ class DecisionLog:
             folder = folder / "_review"
         folder = folder / _safe_name(rec.label)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.run}_{rec.item}.png"
+        prefix = f"{self.lane}_" if self.lane else ""
+        path = folder / f"{prefix}{self.run}_{rec.item}.png"
         if not cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
             log.warning("could not write crop %s", path)
         return path

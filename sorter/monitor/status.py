@@ -3,7 +3,9 @@
 One `Status` object, updated by the pipeline's threads and read by anyone: every method
 takes its lock, and `snapshot()` returns a JSON-able copy (docs/INTERFACES.md lists its keys).
 Counters and the latency histogram are also kept in a private prometheus_client registry
-(`status.registry`) that the dashboard serves at /metrics.
+(`status.registry`) that the dashboard serves at /metrics. A lane's sorter (`[lane] id`) adds
+the label lane="ID" to every series it exposes (`LabelledRegistry`), so one Prometheus can
+scrape every lane of a packhouse and tell them apart (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from rich.console import Console
 from rich.table import Table
 
@@ -39,10 +43,36 @@ class Overlay:
     """Bin once decided."""
 
 
-class Status:
-    """Thread-safe live state of one run."""
+class LabelledRegistry(CollectorRegistry):
+    """A CollectorRegistry that adds constant labels (e.g. lane="2") to every sample it
+    collects, whoever registered the metric; a label the metric sets itself wins."""
 
-    def __init__(self, *, window_s: float = 5.0, keep: int = 50, url: str = "") -> None:
+    def __init__(self, labels: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.const_labels = {k: v for k, v in (labels or {}).items() if v}
+        """The labels added to every sample (empty values dropped)."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric family of the registered collectors, with the constant labels."""
+        for family in super().collect():
+            if not self.const_labels:
+                yield family
+                continue
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [
+                s._replace(labels={**self.const_labels, **s.labels}) for s in family.samples
+            ]
+            yield out
+
+
+class Status:
+    """Thread-safe live state of one run (`lane`: the [lane] id labelled on every series)."""
+
+    def __init__(
+        self, *, window_s: float = 5.0, keep: int = 50, url: str = "", lane: str = ""
+    ) -> None:
+        self.lane = lane
+        """The lane id ("" on a single-lane farm: no lane label)."""
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
         self._window_s = window_s
@@ -69,7 +99,7 @@ class Status:
         self._alarms: dict[str, str] = {}
         self._frame: tuple[np.ndarray, list[dict[str, Any]]] | None = None
 
-        self.registry = CollectorRegistry()
+        self.registry: CollectorRegistry = LabelledRegistry({"lane": lane})
         r = self.registry
         self._m_frames_in = Counter("sorter_frames_in", "Frames captured", registry=r)
         self._m_frames = Counter("sorter_frames_processed", "Frames processed", registry=r)
@@ -238,6 +268,7 @@ class Status:
                 for le in LATENCY_BUCKETS_S
             ]
             return {
+                "lane": self.lane,
                 "uptime_s": now - self._t0,
                 "fps_in": _rate(self._in_times, now, self._window_s),
                 "fps_processed": _rate(self._proc_times, now, self._window_s),
