@@ -1,4 +1,5 @@
-"""Clocks the link and the simulator read time from.
+"""Clocks the link and the simulator read time from (the host <-> controller mapping from
+SYNC round trips, `SyncEstimator`, is in `firmware_bridge.sync`; re-exported here).
 
 `MonotonicClock` is the real thing (`time.monotonic()`). `VirtualClock` only moves when
 told to (`set`, `advance`), so a replay can run as fast as possible and still put every
@@ -14,10 +15,20 @@ import contextvars
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
+
+from firmware_bridge.sync import SyncEstimator, SyncSample
+
+__all__ = [
+    "Clock",
+    "MonotonicClock",
+    "SyncEstimator",
+    "SyncSample",
+    "VirtualClock",
+    "port_clock",
+    "ports_follow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -183,110 +194,3 @@ def ports_follow(clock: Clock) -> Iterator[None]:
 def port_clock() -> Clock | None:
     """The clock of the `ports_follow` block being run in, or None outside one."""
     return _PORT_CLOCK.get()
-
-
-@dataclass(frozen=True)
-class SyncSample:
-    """One SYNC round trip."""
-
-    t_send: float
-    """Host clock (s) just before the SYNC was written."""
-    t_recv: float
-    """Host clock (s) when the SYNC_REPLY was read."""
-    ctrl_us: int
-    """Controller time in the reply (u32 us)."""
-
-    @property
-    def delay(self) -> float:
-        """Round-trip time in seconds."""
-        return self.t_recv - self.t_send
-
-    @property
-    def mid(self) -> float:
-        """Host time the controller's reading is assumed to belong to."""
-        return (self.t_send + self.t_recv) / 2
-
-    @property
-    def offset_us(self) -> int:
-        """(ctrl - host) in us, as a signed 32-bit wrap-around difference."""
-        return _i32(self.ctrl_us - round(self.mid * 1e6))
-
-
-class SyncEstimator:
-    """Maps host clock seconds <-> controller microseconds (u32, wrapping).
-
-    NTP-style: each SYNC gives offset = ctrl - (t_send + t_recv)/2; the estimate uses the
-    round trip with the smallest delay among the recent ones (`window` samples), and, once
-    the samples span `rate_span_s`, a rate (controller clock drift, e.g. an Uno's ceramic
-    resonator) from the best sample of the older half against the best of the newer half.
-    Thread safe.
-    """
-
-    def __init__(self, window: int = 8, rate_span_s: float = 5.0, max_rate: float = 0.01) -> None:
-        self._samples: deque[SyncSample] = deque(maxlen=window)
-        self._lock = threading.Lock()
-        self._rate_span_s = rate_span_s
-        self._max_rate = max_rate
-        self._ref: SyncSample | None = None
-        self._rate = 0.0
-
-    @property
-    def synced(self) -> bool:
-        """At least one sample taken."""
-        with self._lock:
-            return self._ref is not None
-
-    @property
-    def rate(self) -> float:
-        """Estimated controller clock rate error (0.001 = 1000 ppm fast)."""
-        with self._lock:
-            return self._rate
-
-    @property
-    def best_delay(self) -> float | None:
-        """Round-trip delay (s) of the sample the estimate rests on."""
-        with self._lock:
-            return None if self._ref is None else self._ref.delay
-
-    def reset(self) -> None:
-        """Forget everything (the controller may have been reset)."""
-        with self._lock:
-            self._samples.clear()
-            self._ref = None
-            self._rate = 0.0
-
-    def add(self, sample: SyncSample) -> None:
-        """Record a round trip and update the estimate."""
-        with self._lock:
-            self._samples.append(sample)
-            samples = list(self._samples)
-            self._ref = min(samples, key=lambda s: s.delay)
-            self._rate = 0.0
-            if len(samples) >= 4 and samples[-1].mid - samples[0].mid >= self._rate_span_s:
-                half = len(samples) // 2
-                old = min(samples[:half], key=lambda s: s.delay)
-                new = min(samples[half:], key=lambda s: s.delay)
-                span = new.mid - old.mid
-                if span > 0:
-                    rate = _i32(new.offset_us - old.offset_us) / 1e6 / span
-                    self._rate = max(-self._max_rate, min(self._max_rate, rate))
-                    self._ref = new
-
-    def to_controller(self, t: float) -> int:
-        """Host time (s) -> controller time (u32 us). Raises RuntimeError before any SYNC."""
-        with self._lock:
-            ref, rate = self._ref, self._rate
-        if ref is None:
-            raise RuntimeError("no SYNC yet: the controller's clock is unknown")
-        drift = (t - ref.mid) * rate * 1e6
-        return (round(t * 1e6) + ref.offset_us + round(drift)) & 0xFFFFFFFF
-
-    def to_host(self, ctrl_us: int, near: float) -> float:
-        """Controller time (u32 us) -> host time (s), taking the wrap nearest to `near`."""
-        here = self.to_controller(near)
-        return near + _i32(ctrl_us - here) / 1e6 / (1.0 + self.rate)
-
-
-def _i32(x: int) -> int:
-    x &= 0xFFFFFFFF
-    return x - (1 << 32) if x & 0x80000000 else x

@@ -321,7 +321,8 @@ class ControllerLink(SortFates):
         def on_reply(reply: p.Message) -> None:
             if isinstance(reply, p.SyncReply) and t_send:
                 sample.append(SyncSample(t_send[0], self.clock.now(), reply.time))
-                self.sync.add(sample[0])
+                if cmd.attempts == 1:  # Karn: a resent SYNC's reply has no known send time
+                    self.sync.add(sample[0])
 
         cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), self._next_seq())
         t_send.append(self.clock.now())
@@ -586,7 +587,7 @@ class ControllerLink(SortFates):
             good += 1
             if good == 5:
                 break
-        if not good:
+        if not good or not self.sync.synced:
             raise LinkError(f"{self.url}: no answer to SYNC; {_hint(self.url)}")
 
     # ================================================================ reader
@@ -752,19 +753,27 @@ class ControllerLink(SortFates):
         if self._resume_wanted and not self._want_safe:
             self._resume_wanted = False
             self._send_command(Command(p.Resume(), self._next_seq()))
-        if now - self._last_sync_clock >= self.sync_interval_s:
+        if now - self._last_sync_clock >= self._sync_interval():
             self._last_sync_clock = now
             self._start_sync()
         self._query_overdue(now)
 
+    def _sync_interval(self) -> float:
+        """Re-SYNC every sync_interval_s; 4x as often until the drift rate is known, so the
+        offset stays fresh and the baseline fills with samples sooner."""
+        if self.sync.rate_known:
+            return self.sync_interval_s
+        return self.sync_interval_s / 4
+
     def _start_sync(self) -> None:
         t_send = self.clock.now()
+        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), self._next_seq())
 
         def on_reply(reply: p.Message) -> None:
-            if isinstance(reply, p.SyncReply):
+            if isinstance(reply, p.SyncReply) and cmd.attempts == 1:  # Karn, as sync_once
                 self.sync.add(SyncSample(t_send, self.clock.now(), reply.time))
 
-        self._send_command(Command(p.Sync(next(self._sync_echo)), self._next_seq()), on_reply)
+        self._send_command(cmd, on_reply)
 
     def _retry_overdue(self, mono: float) -> None:
         with self._lock:

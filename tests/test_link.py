@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from firmware_bridge import protocol as p
-from firmware_bridge.clock import Clock, SyncEstimator, SyncSample, VirtualClock
+from firmware_bridge.clock import Clock, VirtualClock
 from firmware_bridge.command import Command
 from firmware_bridge.errors import LinkError
 from firmware_bridge.framing import Deframer
@@ -351,22 +351,6 @@ def test_loop_without_handshake_ignores_its_own_echo() -> None:
 def test_bad_simulator_option_is_reported() -> None:
     with pytest.raises(LinkError, match="unknown simulator option"):
         ControllerLink("sim://?gatez=3").start()
-
-
-def test_sync_estimator_handles_wrap_and_drift() -> None:
-    est = SyncEstimator(window=8, rate_span_s=5.0)
-    rate = 0.002  # controller 2000 ppm fast
-    base = 0xFFFF0000
-    for k in range(8):
-        t = 100.0 + k * 1.0
-        delay = 0.004 if k % 3 else 0.001
-        ctrl = (base + round((t + delay / 2 - 100.0) * (1 + rate) * 1e6)) & 0xFFFFFFFF
-        est.add(SyncSample(t, t + delay, ctrl))
-    assert est.rate == pytest.approx(rate, rel=0.2)
-    t = 110.0
-    want = (base + round((t - 100.0) * (1 + rate) * 1e6)) & 0xFFFFFFFF
-    assert abs(p.time_diff(est.to_controller(t), want)) < 200
-    assert est.to_host(want, near=109.0) == pytest.approx(t, abs=2e-4)
 
 
 def test_virtual_clock_wakes_in_order_and_never_goes_back() -> None:
