@@ -26,6 +26,7 @@ from sorter.config import Config
 from sorter.grading.policy import Policy, Verdict
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Status
+from sorter.perception.measure import Measurement
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class ItemViews:
     """Score vector of each full view."""
     crops: list[np.ndarray] = field(default_factory=list)
     """The crop of each full view (same order)."""
+    measures: list[Measurement] = field(default_factory=list)
+    """Each full view's sub-pixel centre and size in pixels ([locate] refine on)."""
 
 
 class Decider:

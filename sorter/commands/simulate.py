@@ -78,6 +78,9 @@ def simulate_belt_cmd(
     ] = None,
     split: Annotated[str, typer.Option(help="Which list of split.json to use.")] = "test",
     lead_in: Annotated[float, typer.Option(help="Seconds of empty belt at the start.")] = 1.0,
+    subpixel: Annotated[
+        bool, typer.Option(help="Items at fractional positions (edges mixed with the belt).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Make a conveyor-belt video from a folder-per-grade tree, with its ground truth JSON."""
@@ -101,6 +104,7 @@ def simulate_belt_cmd(
             split_file=split_file,
             split=split,
             lead_in_s=lead_in,
+            subpixel=subpixel,
         )
         cfg.check()  # bad options and folders fail before the progress bar starts
         list_images(data_dir, limit_per_grade=limit_per_grade, split_file=split_file, split=split)

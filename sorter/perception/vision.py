@@ -92,6 +92,9 @@ class LocatorConfig:
     """A blob within this many pixels of the frame border touches the edge (not graded)."""
     compensate_gain: bool = True
     """Background: follow global brightness drift."""
+    refine: bool = True
+    """Centre each crop to a fraction of a pixel from the item's full-resolution mask
+    (sorter.perception.measure); false = the half-scale bounding box's centre."""
 
     def __post_init__(self) -> None:
         check_fields(self, "locate")
@@ -202,6 +205,7 @@ class Locator:
             )
         self._scaled: _ScaledBackground | None = None
         self._scaled_for: tuple[int, int] | None = None
+        self._gain = 1.0
         c = self.config
         self._open = cv2.getStructuringElement(cv2.MORPH_RECT, (max(1, c.open_px),) * 2)
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(1, c.close_px),) * 2)
@@ -235,22 +239,53 @@ class Locator:
         c = self.config
         if c.method == "background":
             bg = self._background_at(small.shape[:2])
-            gain = 1.0
+            self._gain = 1.0
             if c.compensate_gain and bg.median_gray > 1.0:
                 gray = cv2.cvtColor(small[::4, ::4], cv2.COLOR_RGB2GRAY)
-                gain = float(np.clip(np.median(gray) / bg.median_gray, 0.5, 2.0))
-            # |frame - gain * belt| > gain * tolerance, in any channel (uint8 OpenCV ops).
-            ref = cv2.convertScaleAbs(bg.mean, alpha=gain)
-            tol = cv2.convertScaleAbs(bg.tolerance, alpha=gain)
-            over = cv2.compare(cv2.absdiff(small, ref), tol, cv2.CMP_GT)
-            r, g, b = cv2.split(over)
-            raw = cv2.max(cv2.max(r, g), b)
+                self._gain = float(np.clip(np.median(gray) / bg.median_gray, 0.5, 2.0))
+            raw = _differs(small, bg.mean, bg.tolerance, self._gain)
         else:
-            hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-            belt = cv2.inRange(hsv, np.array(c.belt_hsv_lower), np.array(c.belt_hsv_upper))
-            raw = cv2.bitwise_not(belt)
+            raw = self._not_belt(small)
         out = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self._open)
         return cv2.morphologyEx(out, cv2.MORPH_CLOSE, self._close)
+
+    def _not_belt(self, image: np.ndarray) -> np.ndarray:
+        c = self.config
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        belt = cv2.inRange(hsv, np.array(c.belt_hsv_lower), np.array(c.belt_hsv_upper))
+        return cv2.bitwise_not(belt)
+
+    def mask_full(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """Item mask (uint8 0/255) at FULL resolution inside `box` = (x0, y0, x1, y1).
+
+        The same rule as `mask` (for method background, the brightness gain of the last
+        `mask`/`locate` call), with the morphology kernels scaled to full resolution
+        (odd sizes, so the opening and closing do not shift the mask).
+        The box is clipped to the frame; the result has the clipped box's shape.
+        """
+        H, W = image.shape[:2]
+        x0, y0 = max(0, box[0]), max(0, box[1])
+        x1, y1 = min(W, box[2]), min(H, box[3])
+        roi = image[y0:y1, x0:x1]
+        if roi.size == 0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0)), np.uint8)
+        c = self.config
+        if c.method == "background":
+            assert self.background is not None
+            bg = self.background
+            if bg.mean.shape[:2] != (H, W):
+                raise ConfigError(
+                    f"belt calibration is {bg.size[0]}x{bg.size[1]} but frames are {W}x{H}; "
+                    "re-run `sorter calibrate-belt` with this camera setting"
+                )
+            tol = c.spread_k * bg.spread[y0:y1, x0:x1] + c.threshold
+            raw = _differs(roi, bg.mean[y0:y1, x0:x1], tol, self._gain)
+        else:
+            raw = self._not_belt(roi)
+        op = cv2.getStructuringElement(cv2.MORPH_RECT, (_odd(c.open_px / c.scale),) * 2)
+        cl = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_odd(c.close_px / c.scale),) * 2)
+        out = cv2.morphologyEx(raw, cv2.MORPH_OPEN, op)
+        return cv2.morphologyEx(out, cv2.MORPH_CLOSE, cl)
 
     def locate(self, image: np.ndarray) -> list[Detection]:
         """Items in the frame, left to right; blobs outside the size limits are dropped."""
@@ -293,6 +328,20 @@ class Locator:
             )
         found.sort(key=lambda d: (d.cx, d.cy))
         return found
+
+
+def _odd(size: float) -> int:
+    """The odd kernel size nearest `size` (an even kernel's anchor shifts the mask)."""
+    return 2 * max(0, round((size - 1) / 2)) + 1
+
+
+def _differs(image: np.ndarray, mean: np.ndarray, tolerance: np.ndarray, gain: float) -> np.ndarray:
+    """|image - gain * belt| > gain * tolerance in any channel, as uint8 0/255."""
+    ref = cv2.convertScaleAbs(mean, alpha=gain)
+    tol = cv2.convertScaleAbs(tolerance, alpha=gain)
+    over = cv2.compare(cv2.absdiff(image, ref), tol, cv2.CMP_GT)
+    r, g, b = cv2.split(over)
+    return cv2.max(cv2.max(r, g), b)
 
 
 def window_px(window_mm: tuple[float, float], px_per_mm: float) -> tuple[int, int]:

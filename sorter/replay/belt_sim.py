@@ -8,8 +8,11 @@ the belt can be calibrated from the video itself (`sorter calibrate-belt --video
 
 Beside `OUT.mp4` goes `OUT.json` (docs/INTERFACES.md):
 `{"fps", "size", "speed_px_s", "line_x", "px_per_mm", "window_px", "empty_frames", "items":
-[{"id", "label", "t_line", "source", "y"}], ...}` where `t_line` is when the item's centre
-crosses `line_x`, on the video's timeline (frame index / fps). Deterministic for a seed.
+[{"id", "label", "t_line", "source", "y", "centres"}], ...}` where `t_line` is when the
+item's centre crosses `line_x`, on the video's timeline (frame index / fps), and `centres`
+lists `[frame, cx, cy]`, the centre of the item's tile as rendered, for every frame it is
+wholly in view (pixel i covers [i, i+1): a frame W wide spans [0, W), its centre is W / 2).
+Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,6 +83,9 @@ class BeltSimConfig:
     """Decision line x in pixels; None = frame centre."""
     codec: str = "mp4v"
     """FourCC of the video codec (mp4v works with every OpenCV wheel)."""
+    subpixel: bool = False
+    """Place items at their exact (fractional) position, edges area-mixed with the belt;
+    False pastes them at whole pixels."""
 
     @property
     def window_px(self) -> tuple[int, int]:
@@ -261,6 +269,62 @@ def _paste(frame: np.ndarray, tile: np.ndarray, left: int, top: int) -> None:
     frame[y0:y1, x0:x1] = tile[y0 - top : y1 - top, x0 - left : x1 - left]
 
 
+def placement(item: SimItem, t: float, cfg: BeltSimConfig) -> tuple[float, float]:
+    """(left, top) edge of the item's tile at time t: whole pixels unless cfg.subpixel."""
+    win_w, win_h = cfg.window_px
+    left = item.x0 + cfg.speed_px_s * t - win_w / 2
+    top = item.y - win_h / 2
+    if cfg.subpixel:
+        return left, top
+    return math.floor(left + 0.5), math.floor(top + 0.5)
+
+
+def true_centre(item: SimItem, t: float, cfg: BeltSimConfig) -> tuple[float, float]:
+    """The centre of the item's tile as rendered at time t (pixel i covers [i, i+1))."""
+    left, top = placement(item, t, cfg)
+    win_w, win_h = cfg.window_px
+    return left + win_w / 2, top + win_h / 2
+
+
+def centres_by_frame(
+    items: list[SimItem], cfg: BeltSimConfig, n_frames: int
+) -> dict[int, list[list[float]]]:
+    """Per item id: [frame, cx, cy] for every frame its tile is wholly in view."""
+    w, h = cfg.size
+    win_w, win_h = cfg.window_px
+    out: dict[int, list[list[float]]] = {}
+    for item in items:
+        rows = []
+        for k in range(n_frames):
+            cx, cy = true_centre(item, k / cfg.fps, cfg)
+            inside_x = cx - win_w / 2 >= 0 and cx + win_w / 2 <= w
+            if inside_x and cy - win_h / 2 >= 0 and cy + win_h / 2 <= h:
+                rows.append([k, cx, cy])
+        out[item.id] = rows
+    return out
+
+
+def _paste_shifted(frame: np.ndarray, tile: np.ndarray, left: float, top: float) -> None:
+    """Paste `tile` with its top-left edge at a fractional (left, top): edge pixels are
+    the area-weighted mix of tile and belt, as a camera sees a continuous position."""
+    il, it = math.floor(left), math.floor(top)
+    fx, fy = left - il, top - it
+    th, tw = tile.shape[:2]
+    shift = np.array([[1, 0, fx], [0, 1, fy]], dtype=np.float32)
+    size = (tw + 1, th + 1)
+    rgb = cv2.warpAffine(tile, shift, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    ones = np.ones((th, tw), np.float32)
+    alpha = cv2.warpAffine(ones, shift, size, flags=cv2.INTER_LINEAR, borderValue=0)
+    h, w = frame.shape[:2]
+    x0, y0 = max(0, il), max(0, it)
+    x1, y1 = min(w, il + tw + 1), min(h, it + th + 1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    src = (slice(y0 - it, y1 - it), slice(x0 - il, x1 - il))
+    a = alpha[src][:, :, None]
+    frame[y0:y1, x0:x1] = rgb[src] + (1.0 - a) * frame[y0:y1, x0:x1]
+
+
 def render_frame(
     t: float,
     texture: np.ndarray,
@@ -278,14 +342,15 @@ def render_frame(
     offset = round(cfg.speed_px_s * t)
     cols = (np.arange(w) - offset) % period
     frame = texture[:, cols].copy()
-    win_w, win_h = cfg.window_px
+    win_w = cfg.window_px[0]
     for item in items:
-        cx = item.x0 + cfg.speed_px_s * t
-        left = math.floor(cx - win_w / 2 + 0.5)
+        left, top = placement(item, t, cfg)
         if left >= w or left + win_w <= 0:
             continue
-        top = math.floor(item.y - win_h / 2 + 0.5)
-        _paste(frame, tiles[item.source], left, top)
+        if cfg.subpixel:
+            _paste_shifted(frame, tiles[item.source], left, top)
+        else:
+            _paste(frame, tiles[item.source], int(left), int(top))
     gain = 1.0 + cfg.lighting_drift * math.sin(2 * math.pi * t / cfg.drift_period_s)
     frame *= gain
     if cfg.blur_sigma > 0:
@@ -317,6 +382,19 @@ def prepare(
             )
     texture = make_belt_texture(cfg.size[1], max(1024, 2 * cfg.size[0]), rng)
     return texture, tiles, items, rng
+
+
+_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    """JSON with one key per line but short number lists (centres, sizes) on one line."""
+    text = json.dumps(doc, indent=1)
+
+    def one_line(m: re.Match[str]) -> str:
+        return "[" + ", ".join(part.strip() for part in m.group(1).split(",")) + "]"
+
+    return _NUMBER_LIST.sub(one_line, text)
 
 
 def simulate_belt(
@@ -359,6 +437,7 @@ def simulate_belt(
         writer.release()
 
     truth_path = out.with_suffix(".json")
+    centres = centres_by_frame(items, cfg, n_frames)
     truth = {
         "fps": cfg.fps,
         "size": list(cfg.size),
@@ -379,11 +458,19 @@ def simulate_belt(
             if k not in ("size", "field_of_view_mm")
         },
         "attribution": ATTRIBUTION,
+        "centre_convention": "pixel i covers [i, i+1); a frame W wide spans [0, W)",
         "items": [
-            {"id": it.id, "label": it.label, "t_line": it.t_line, "source": it.source, "y": it.y}
+            {
+                "id": it.id,
+                "label": it.label,
+                "t_line": it.t_line,
+                "source": it.source,
+                "y": it.y,
+                "centres": centres[it.id],
+            }
             for it in sorted(items, key=lambda it: it.t_line)
         ],
     }
-    truth_path.write_text(json.dumps(truth, indent=1) + "\n")
+    truth_path.write_text(_dumps(truth) + "\n")
     log.info("%s: %d frames, %d items", out, n_frames, len(items))
     return BeltSimResult(out, truth_path, items, n_frames)

@@ -2,7 +2,8 @@
 
 Per frame:
     locate -> track -> crop a fixed window of belt around each item in full view
-    (window_px = the model's crop window_mm * px_per_mm)
+    (window_px = the model's crop window_mm * px_per_mm), centred to a fraction of a pixel
+    from the item's full-resolution mask ([locate] refine; sorter.perception.measure)
     -> sorter.perception.preprocess.to_model_input -> classifier (one batch per frame)
     -> for each item crossing the decision line, `sorter.actuation.decider.Decider`: policy
     (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run) -> decision
@@ -25,10 +26,11 @@ from sorter.actuation.scheduling import Scheduler
 from sorter.config import Config
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Overlay, Status
+from sorter.perception.measure import Measurement, crop_at, measure
 from sorter.perception.preprocess import to_model_input
 from sorter.perception.sources import Frame
 from sorter.perception.tracking import Track, Tracker
-from sorter.perception.vision import crop_window
+from sorter.perception.vision import Detection, crop_window
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ class SortingLoop:
         )
         self.window = window
         self.keep_crops = keep_crops
+        self.refine = bool(getattr(getattr(locator, "config", None), "refine", False)) and hasattr(
+            locator, "mask_full"
+        )
+        """Crops centred by sorter.perception.measure (the locator's [locate] refine)."""
         self._items: dict[int, ItemViews] = {}
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
@@ -120,23 +126,32 @@ class SortingLoop:
     # -- steps ----------------------------------------------------------------------
     def _classify_views(self, frame: Frame, seen: Sequence[Track]) -> None:
         """Grade, in one batch, every undecided item seen whole in this frame."""
-        todo: list[tuple[int, np.ndarray]] = []
+        todo: list[tuple[int, np.ndarray, Measurement | None]] = []
         for track in seen:
             view = track.last
             if not view.full or self.decider.decided(track.id) is not None:
                 continue
-            d = view.detection
-            todo.append((track.id, crop_window(frame.image, d.cx, d.cy, self.window)))
+            todo.append((track.id, *self._crop(frame.image, view.detection)))
         if not todo:
             return
         size = self.classifier.input_size
-        batch = np.stack([to_model_input(crop, size) for _, crop in todo])
+        batch = np.stack([to_model_input(crop, size) for _, crop, _ in todo])
         scores = self.classifier.classify(batch)
-        for (item, crop), s in zip(todo, scores, strict=True):
+        for (item, crop, measured), s in zip(todo, scores, strict=True):
             views = self._items.setdefault(item, ItemViews())
             views.scores.append(np.asarray(s, dtype=np.float32))
+            if measured is not None:
+                views.measures.append(measured)
             if self.keep_crops:
                 views.crops.append(crop)
+
+    def _crop(self, image: np.ndarray, d: Detection) -> tuple[np.ndarray, Measurement | None]:
+        """The model's window around a detection: at the sub-pixel centre of the item's
+        full-resolution mask when [locate] refine is on, else at the box centre."""
+        if self.refine:
+            m = measure(image, d, self.locator)
+            return crop_at(image, m.cx, m.cy, self.window), m
+        return crop_window(image, d.cx, d.cy, self.window), None
 
     def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
         views = self._items.pop(track.id, ItemViews())
