@@ -211,3 +211,63 @@ def test_a_check_across_keys_names_the_key_and_line() -> None:
         cfg.parse_config(text, "s.toml")
     with pytest.raises(ConfigError, match=r"^command line: locate\.min_area_px: must be smaller"):
         cfg.apply_overrides(cfg.Config(), {"locate.min_area_px": 1e6})
+
+
+def _float_keys(tp: type, prefix: str) -> list[tuple[str, str]]:
+    """(section, key) of every float field reachable from the dataclass `tp` (gates and
+    per-grade overrides through one example entry)."""
+    import dataclasses
+    import typing
+
+    out: list[tuple[str, str]] = []
+    hints = typing.get_type_hints(tp)
+    for f in dataclasses.fields(tp):
+        t = hints[f.name]
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if t is float or (args == [float] and typing.get_origin(t) is not dict):
+            out.append((prefix, f.name))
+        elif dataclasses.is_dataclass(t):
+            out += _float_keys(t, f"{prefix}.{f.name}" if prefix else f.name)
+        elif typing.get_origin(t) is dict and dataclasses.is_dataclass(typing.get_args(t)[1]):
+            entry = "0" if f.name == "gates" else "M"
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            out += _float_keys(typing.get_args(t)[1], f"{name}.{entry}")
+    return out
+
+
+FLOAT_KEYS = _float_keys(cfg.Config, "")
+
+
+def test_every_float_key_is_found() -> None:
+    keys = {f"{s}.{k}" for s, k in FLOAT_KEYS}
+    for key in ("thresholds.confidence", "thresholds.margin", "belt.speed_mm_s",
+                "thresholds.per_grade.M.confidence", "thresholds.per_grade.M.margin",
+                "gates.0.distance_mm", "camera.stall_s", "serial.safety_margin_ms"):  # fmt: skip
+        assert key in keys
+    assert len(keys) >= 20
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("section", "key"), FLOAT_KEYS)
+def test_config_check_rejects_non_finite_in_every_float_key(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    """Every float key of the config, not a sample of them: `sorter config check` exits 2
+    with one line naming the file, line and key."""
+    from typer.testing import CliRunner
+
+    from sorter.cli import app
+
+    text = f"[{section}]\n{key} = {value}\n"
+    if section == "gates.0":
+        text = f'[gates.0]\nbin = "2L"\n{key} = {value}\n'
+    p = tmp_path / "sorter.toml"
+    p.write_text(text)
+    result = CliRunner().invoke(app, ["config", "check", str(p)])
+    assert result.exit_code == 2, result.output
+    line = _line_of(text, key)
+    out = result.output.strip()
+    assert out.startswith(
+        f"error: {p}:{line}: {section}.{key}: must be a finite number, got {float(value)}"
+    )
+    assert "\n" not in out

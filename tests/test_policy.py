@@ -73,3 +73,27 @@ def test_per_grade_threshold_for_unknown_grade_is_an_error() -> None:
     c.thresholds.per_grade["XL"] = GradeThreshold(confidence=0.9)
     with pytest.raises(ConfigError, match=r"thresholds\.per_grade\.XL: not a grade of the model"):
         Policy(c, LABELS)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_go_to_the_reject_lane_with_a_reason(bad: float) -> None:
+    """A NaN or inf score (a broken model or input) is never graded: with NaN, every
+    threshold comparison is False, so the item would pass confidence and margin."""
+    p = Policy(Config(), LABELS)
+    one = scores(M=0.9)
+    one[LABELS.index("M")] = bad
+    for views in ([one], [scores(M=0.9), one]):
+        v = p.decide(views)
+        assert (v.reason, v.bin, v.gate) == ("bad-scores", "reject", None)
+        assert v.rejected
+    # a NaN elsewhere than the top grade is caught as well
+    other = scores(M=0.9)
+    other[LABELS.index("C")] = bad
+    assert p.decide([other]).reason == "bad-scores"
+
+
+def test_non_finite_scores_are_logged_as_finite_numbers() -> None:
+    """The verdict's numbers stay finite (the decision log and JSON lines store them)."""
+    v = Policy(Config(), LABELS).decide([[float("nan")] * len(LABELS)])
+    assert v.reason == "bad-scores"
+    assert all(np.isfinite(v.scores)) and np.isfinite(v.confidence) and np.isfinite(v.margin)

@@ -4,6 +4,8 @@ An item is seen in several frames; each full view gives one score vector. The it
 are the MEAN of its views' scores (averaging is steadier than the single best view, whose
 "best" is judged by the same scores it would pick). Then:
 
+0. any score not finite (NaN or inf: a broken model or input) -> reject (`bad-scores`;
+   its logged scores have the non-finite values as 0, so the log stays valid JSON);
 1. fewer than `min_views` views -> reject (`too-few-views`);
 2. top score below the confidence threshold (per grade, else global) -> reject;
 3. top score minus second score below the margin (per grade, else global) -> reject;
@@ -43,7 +45,8 @@ class Verdict:
     gate: int | None
     """The gate that diverts it there, or None (reject bin: no gate fires)."""
     reason: str
-    """Why: "graded", "low-confidence", "low-margin", "too-few-views" or "no-bin"."""
+    """Why: "graded", "low-confidence", "low-margin", "too-few-views", "no-bin" or
+    "bad-scores" (a score was NaN or inf)."""
     views: int
     """How many views the scores are the mean of."""
 
@@ -89,6 +92,9 @@ class Policy:
         arr = np.asarray(view_scores, dtype=np.float64).reshape(-1, len(self.labels))
         views = int(arr.shape[0])
         scores = np.zeros(len(self.labels)) if views == 0 else arr.mean(axis=0)
+        finite = bool(np.isfinite(scores).all())
+        if not finite:  # NaN fails every comparison below: it would pass the thresholds
+            scores = np.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
         order = np.argsort(scores)[::-1]
         top = int(order[0])
         confidence = float(scores[top])
@@ -96,7 +102,9 @@ class Policy:
         margin = confidence - second
         label = self.labels[top]
         need_conf, need_margin = self.thresholds(label)
-        if views < self.config.thresholds.min_views:
+        if not finite:
+            reason = "bad-scores"
+        elif views < self.config.thresholds.min_views:
             reason = "too-few-views"
         elif confidence < need_conf:
             reason = "low-confidence"

@@ -117,7 +117,7 @@ class DecisionRecord:
     views: int = 0
     """Number of views averaged."""
     reason: str = "graded"
-    """Policy reason: graded, low-confidence, low-margin, too-few-views, no-bin."""
+    """Policy reason: graded, low-confidence, low-margin, too-few-views, no-bin, bad-scores."""
     fired_at: float | None = None
     """When the controller reports it fired, on the source timeline (None if unknown)."""
     latency_ms: float | None = None
