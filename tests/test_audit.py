@@ -37,7 +37,9 @@ def test_sqlite_wal_and_fate_updates(tmp_path: Path) -> None:
     log.open(source="belt.mp4", model="m.tflite", labels=["S", "M"])
     log.record(rec(1))
     log.record(rec(2, status="dry-run"))
-    # readable by another connection while open, before any fate
+    # readable by another connection while open, before any fate (written by the log's
+    # writer thread: flush() waits for it)
+    assert log.flush(timeout=10.0)
     rows = read_decisions(db)
     assert [(r["item"], r["status"]) for r in rows] == [(1, "pending"), (2, "dry-run")]
     log.update_fate(1, "fired", fired_at=1.501)
@@ -58,8 +60,10 @@ def test_jsonl_has_contract_fields_once_final(tmp_path: Path) -> None:
     log.open()
     log.record(rec(1))  # pending: not written yet
     log.record(rec(2, status="rejected"))
+    assert log.flush(timeout=10.0)  # the writer thread appends the lines
     assert [json.loads(x)["item"] for x in path.read_text().splitlines()] == [2]
     log.update_fate(1, "late", bin_name="reject")
+    assert log.flush(timeout=10.0)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [d["item"] for d in lines] == [2, 1]
     assert set(lines[1]) >= CONTRACT

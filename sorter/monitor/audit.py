@@ -1,9 +1,29 @@
 """The decision log: every item's decision and its fate, in SQLite and JSON lines.
 
-SQLite runs in WAL mode with one transaction per write, so a kill -9 loses at most the item
-in flight; the log can be read while the sorter runs. Each run gets an id (its start time);
-rows are keyed (run, item). A decision is inserted when it is made and its `status` updated
-when the controller reports the command's fate.
+Each run gets an id (its start time); rows are keyed (run, item). A decision is inserted when
+it is made and its `status` updated when the controller reports the command's fate.
+
+Writing never stops the sorter. `record()` and `update_fate()` (the latter called from the
+link's thread: command callback -> decider -> here) only update memory and queue the write;
+one writer thread per log does the SQLite and file I/O, so a locked database or a slow disk
+delays the log, never the loop or the link's reader. A write that fails (disk full, database
+locked past its busy timeout (`busy_s`, 5 s), an I/O error) is kept and retried with backoff (0.5 s
+doubling to 5 s); each failed attempt is counted (`health()`, `watch()`: the runner shows
+them as `sorter_decision_log_errors_total` on /metrics, in the status snapshot the dashboard
+shows and as a `decision_log` alarm, cleared once a write succeeds again). Queued writes are
+coalesced per item, so the backlog is at most one row per item; it holds `max_backlog` rows
+(and as many JSON lines). Past that the OLDEST queued write is dropped, counted
+(`sorter_decision_log_dropped_total`) and logged with its item number; while the backlog
+fits nothing is lost. The records in memory (the scorecard, `records()`) are never affected.
+`flush()` waits for the backlog; `close()` flushes (bounded) and logs what it could not write.
+
+Durability on a power cut (the usual failure on a Pi): SQLite runs in WAL mode with
+`synchronous=FULL` and one transaction per writer pass, so every committed decision
+survives a power cut, and the log can be read while the sorter runs. The JSON-lines file
+gets whole-line appends, fsync'ed at most every `fsync_s` (0.5 s) and at close, so a power
+cut loses at most the last half second of lines (a kill -9 loses none that were written:
+they are in the OS). Besides, a kill -9 or a power cut loses what was still queued: the
+writer commits within milliseconds of a decision unless the disk is failing.
 
 JSON lines (`--log PATH.jsonl`) get one line per item once its fate is final, with the
 fields of `DecisionRecord.as_dict()`. When the controller later corrects a fate (a SORT
@@ -15,20 +35,25 @@ prefix keeps runs from overwriting each other; a lane's sorter names it
 <lane>_<run>_<item>.png, so crops gathered from many lanes stay apart), or
 DIR/_review/<grade>/<run>_<item>.png when its confidence is below the review threshold: a
 person checks _review/, moves each crop to the right grade folder, and the folder-per-grade
-tree goes to `sorter-train`.
+tree goes to `sorter-train`. A crop that cannot be written (disk full) counts as
+a log error and its record keeps no crop path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -137,8 +162,45 @@ class DecisionRecord:
         return d
 
 
+@dataclass(frozen=True)
+class LogHealth:
+    """How the decision log's writes are going (`DecisionLog.health()`)."""
+
+    errors: int = 0
+    """Failed write attempts so far (SQLite, JSON lines, fsync or crop files)."""
+    backlog: int = 0
+    """Writes queued and not yet done (SQLite rows + JSON lines)."""
+    dropped: int = 0
+    """Queued writes dropped because the backlog was full (oldest first)."""
+    last_error: str | None = None
+    """The latest failure, or None once a write succeeded after it."""
+
+
+@dataclass
+class _Op:
+    """One queued SQLite write for an item (the latest state wins)."""
+
+    item: int
+    rec: DecisionRecord | None
+    """Where the values come from at write time; None for an item forgotten in memory."""
+    insert: bool
+    """A whole row (INSERT OR REPLACE) rather than an UPDATE of its fate."""
+    wall: str = ""
+    status: str = ""
+    fired_at: float | None = None
+    bin: str | None = None
+    version: int = 0
+    """Bumped on every change: a write done from an older version does not retire it."""
+
+
+HealthCallback = Callable[[LogHealth], None]
+_ROWS_PER_PASS = 2000
+"""Row writes per transaction (a long backlog is written in several, the lock held briefly)."""
+
+
 class DecisionLog:
-    """SQLite (+ optional JSON lines, + optional crops) writer; thread safe."""
+    """SQLite (+ optional JSON lines, + optional crops) writer; thread safe; see the module
+    docstring for the writer thread, the retries and the backlog."""
 
     def __init__(
         self,
@@ -150,6 +212,10 @@ class DecisionLog:
         run: str | None = None,
         keep: int | None = None,
         lane: str = "",
+        max_backlog: int = 100_000,
+        retry_s: tuple[float, float] = (0.5, 5.0),
+        fsync_s: float = 0.5,
+        busy_s: float = 5.0,
     ) -> None:
         self.lane = lane
         """The lane id ([lane] id): stored in every record's `lane` column and prefixed to every
@@ -159,43 +225,50 @@ class DecisionLog:
         self.crops_dir = Path(crops_dir) if crops_dir else None
         self.review_below = review_below
         self.run = run or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.max_backlog = max_backlog
+        """Queued SQLite rows (and, separately, JSON lines) kept before the oldest is dropped."""
+        self.retry_s = retry_s
+        """(first, longest) wait before retrying a failed write; doubles in between."""
+        self.fsync_s = fsync_s
+        """Longest time written JSON lines stay un-fsync'ed."""
+        self.busy_s = busy_s
+        """How long a write waits for another writer's lock before it counts as failed."""
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._db: sqlite3.Connection | None = None
-        self._jsonl: IO[str] | None = None
+        self._fd: int | None = None
         self._records: dict[int, DecisionRecord] = {}
         self.keep = keep
         """Records kept in memory (None: all, for a replay's scorecard; a live run keeps the
         latest N plus every pending one; the database keeps everything)."""
         self._written: set[int] = set()
         self._opened = False
+        self._pending: OrderedDict[int, _Op] = OrderedDict()
+        self._lines: deque[tuple[int, bytes]] = deque()
+        self._buf = b""
+        """JSON-lines bytes the writer has taken and not yet written (a short write's rest)."""
+        self._buf_lines = 0
+        self._unsynced = False
+        self._sync_now = False
+        self._last_fsync = 0.0
+        self._errors = 0
+        self._dropped = 0
+        self._last_error: str | None = None
+        self._watchers: list[HealthCallback] = []
+        self._writer: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------
     def open(self, *, source: str = "", model: str = "", labels: list[str] | None = None) -> None:
-        """Open (creating) the database, JSON-lines file and crops folder."""
+        """Open (creating) the database, JSON-lines file and crops folder; start the writer."""
         self._opened = True
         if self.db_path is not None:
-            try:
-                self.db_path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
-                _add_extra_columns(db)
-                db.execute(
-                    "INSERT OR REPLACE INTO runs (run, started_wall, source, model, labels) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (self.run, _wall(), source, model, json.dumps(labels or [])),
-                )
-            except (OSError, sqlite3.Error) as err:
-                raise SorterError(
-                    f"{self.db_path}: cannot open the decision log ({err}); "
-                    "check the path and its permissions (--db / logging.db)"
-                ) from err
-            self._db = db
+            self._db = self._open_db(source, model, labels)
         if self.jsonl_path is not None:
             try:
                 self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-                self._jsonl = self.jsonl_path.open("a", encoding="utf-8")
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                self._fd = os.open(self.jsonl_path, flags, 0o666)
             except OSError as err:
                 raise SorterError(
                     f"{self.jsonl_path}: cannot write the JSON-lines log ({err.strerror})"
@@ -207,30 +280,84 @@ class DecisionLog:
                 raise SorterError(
                     f"{self.crops_dir}: cannot create the crops folder ({err.strerror})"
                 ) from err
+        if self._db is not None or self._fd is not None:
+            self._stop.clear()
+            self._writer = threading.Thread(
+                target=self._writer_main, name="decision-log", daemon=True
+            )
+            self._writer.start()
+
+    def _open_db(self, source: str, model: str, labels: list[str] | None) -> sqlite3.Connection:
+        assert self.db_path is not None
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.db_path, check_same_thread=False, isolation_level=None, timeout=self.busy_s
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a committed decision survives a power cut
+            db.executescript(_SCHEMA)
+            _add_extra_columns(db)
+            db.execute(
+                "INSERT OR REPLACE INTO runs (run, started_wall, source, model, labels) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.run, _wall(), source, model, json.dumps(labels or [])),
+            )
+        except (OSError, sqlite3.Error) as err:
+            raise SorterError(
+                f"{self.db_path}: cannot open the decision log ({err}); "
+                "check the path and its permissions (--db / logging.db)"
+            ) from err
+        return db
 
     @property
     def is_open(self) -> bool:
         """True between open() and close()."""
-        return self._db is not None or self._jsonl is not None or self._opened
+        return self._db is not None or self._fd is not None or self._opened
 
-    def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Write what is still unwritten to the JSON lines, store the summary, close."""
-        with self._lock:
+    def close(self, summary: dict[str, Any] | None = None, *, timeout: float = 5.0) -> None:
+        """Write what is still unwritten (waiting up to `timeout` s for a failing disk),
+        store the summary, fsync and close. What could not be written is logged as lost."""
+        with self._cond:
             for rec in self._records.values():
                 if rec.item not in self._written:
-                    self._write_jsonl(rec)
-            if self._db is not None:
-                if summary is not None:
+                    self._queue_line(rec)
+            self._cond.notify_all()
+        done = self.flush(timeout)
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout=timeout)
+            self._writer = None
+        if not done:
+            h = self.health()
+            log.error(
+                "decision log: %d writes could not be done before closing (%s); they are lost",
+                h.backlog,
+                h.last_error,
+            )
+        with self._lock:
+            self._close_files(summary)
+            self._opened = False
+
+    def _close_files(self, summary: dict[str, Any] | None) -> None:
+        if self._db is not None:
+            if summary is not None:
+                try:
                     self._db.execute(
                         "UPDATE runs SET summary = ? WHERE run = ?",
                         (json.dumps(summary), self.run),
                     )
-                self._db.close()
-                self._db = None
-            if self._jsonl is not None:
-                self._jsonl.close()
-                self._jsonl = None
-            self._opened = False
+                except sqlite3.Error as err:
+                    log.error("%s: could not store the run summary: %s", self.db_path, err)
+            self._db.close()
+            self._db = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> DecisionLog:
         self.open()
@@ -239,56 +366,85 @@ class DecisionLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- health -----------------------------------------------------------------------
+    def watch(self, callback: HealthCallback) -> None:
+        """Call `callback(health)` (from the writer thread) whenever a write fails, a failed
+        write succeeds again, the backlog changes or a queued write is dropped."""
+        self._watchers.append(callback)
+        callback(self.health())
+
+    def health(self) -> LogHealth:
+        """Errors, backlog and drops so far."""
+        with self._lock:
+            return self._health_locked()
+
+    def _health_locked(self) -> LogHealth:
+        backlog = len(self._pending) + len(self._lines) + self._buf_lines
+        return LogHealth(self._errors, backlog, self._dropped, self._last_error)
+
+    def _report(self, health: LogHealth) -> None:
+        for cb in list(self._watchers):
+            try:
+                cb(health)
+            except Exception:  # a broken watcher must not stop the writer
+                log.exception("decision log health callback failed")
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every queued write is done and the JSON lines are fsync'ed; False if
+        that did not happen within `timeout` s (the writes stay queued)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._writer is None:
+                return not (self._pending or self._lines or self._buf)
+            self._sync_now = True
+            self._cond.notify_all()
+            while self._pending or self._lines or self._buf or self._unsynced:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is None else min(left, 0.1))
+                self._sync_now = True
+            return True
+
     # -- writing --------------------------------------------------------------------
     def record(self, rec: DecisionRecord, crop: np.ndarray | None = None) -> DecisionRecord:
-        """Store a new decision (one transaction); save its crop if crops are kept."""
+        """Store a new decision (queued for the writer); save its crop if crops are kept."""
         rec.run = self.run
         if self.lane:
             rec.extra.setdefault("lane", self.lane)
         if crop is not None and self.crops_dir is not None:
-            rec.crop = str(self._save_crop(rec, crop))
-        with self._lock:
+            rec.crop = self._save_crop(rec, crop)
+        with self._cond:
             self._records[rec.item] = rec
             if self.keep is not None and len(self._records) > self.keep:
                 self._trim()
             if self._db is not None:
-                self._insert(rec)
+                self._queue_op(_Op(rec.item, rec, insert=True, wall=_wall()))
             if rec.status in FINAL_STATUSES:
-                self._write_jsonl(rec)
+                self._queue_line(rec)
+            self._cond.notify_all()
         return rec
-
-    def _insert(self, rec: DecisionRecord) -> None:
-        assert self._db is not None
-        values: list[Any] = [
-            rec.run, rec.item, rec.t_line, rec.label, rec.confidence, rec.margin,
-            json.dumps(rec.scores), rec.views, rec.reason, rec.bin, rec.gate, rec.fire_at,
-            rec.fired_at, rec.status, rec.latency_ms, rec.crop, _wall(),
-        ]  # fmt: skip
-        names = list(_CORE_COLUMNS)
-        for name in EXTRA_COLUMNS:
-            names.append(name)
-            values.append(_sql_value(rec.extra.get(name)))
-        marks = ", ".join("?" * len(names))
-        self._db.execute(
-            f"INSERT OR REPLACE INTO decisions ({', '.join(names)}) VALUES ({marks})", values
-        )
 
     def update_fate(
         self, item: int, status: str, *, fired_at: float | None = None, bin_name: str | None = None
     ) -> DecisionRecord | None:
-        """Record a command's fate (called from the link's thread)."""
-        with self._lock:
+        """Record a command's fate (called from the link's thread; never waits for I/O)."""
+        with self._cond:
             rec = self._records.get(item)
+            op = self._pending.get(item)
+            if rec is None and op is not None and op.rec is not None:
+                rec = op.rec  # forgotten in memory before its row was written
             if rec is None:  # forgotten from memory (keep=N): correct the row only
-                if self._db is not None:
-                    cur = self._db.execute(
-                        "UPDATE decisions SET status = ?, fired_at = COALESCE(?, fired_at), "
-                        "bin = COALESCE(?, bin) WHERE run = ? AND item = ?",
-                        (status, fired_at, bin_name, self.run, item),
-                    )
-                    if cur.rowcount:
-                        return None
-                log.warning("fate %s for unknown item %d", status, item)
+                if self._db is None:
+                    log.warning("fate %s for unknown item %d", status, item)
+                    return None
+                if op is None:
+                    op = self._queue_op(_Op(item, None, insert=False))
+                op.status = status
+                op.fired_at = fired_at if fired_at is not None else op.fired_at
+                op.bin = bin_name if bin_name is not None else op.bin
+                op.version += 1
+                self._cond.notify_all()
                 return None
             corrected = rec.status in FINAL_STATUSES and rec.status != status
             rec.status = status
@@ -301,14 +457,49 @@ class DecisionLog:
                 rec.extra["corrected"] = True
                 self._written.discard(rec.item)
             if self._db is not None:
-                self._db.execute(
-                    "UPDATE decisions SET status = ?, fired_at = ?, bin = ? "
-                    "WHERE run = ? AND item = ?",
-                    (rec.status, rec.fired_at, rec.bin, self.run, item),
-                )
+                if op is None:
+                    self._queue_op(_Op(item, rec, insert=False))
+                else:
+                    op.rec = rec
+                    op.version += 1
             if status in FINAL_STATUSES:
-                self._write_jsonl(rec)
+                self._queue_line(rec)
+            self._cond.notify_all()
             return rec
+
+    def _queue_op(self, op: _Op) -> _Op:
+        """Queue a row write (lock held); past max_backlog the oldest queued one goes."""
+        old = self._pending.get(op.item)
+        if old is not None and old.rec is not None and op.rec is old.rec:
+            old.insert = old.insert or op.insert
+            old.wall = old.wall or op.wall
+            old.version += 1
+            return old
+        self._pending[op.item] = op
+        while len(self._pending) > self.max_backlog:
+            lost, _ = self._pending.popitem(last=False)
+            self._drop(f"row of item {lost}")
+        return op
+
+    def _queue_line(self, rec: DecisionRecord) -> None:
+        """Queue the item's JSON line (lock held), once per final status."""
+        if self._fd is None or rec.item in self._written:
+            return
+        self._lines.append((rec.item, (json.dumps(rec.as_dict()) + "\n").encode()))
+        self._written.add(rec.item)
+        while len(self._lines) > self.max_backlog:
+            lost, _ = self._lines.popleft()
+            self._drop(f"JSON line of item {lost}")
+
+    def _drop(self, what: str) -> None:
+        self._dropped += 1
+        if self._dropped == 1 or self._dropped % 1000 == 0:
+            log.error(
+                "decision log backlog full (%d): dropped the %s (%d dropped so far)",
+                self.max_backlog,
+                what,
+                self._dropped,
+            )
 
     def _trim(self) -> None:
         """Forget the oldest decisions whose fate is final (they stay in the database)."""
@@ -332,25 +523,158 @@ class DecisionLog:
         with self._lock:
             return [r for r in self._records.values() if r.status not in FINAL_STATUSES]
 
-    def _write_jsonl(self, rec: DecisionRecord) -> None:
-        if self._jsonl is None or rec.item in self._written:
-            return
-        self._jsonl.write(json.dumps(rec.as_dict()) + "\n")
-        self._jsonl.flush()
-        self._written.add(rec.item)
+    # -- the writer thread ------------------------------------------------------------
+    def _writer_main(self) -> None:
+        backoff = self.retry_s[0]
+        while True:
+            with self._cond:
+                while not (self._stop.is_set() or self._has_work()):
+                    self._cond.wait(self._sync_wait())
+                if self._stop.is_set() and not self._has_work():
+                    return
+                ops = self._take_ops()
+                if not self._buf and self._lines:
+                    chunk = [self._lines.popleft() for _ in range(min(len(self._lines), 512))]
+                    self._buf = b"".join(line for _, line in chunk)
+                    self._buf_lines = len(chunk)
+            problems = [p for p in (self._write_rows(ops), self._write_lines()) if p]
+            problems += [p for p in (self._sync_lines(),) if p]
+            problem = "; ".join(problems) or None
+            with self._cond:
+                self._errors += len(problems)
+                self._last_error = problem
+                health = self._health_locked()
+                self._cond.notify_all()
+            self._report(health)
+            if problem is None:
+                backoff = self.retry_s[0]
+                continue
+            log.error("decision log: %s; retrying in %.2f s", problem, backoff)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.retry_s[1])
 
-    def _save_crop(self, rec: DecisionRecord, crop: np.ndarray) -> Path:
+    def _has_work(self) -> bool:
+        if self._pending or self._lines or self._buf:
+            return True
+        due = time.monotonic() - self._last_fsync >= self.fsync_s
+        return self._unsynced and (due or self._sync_now)
+
+    def _sync_wait(self) -> float:
+        if self._unsynced:
+            return max(0.001, self.fsync_s - (time.monotonic() - self._last_fsync))
+        return 1.0
+
+    def _take_ops(self) -> list[tuple[_Op, int, str, tuple[Any, ...]]]:
+        """The queued row writes as (op, version, sql, params), values as of now (lock held)."""
+        out = []
+        for op in itertools.islice(self._pending.values(), _ROWS_PER_PASS):
+            sql, params = self._statement(op)
+            out.append((op, op.version, sql, params))
+        return out
+
+    def _statement(self, op: _Op) -> tuple[str, tuple[Any, ...]]:
+        rec = op.rec
+        if rec is None:
+            return (
+                "UPDATE decisions SET status = ?, fired_at = COALESCE(?, fired_at), "
+                "bin = COALESCE(?, bin) WHERE run = ? AND item = ?",
+                (op.status, op.fired_at, op.bin, self.run, op.item),
+            )
+        if not op.insert:
+            return (
+                "UPDATE decisions SET status = ?, fired_at = ?, bin = ? WHERE run = ? AND item = ?",
+                (rec.status, rec.fired_at, rec.bin, self.run, rec.item),
+            )
+        values: list[Any] = [
+            rec.run, rec.item, rec.t_line, rec.label, rec.confidence, rec.margin,
+            json.dumps(rec.scores), rec.views, rec.reason, rec.bin, rec.gate, rec.fire_at,
+            rec.fired_at, rec.status, rec.latency_ms, rec.crop, op.wall,
+        ]  # fmt: skip
+        names = list(_CORE_COLUMNS)
+        for name in EXTRA_COLUMNS:
+            names.append(name)
+            values.append(_sql_value(rec.extra.get(name)))
+        marks = ", ".join("?" * len(names))
+        sql = f"INSERT OR REPLACE INTO decisions ({', '.join(names)}) VALUES ({marks})"
+        return sql, tuple(values)
+
+    def _write_rows(self, ops: list[tuple[_Op, int, str, tuple[Any, ...]]]) -> str | None:
+        """Write the rows in one transaction; the problem, or None (writer thread)."""
+        db = self._db
+        if not ops or db is None:
+            return None
+        unknown = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op, _, sql, params in ops:
+                if not db.execute(sql, params).rowcount and op.rec is None:
+                    unknown.append(op.item)
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as err:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            return f"{self.db_path}: {err}"
+        for item in unknown:
+            log.warning("fate for unknown item %d", item)
+        with self._lock:
+            for op, version, _, _ in ops:
+                if self._pending.get(op.item) is op and op.version == version:
+                    del self._pending[op.item]
+        return None
+
+    def _write_lines(self) -> str | None:
+        """Append the taken JSON lines (whole, a short write's rest later); writer thread."""
+        while self._buf and self._fd is not None:
+            try:
+                n = os.write(self._fd, self._buf)
+            except OSError as err:
+                return f"{self.jsonl_path}: {err.strerror or err}"
+            with self._lock:
+                self._buf_lines -= self._buf[:n].count(b"\n")
+                self._buf = self._buf[n:]
+                self._unsynced = True
+        return None
+
+    def _sync_lines(self) -> str | None:
+        """fsync the JSON lines at most every fsync_s (sooner when flush() asks)."""
+        if self._fd is None or not self._unsynced:
+            return None
+        now = time.monotonic()
+        if now - self._last_fsync < self.fsync_s and not self._sync_now:
+            return None
+        try:
+            os.fsync(self._fd)
+        except OSError as err:
+            return f"{self.jsonl_path}: fsync failed ({err.strerror or err})"
+        with self._lock:
+            self._last_fsync = now
+            self._sync_now = False
+            self._unsynced = bool(self._buf)
+        return None
+
+    def _save_crop(self, rec: DecisionRecord, crop: np.ndarray) -> str | None:
         assert self.crops_dir is not None
         folder = self.crops_dir
         if rec.confidence < self.review_below or rec.reason != "graded":
             folder = folder / "_review"
         folder = folder / _safe_name(rec.label)
-        folder.mkdir(parents=True, exist_ok=True)
         prefix = f"{self.lane}_" if self.lane else ""
         path = folder / f"{prefix}{self.run}_{rec.item}.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
-            log.warning("could not write crop %s", path)
-        return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ok = cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            problem = None if ok else f"{path}: could not write the crop"
+        except (OSError, cv2.error) as err:
+            problem = f"{path}: could not write the crop ({err})"
+        if problem is None:
+            return str(path)
+        log.warning("%s", problem)
+        with self._lock:
+            self._errors += 1
+            health = self._health_locked()
+        self._report(health)
+        return None
 
 
 def read_decisions(db_path: str | Path, run: str | None = None) -> list[dict[str, Any]]:

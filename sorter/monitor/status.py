@@ -119,6 +119,19 @@ class Status:
         self._m_link = Gauge("sorter_link_up", "1 when the controller link is up", registry=r)
         self._m_safe = Gauge("sorter_safe_state", "1 when the controller is safe", registry=r)
         self._m_stalled = Gauge("sorter_camera_stalled", "1 while frames stall", registry=r)
+        self.log_health: dict[str, Any] = {"errors": 0, "backlog": 0, "dropped": 0, "error": None}
+        """The decision log's writes (`decision_log`)."""
+        self._m_log_errors = Counter(
+            "sorter_decision_log_errors", "Failed decision-log write attempts", registry=r
+        )
+        self._m_log_dropped = Counter(
+            "sorter_decision_log_dropped",
+            "Queued decision-log writes dropped (backlog full)",
+            registry=r,
+        )
+        self._m_log_backlog = Gauge(
+            "sorter_decision_log_backlog", "Decision-log writes queued, not yet done", registry=r
+        )
 
     # -- updates from the loop ------------------------------------------------------
     def frame_in(self) -> None:
@@ -222,6 +235,31 @@ class Status:
         self._m_link.set(1 if up else 0)
         self._m_safe.set(1 if is_safe else 0)
 
+    def decision_log(self, health: Any) -> None:
+        """The decision log's health (`sorter.monitor.audit.LogHealth`: errors, backlog,
+        dropped, last_error): counted on /metrics and in the snapshot; a `decision_log`
+        alarm while its writes fail."""
+        with self._lock:
+            old = self.log_health
+            new_errors = max(0, int(health.errors) - int(old["errors"]))
+            new_dropped = max(0, int(health.dropped) - int(old["dropped"]))
+            self.log_health = {
+                "errors": int(health.errors),
+                "backlog": int(health.backlog),
+                "dropped": int(health.dropped),
+                "error": health.last_error,
+            }
+            if health.last_error:
+                self._alarms["decision_log"] = (
+                    f"decision log writes failing ({health.last_error}); "
+                    f"{health.backlog} queued, retrying; items still go to their bins"
+                )
+            else:
+                self._alarms.pop("decision_log", None)
+        self._m_log_errors.inc(new_errors)
+        self._m_log_dropped.inc(new_dropped)
+        self._m_log_backlog.set(int(health.backlog))
+
     def alarm(self, kind: str, text: str | None) -> None:
         """Raise (text) or clear (None) an alarm: camera_stalled, controller_lost, safe_state."""
         with self._lock:
@@ -292,6 +330,7 @@ class Status:
                 "decisions": [dict(d) for d in self._decisions],
                 "alarms": [{"kind": k, "text": v} for k, v in self._alarms.items()],
                 "stages": dict(self.stages),
+                "decision_log": dict(self.log_health),
             }
 
     # -- helpers --------------------------------------------------------------------

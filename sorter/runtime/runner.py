@@ -201,6 +201,8 @@ class Runner:
             labels=list(self.classifier.labels),
         )
         stack.callback(_close_if_open, self.decisions)
+        # write failures: counted on /metrics and the dashboard, a decision_log alarm
+        self.decisions.watch(status.decision_log)
         notify.ready()
         self._systemd = SystemdStatus()
         self._scheduler = Scheduler(
@@ -294,6 +296,8 @@ class Runner:
         if self.loop is not None:
             self.loop.finish()
         _flush_pending(self.decisions, self._scheduler, self.clock, self.link, self.config)
+        if not self.decisions.flush(timeout=5.0):  # the database matches memory from here
+            log.error("decision log: writes still queued at stop: %s", self.decisions.health())
         if self.link is not None and (opts.stop.is_set() or self.error is not None):
             with contextlib.suppress(Exception):
                 self.link.safe()
@@ -393,6 +397,7 @@ def _summary(
         "latency_s": status.latency_percentiles(),
         "stopped": opts.stop.is_set(),
         "run": decisions.run,
+        "decision_log": snap["decision_log"],
     }
 
 
