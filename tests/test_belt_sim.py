@@ -4,6 +4,7 @@ locator and tracker (every item found once, crossing times as in the truth)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,16 @@ from sorter.errors import ConfigError, DatasetError
 from sorter.perception.sources import VideoSource
 from sorter.perception.tracking import Tracker, TrackerConfig
 from sorter.perception.vision import BackgroundModel, Locator, LocatorConfig
-from sorter.replay.belt_sim import BeltSimConfig, list_images, simulate_belt
+from sorter.replay.belt_sim import (
+    BeltSimConfig,
+    list_images,
+    placement,
+    prepare,
+    render_frame,
+    simulate_belt,
+    true_centre,
+)
+from sorter.replay.realism import Realism
 from sorter.replay.truth import load_truth
 from tests.fakes.belt_data import make_grade_tree
 
@@ -171,3 +181,98 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "WIDTHxHEIGHT" in res.output
     res = runner.invoke(app, ["calibrate-belt", str(tmp_path / "b.npz")])
     assert res.exit_code == 2 and "exactly one frame source" in res.output
+
+
+def test_default_belt_is_unchanged_by_the_realism_machinery(tree: Path) -> None:
+    """Carrier none, no camera effects: each picture is pasted over the belt as it is."""
+    cfg = BeltSimConfig(count=3, seed=3, noise=0.0, blur_sigma=0.0, lighting_drift=0.0)
+    texture, tiles, items, _ = prepare(tree, cfg)
+    item = items[0]
+    t = item.t_line  # centred on the decision line
+    frame = render_frame(t, texture, tiles, items, cfg, None)
+    left, top = (int(v) for v in placement(item, t, cfg))
+    picture = tiles[item.source][:, :, :3]
+    assert np.array_equal(
+        frame[top : top + 120, left : left + 120], np.clip(picture + 0.5, 0, 255).astype(np.uint8)
+    )
+    cx, cy = true_centre(item, t, cfg)
+    assert (cx, cy) == (left + 60, top + 60)
+
+
+@pytest.mark.parametrize("carrier", ["tray", "cup", "bare"])
+def test_carriers_render_around_the_picture_and_the_truth_centre_follows(
+    carrier: str, tree: Path, tmp_path: Path
+) -> None:
+    realism = Realism(carrier=carrier, carrier_colours=("black",), rim_px=6, rim_inside_px=2)
+    cfg = BeltSimConfig(
+        count=3,
+        seed=3,
+        noise=0.0,
+        blur_sigma=0.0,
+        lighting_drift=0.0,
+        subpixel=True,
+        realism=realism,
+    )
+    texture, tiles, items, _ = prepare(tree, cfg)
+    item = items[0]
+    frame = render_frame(item.t_line, texture, tiles, items, cfg, None).astype(np.float32)
+    cx, cy = true_centre(item, item.t_line, cfg)
+    assert cx == pytest.approx(320 + item.dx, abs=1e-3)  # t_line has 6 decimals
+    x, y = math.floor(cx), math.floor(cy)
+    if carrier == "tray":  # black rim just outside the field of view and 2 px inside it
+        assert frame[y, x - 62].max() < 50 and frame[y, x + 61].max() < 50
+        assert frame[y, x - 59].max() < 50 and frame[y, x - 57].max() > 100  # rim, picture
+    elif carrier == "cup":  # the window's corner is belt (orange), the centre the picture
+        corner = frame[y - 59, x - 59]
+        assert corner[0] > 150 and corner[2] < 90
+    else:  # bare: the produce alone; its centre is where the green pixels are
+        view = frame[y - 60 : y + 60, x - 60 : x + 60]
+        ys, xs = np.nonzero(2 * view[:, :, 1] - view[:, :, 0] - view[:, :, 2] > 40)
+        assert x - 60 + xs.mean() + 0.5 == pytest.approx(cx, abs=1.0)
+        assert y - 60 + ys.mean() + 0.5 == pytest.approx(cy, abs=1.0)
+
+
+def test_camera_effects_blur_vignette_and_white_balance(tree: Path) -> None:
+    base = BeltSimConfig(count=2, seed=1, noise=0.0, blur_sigma=0.0, lighting_drift=0.0)
+    cam = BeltSimConfig(
+        **{
+            **base.__dict__,
+            "realism": Realism(exposure_ms=4.0, vignetting=0.3, white_balance_drift=0.1),
+        }
+    )
+    texture, tiles, items, _ = prepare(tree, base)
+    t = 23.0 / 4  # a quarter period of the white-balance drift: red up, blue down
+    plain = render_frame(t, texture, tiles, items, base, None).astype(np.float32)
+    seen = render_frame(t, texture, tiles, items, cam, None).astype(np.float32)
+    centre, corner = (slice(230, 250), slice(310, 330)), (slice(0, 10), slice(0, 10))
+    ratio = seen[centre].mean(axis=(0, 1)) / plain[centre].mean(axis=(0, 1))
+    assert ratio[0] == pytest.approx(1.1, abs=0.02) and ratio[2] == pytest.approx(0.9, abs=0.02)
+    assert seen[corner].mean() < 0.8 * plain[corner].mean()
+    # 400 px/s x 4 ms = 1.6 px of motion blur: along the belt only.
+    assert np.abs(np.diff(seen[240], axis=0)).mean() < np.abs(np.diff(plain[240], axis=0)).mean()
+
+
+def test_codec_choice_and_its_container(tree: Path, tmp_path: Path) -> None:
+    cfg = BeltSimConfig(count=2, seed=1, size=(320, 240), px_per_mm=0.24, codec="MJPG")
+    with pytest.raises(ConfigError, match=r"MJPG video needs a \.avi"):
+        simulate_belt(tree, tmp_path / "x.mp4", cfg)
+    result = simulate_belt(tree, tmp_path / "x.avi", cfg)
+    with VideoSource(result.video) as src:
+        assert sum(1 for _ in src) == result.frames
+    assert json.loads(result.truth.read_text())["settings"]["codec"] == "MJPG"
+    with pytest.raises(ConfigError, match="--codec"):
+        BeltSimConfig(codec="H264").check()
+    with pytest.raises(ConfigError, match="--carrier"):
+        BeltSimConfig(realism=Realism(carrier="box")).check()
+    args = [
+        "simulate-belt",
+        str(tree),
+        str(tmp_path / "c.mp4"),
+        "--carrier",
+        "cup",
+        "--carrier-colours",
+        "pink",
+        "-q",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--carrier-colours pink" in res.output

@@ -17,6 +17,7 @@ from sorter.errors import ConfigError, SorterError, SourceError
 from sorter.perception.sources import CameraSettings, open_source
 from sorter.perception.vision import BackgroundModel, summarize
 from sorter.replay.belt_sim import BeltSimConfig, list_images, simulate_belt
+from sorter.replay.realism import Realism
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,26 @@ def simulate_belt_cmd(
     subpixel: Annotated[
         bool, typer.Option(help="Items at fractional positions (edges mixed with the belt).")
     ] = False,
+    codec: Annotated[str, typer.Option(help="Video codec: mp4v (.mp4) or MJPG (.avi).")] = "mp4v",
+    carrier: Annotated[
+        str, typer.Option(help="Items ride in: none (picture as is), tray, cup, bare (no tray).")
+    ] = "none",
+    carrier_colours: Annotated[
+        str, typer.Option(help="Tray/cup colours, comma-separated (per item at random).")
+    ] = "black,dark,grey,white,blue,green",
+    rim: Annotated[float, typer.Option(help="Tray/cup rim width outside the view, px.")] = 6.0,
+    rim_inside: Annotated[
+        float, typer.Option(help="How far the tray's rim reaches into the view, px.")
+    ] = 0.0,
+    exposure_ms: Annotated[
+        float, typer.Option(help="Shutter time: motion blur of speed x exposure px.")
+    ] = 0.0,
+    vignetting: Annotated[
+        float, typer.Option(help="Brightness lost at the corners (fraction).")
+    ] = 0.0,
+    white_balance_drift: Annotated[
+        float, typer.Option(help="Red/blue gain drift amplitude (fraction).")
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Make a conveyor-belt video from a folder-per-grade tree, with its ground truth JSON."""
@@ -105,6 +126,16 @@ def simulate_belt_cmd(
             split=split,
             lead_in_s=lead_in,
             subpixel=subpixel,
+            codec=codec,
+            realism=Realism(
+                carrier=carrier,
+                carrier_colours=tuple(c.strip() for c in carrier_colours.split(",") if c.strip()),
+                rim_px=rim,
+                rim_inside_px=rim_inside,
+                exposure_ms=exposure_ms,
+                vignetting=vignetting,
+                white_balance_drift=white_balance_drift,
+            ),
         )
         cfg.check()  # bad options and folders fail before the progress bar starts
         list_images(data_dir, limit_per_grade=limit_per_grade, split_file=split_file, split=split)

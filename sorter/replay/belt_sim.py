@@ -31,12 +31,15 @@ import numpy as np
 
 from sorter.errors import ConfigError, DatasetError, SourceError
 from sorter.perception.preprocess import IMAGE_SUFFIXES, load_image
+from sorter.replay.realism import CameraModel, Realism, item_sprite, sprite_centre
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTION = "CUCUMBER-9 dataset (c) Workpiles, CC BY 4.0"
 MIN_GAP_PX = 16
 """Smallest belt gap left between neighbouring items after jitter."""
+CODECS = {"mp4v": ".mp4", "MJPG": ".avi"}
+"""Video codecs (FourCC) and the container each needs (OpenCV writes MJPG only in .avi)."""
 
 
 @dataclass
@@ -86,6 +89,8 @@ class BeltSimConfig:
     subpixel: bool = False
     """Place items at their exact (fractional) position, edges area-mixed with the belt;
     False pastes them at whole pixels."""
+    realism: Realism = field(default_factory=Realism)
+    """Carriers (trays, cups, bare belt) and camera effects (sorter.replay.realism)."""
 
     @property
     def window_px(self) -> tuple[int, int]:
@@ -128,6 +133,9 @@ class BeltSimConfig:
             )
         if self.count is not None and self.count < 1:
             raise ConfigError(f"--count must be at least 1, got {self.count}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"--codec {self.codec!r}: use one of {', '.join(CODECS)}")
+        self.realism.check()
         self.resolved_spacing()
 
 
@@ -147,6 +155,12 @@ class SimItem:
     """Centre y of the item in the frame."""
     x0: float = field(default=0.0, repr=False)
     """Centre x at t = 0 (internal)."""
+    carrier_colour: str = field(default="", repr=False)
+    """Colour of its tray or cup (realism.carrier tray/cup)."""
+    dx: float = field(default=0.0, repr=False)
+    """Offset of the rendered item's centre from its picture's centre (bare belt)."""
+    dy: float = field(default=0.0, repr=False)
+    """Offset in y."""
 
 
 @dataclass
@@ -259,31 +273,39 @@ def _schedule(
     return items
 
 
-def _paste(frame: np.ndarray, tile: np.ndarray, left: int, top: int) -> None:
+def _paste(frame: np.ndarray, sprite: np.ndarray, left: int, top: int) -> None:
+    """Composite a premultiplied RGBA sprite onto the frame at a whole-pixel position."""
     h, w = frame.shape[:2]
-    th, tw = tile.shape[:2]
+    th, tw = sprite.shape[:2]
     x0, y0 = max(0, left), max(0, top)
     x1, y1 = min(w, left + tw), min(h, top + th)
     if x1 <= x0 or y1 <= y0:
         return
-    frame[y0:y1, x0:x1] = tile[y0 - top : y1 - top, x0 - left : x1 - left]
+    part = sprite[y0 - top : y1 - top, x0 - left : x1 - left]
+    a = part[:, :, 3:]
+    frame[y0:y1, x0:x1] = part[:, :, :3] + (1.0 - a) * frame[y0:y1, x0:x1]
 
 
 def placement(item: SimItem, t: float, cfg: BeltSimConfig) -> tuple[float, float]:
-    """(left, top) edge of the item's tile at time t: whole pixels unless cfg.subpixel."""
+    """(left, top) edge of the item's sprite at time t: whole pixels unless cfg.subpixel.
+
+    The sprite is the field of view (window_px) plus the carrier's margin on each side."""
+    m = cfg.realism.margin_px()
     win_w, win_h = cfg.window_px
-    left = item.x0 + cfg.speed_px_s * t - win_w / 2
-    top = item.y - win_h / 2
+    left = item.x0 + cfg.speed_px_s * t - win_w / 2 - m
+    top = item.y - win_h / 2 - m
     if cfg.subpixel:
         return left, top
     return math.floor(left + 0.5), math.floor(top + 0.5)
 
 
 def true_centre(item: SimItem, t: float, cfg: BeltSimConfig) -> tuple[float, float]:
-    """The centre of the item's tile as rendered at time t (pixel i covers [i, i+1))."""
+    """The item's centre as rendered at time t (pixel i covers [i, i+1)): the centre of its
+    picture, or for a bare belt the centre of the produce."""
     left, top = placement(item, t, cfg)
+    m = cfg.realism.margin_px()
     win_w, win_h = cfg.window_px
-    return left + win_w / 2, top + win_h / 2
+    return left + m + win_w / 2 + item.dx, top + m + win_h / 2 + item.dy
 
 
 def centres_by_frame(
@@ -304,25 +326,18 @@ def centres_by_frame(
     return out
 
 
-def _paste_shifted(frame: np.ndarray, tile: np.ndarray, left: float, top: float) -> None:
-    """Paste `tile` with its top-left edge at a fractional (left, top): edge pixels are
-    the area-weighted mix of tile and belt, as a camera sees a continuous position."""
+def _paste_shifted(frame: np.ndarray, sprite: np.ndarray, left: float, top: float) -> None:
+    """Composite a premultiplied RGBA sprite with its top-left edge at a fractional
+    (left, top): edge pixels are the area-weighted mix of sprite and belt, as a camera
+    sees a continuous position."""
     il, it = math.floor(left), math.floor(top)
     fx, fy = left - il, top - it
-    th, tw = tile.shape[:2]
+    th, tw = sprite.shape[:2]
     shift = np.array([[1, 0, fx], [0, 1, fy]], dtype=np.float32)
-    size = (tw + 1, th + 1)
-    rgb = cv2.warpAffine(tile, shift, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
-    ones = np.ones((th, tw), np.float32)
-    alpha = cv2.warpAffine(ones, shift, size, flags=cv2.INTER_LINEAR, borderValue=0)
-    h, w = frame.shape[:2]
-    x0, y0 = max(0, il), max(0, it)
-    x1, y1 = min(w, il + tw + 1), min(h, it + th + 1)
-    if x1 <= x0 or y1 <= y0:
-        return
-    src = (slice(y0 - it, y1 - it), slice(x0 - il, x1 - il))
-    a = alpha[src][:, :, None]
-    frame[y0:y1, x0:x1] = rgb[src] + (1.0 - a) * frame[y0:y1, x0:x1]
+    shifted = cv2.warpAffine(
+        sprite, shift, (tw + 1, th + 1), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0)
+    )
+    _paste(frame, shifted, il, it)
 
 
 def render_frame(
@@ -335,26 +350,28 @@ def render_frame(
 ) -> np.ndarray:
     """The camera's view at time t (RGB uint8), before video compression.
 
-    `rng` None renders a clean frame: no noise (the belt, drift and blur stay).
+    `tiles` are the items' sprites (`prepare`; key `sprite_key(item, cfg)`). `rng` None
+    renders a clean frame: no noise (the belt, drift, blur and camera effects stay).
     """
     w = cfg.size[0]
     period = texture.shape[1]
     offset = round(cfg.speed_px_s * t)
     cols = (np.arange(w) - offset) % period
     frame = texture[:, cols].copy()
-    win_w = cfg.window_px[0]
     for item in items:
+        sprite = tiles[sprite_key(item, cfg)]
         left, top = placement(item, t, cfg)
-        if left >= w or left + win_w <= 0:
+        if left >= w or left + sprite.shape[1] <= 0:
             continue
         if cfg.subpixel:
-            _paste_shifted(frame, tiles[item.source], left, top)
+            _paste_shifted(frame, sprite, left, top)
         else:
-            _paste(frame, tiles[item.source], int(left), int(top))
+            _paste(frame, sprite, int(left), int(top))
     gain = 1.0 + cfg.lighting_drift * math.sin(2 * math.pi * t / cfg.drift_period_s)
     frame *= gain
     if cfg.blur_sigma > 0:
         frame = cv2.GaussianBlur(frame, (0, 0), cfg.blur_sigma)
+    frame = _camera(cfg).apply(frame, t)
     if rng is not None and cfg.noise > 0:
         frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(cfg.noise)
     return np.clip(frame + 0.5, 0, 255).astype(np.uint8)
@@ -371,17 +388,55 @@ def prepare(
     )
     rng = np.random.default_rng(cfg.seed)
     items = _schedule(images, cfg, rng)
-    win = cfg.window_px
-    tiles: dict[str, np.ndarray] = {}
-    for item in items:
-        if item.source not in tiles:
-            img = load_image(root / item.source)
-            # The camera sees a continuous scene: smooth up-scaling, not blocky pixels.
-            tiles[item.source] = cv2.resize(img, win, interpolation=cv2.INTER_LINEAR).astype(
-                np.float32
-            )
+    tiles = _sprites(root, items, cfg)
     texture = make_belt_texture(cfg.size[1], max(1024, 2 * cfg.size[0]), rng)
     return texture, tiles, items, rng
+
+
+def sprite_key(item: SimItem, cfg: BeltSimConfig) -> str:
+    """Key of an item's sprite in `prepare`'s tiles: pictures are shared unless carried."""
+    return item.source if cfg.realism.carrier == "none" else f"{item.id}:{item.source}"
+
+
+def _sprites(root: Path, items: list[SimItem], cfg: BeltSimConfig) -> dict[str, np.ndarray]:
+    """Each item's sprite: its picture at camera scale in its carrier (realism.item_sprite).
+
+    Carrier colours come from their own random stream, so the belt, order and noise of a
+    seed are the same with and without carriers."""
+    pictures: dict[str, np.ndarray] = {}
+    sprites: dict[str, np.ndarray] = {}
+    colour_rng = np.random.default_rng([cfg.seed, 1])
+    palette = list(cfg.realism.carrier_colours)
+    for item in items:
+        if item.source not in pictures:
+            img = load_image(root / item.source)
+            # The camera sees a continuous scene: smooth up-scaling, not blocky pixels.
+            pictures[item.source] = cv2.resize(
+                img, cfg.window_px, interpolation=cv2.INTER_LINEAR
+            ).astype(np.float32)
+        key = sprite_key(item, cfg)
+        if key in sprites:
+            continue
+        item.carrier_colour = str(colour_rng.choice(palette))
+        sprite = item_sprite(pictures[item.source], cfg.realism, item.carrier_colour)
+        sprites[key] = sprite
+        if cfg.realism.carrier == "bare":
+            sx, sy = sprite_centre(sprite)
+            item.dx, item.dy = sx - sprite.shape[1] / 2, sy - sprite.shape[0] / 2
+    return sprites
+
+
+_CAMERAS: dict[tuple[Any, ...], CameraModel] = {}
+
+
+def _camera(cfg: BeltSimConfig) -> CameraModel:
+    """The camera effects of cfg.realism (vignetting map cached per frame size)."""
+    key = (cfg.size, cfg.speed_px_s, tuple(sorted(asdict(cfg.realism).items())))
+    cam = _CAMERAS.get(key)
+    if cam is None:
+        _CAMERAS.clear()
+        cam = _CAMERAS[key] = CameraModel(cfg.realism, cfg.size, cfg.speed_px_s)
+    return cam
 
 
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
@@ -410,6 +465,13 @@ def simulate_belt(
     """
     cfg = config or BeltSimConfig()
     out = Path(out_mp4)
+    cfg.check()
+    suffix = CODECS[cfg.codec]
+    if out.suffix.lower() != suffix:
+        raise ConfigError(
+            f"{out}: a {cfg.codec} video needs a {suffix} file name (OpenCV would silently "
+            f"write another codec); name it {out.with_suffix(suffix).name}"
+        )
     texture, tiles, items, rng = prepare(data_dir, cfg)
     w, h = cfg.size
     win_w = cfg.window_px[0]
@@ -425,7 +487,7 @@ def simulate_belt(
     if not writer.isOpened():
         raise SourceError(
             f"{out}: cannot write a {cfg.codec} video here (check the folder is writable and "
-            "the name ends in .mp4)"
+            f"the name ends in {suffix})"
         )
     try:
         for k in range(n_frames):
