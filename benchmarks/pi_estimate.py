@@ -1,7 +1,8 @@
 """ESTIMATED int8 inference latency on a Raspberry Pi, from multiply-accumulates (not measured).
 
 Nobody has run these benchmarks on a Pi yet; until someone does (`make bench` on the Pi, see
-the README), the expected per-crop latency is scaled from published TensorFlow Lite figures:
+benchmarks/README.md), the expected per-crop latency is scaled from published TensorFlow Lite
+figures:
 
 - Q-engineering, "TensorFlow Lite classification on a bare Raspberry Pi 4"
   (github.com/Qengineering/TensorFlow_Lite_Classification_RPi_32-bits): quantised

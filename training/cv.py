@@ -114,7 +114,7 @@ CV_RECIPES: dict[str, Recipe] = {
         augment=FLIP_ONLY, camera=_CAM, teachers=("camera", "camera-wide", "camera-s2"), **_FIXED
     ),
 }
-"""Recipes for cross-validation (README, "Choosing the recipe")."""
+"""Recipes for cross-validation (docs/training.md, "Choosing the recipe")."""
 
 
 def train_fold(

@@ -1,5 +1,6 @@
 """The default training recipe's settings, in one place (no TensorFlow import: the command
-line reads them for its help text). Chosen by cross-validation: README, "Choosing the recipe".
+line reads them for its help text). Chosen by cross-validation: docs/training.md, "Choosing
+the recipe".
 """
 
 from __future__ import annotations

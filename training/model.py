@@ -25,7 +25,7 @@ from keras import layers
 
 ARCHS = ("pi-cnn", "deep-mnist", "softmax")
 DEFAULT_ARCH = "pi-cnn"
-"""Chosen by measurement (README, "Choosing the network")."""
+"""Chosen by measurement (docs/training.md, "Choosing the network")."""
 
 DEFAULT_LEARNING_RATE = {"deep-mnist": 1e-4, "pi-cnn": 1e-3, "softmax": 1e-3}
 """Adam learning rates: 1e-4 is the literal Deep MNIST recipe; batch norm trains faster."""
