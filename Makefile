@@ -15,10 +15,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A GPU machine gets the CUDA build of TensorFlow; everything else the CPU build.
 TRAIN_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo train-gpu || echo train)
 
-.PHONY: help sysdeps sysdeps-test venv lint test test-fast demo bench firmware clean
+.PHONY: help sysdeps sysdeps-test sysdeps-fleet venv lint test test-fast demo fleet-demo bench firmware clean
 help:
 	@echo "make demo    replay the bundled belt video through the sorter (bundled model, emulated controller)"
 	@echo "make test    lint, type-check and run every test"
+	@echo "make fleet-demo  three lanes, a local Prometheus, one controller killed: the alert fires"
 	@echo "make bench   measure accuracy and speed (benchmarks/README.md)"
 	@echo "make firmware  build the gate controller firmware (.elf/.hex)"
 
@@ -39,15 +40,20 @@ sysdeps:
 	command -v qemu-system-avr >/dev/null || missing="$$missing qemu-system-misc"; \
 	$(apt_install)
 
+# The packhouse view (docs/fleet.md): Prometheus (promtool) and Alertmanager (amtool).
+sysdeps-fleet:
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	$(apt_install)
+
 # What the tests need on top: shellcheck and systemd-analyze (deploy/), headless Chromium (dashboard),
-# Prometheus (promtool) and Alertmanager (amtool) for the packhouse view (docs/fleet.md).
-sysdeps-test: sysdeps
+# and the packhouse view's Prometheus and Alertmanager.
+sysdeps-test: sysdeps sysdeps-fleet
 	@missing=""; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
-	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	$(apt_install)
 
 $(VENV)/.stamp-$(TRAIN_EXTRA): pyproject.toml
@@ -72,9 +78,12 @@ firmware: sysdeps
 demo: sysdeps venv
 	$(PY) -m sorter.replay.demo
 
+fleet-demo: sysdeps-fleet venv
+	$(PY) -m sorter.replay.fleet
+
 bench: sysdeps venv
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out fleet-demo-out
 	$(MAKE) -C firmware_bridge/firmware clean || true

@@ -239,3 +239,39 @@ def test_two_lanes_replay_at_once_with_separate_logs_metrics_and_crops(tmp_path:
         assert _value(text, "sorter_items_total") == want[lane]
         assert _value(text, "sorter_commands_total") == want[lane]
         assert _value(text, "sorter_frames_in_total") == summary["frames_in"]
+
+
+# --------------------------------------------------------------------------------------
+# The fleet demo, shortened
+
+
+def test_fleet_demo_shows_the_controller_lost_alert_for_the_killed_lane(tmp_path: Path) -> None:
+    """Three lanes, a real Prometheus, lane 2's controller killed: SorterControllerLost
+    fires for lane 2 only (alerts' `for:` shortened to 2 s; tiny model, short belt)."""
+    from sorter.replay.fleet import FleetOptions, run_demo
+
+    # long enough (about 16 s) that every lane is still replaying when the controller dies;
+    # 10 fps keeps it cheap to render
+    video, _ = make_belt(
+        tmp_path / "belt", per_grade=1, fps=10.0, speed_px_s=400.0, items_per_second=0.6
+    )
+    said: list[str] = []
+    opts = FleetOptions(
+        lanes=3, kill=2, video=video, model=MODEL, out=tmp_path / "out", alert_for_s=2.0,
+        timeout_s=30.0, linger_s=120.0,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    result = run_demo(opts, say=said.append)
+    assert result.fired, "\n".join(said)
+    assert result.alert["labels"]["lane"] == "2"
+    assert result.alert["annotations"]["summary"] == "lane 2: gate controller lost"
+    assert result.lanes_seen == ["1", "2", "3"]
+    assert [o for o in result.other_alerts if o["lane"] != "2"] == []
+    assert time.monotonic() - t0 < 90
+    # every lane wrote its own decision log while it ran
+    for lane in ("1", "2", "3"):
+        rows = read_decisions(tmp_path / "out" / f"lane{lane}" / "decisions.db")
+        assert rows and {r["lane"] for r in rows} == {lane}
+    # and every process the demo started is gone
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(tmp_path / "out") not in ps.stdout

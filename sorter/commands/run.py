@@ -102,8 +102,8 @@ def run_command(
                     result = run_with_truth(config, opts, decisions, status, truth)
                 else:
                     result = run(config, opts, decisions, status)
-                if server is not None and linger > 0:  # a scraper reads the final counts
-                    time.sleep(linger)
+                if server is not None and linger > 0 and not result.summary.get("stopped"):
+                    time.sleep(linger)  # a scraper reads the final counts (SIGTERM ends it)
             finally:
                 if server is not None:
                     server.stop()
