@@ -16,6 +16,7 @@ app = typer.Typer(
 
 # --- registrations (one line per command module) ---
 from sorter.commands import calibrate as _calibrate_cmd  # noqa: E402
+from sorter.commands import calibrate_camera as _calibrate_camera_cmd  # noqa: E402
 from sorter.commands import classify as _classify_cmd  # noqa: E402
 from sorter.commands import config as _config_cmd  # noqa: E402
 from sorter.commands import controller as _controller_cmd  # noqa: E402
@@ -30,6 +31,7 @@ _classify_cmd.register(app)  # sorter classify, sorter bench
 _simulate_cmd.register(app)  # sorter simulate-belt, sorter calibrate-belt
 _doctor_cmd.register(app)  # sorter doctor
 _calibrate_cmd.register(app)  # sorter calibrate
+_calibrate_camera_cmd.register(app)  # sorter calibrate-camera
 
 
 def main() -> None:

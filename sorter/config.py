@@ -29,6 +29,7 @@ from typing import Any
 
 from sorter.errors import ConfigError
 from sorter.fields import FieldError, choice_problem, choices, number_problem, rng
+from sorter.perception.lens import LensConfig
 from sorter.perception.tracking import TrackerConfig
 from sorter.perception.vision import LocatorConfig
 
@@ -238,6 +239,8 @@ class Config:
     """Locating items."""
     track: TrackerConfig = field(default_factory=TrackerConfig)
     """Tracking items."""
+    lens: LensConfig = field(default_factory=LensConfig)
+    """Camera lens and belt plane (written by `sorter calibrate-camera`)."""
 
     def gate_for_bin(self, bin_name: str) -> int | None:
         """The gate number that diverts into `bin_name`, or None (reject: no gate)."""
@@ -498,11 +501,18 @@ def _toml_value(v: Any) -> str:
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int | float):
+    if isinstance(v, float):
+        return repr(float(v))  # a numpy float's repr names its type
+    if isinstance(v, int):
         return repr(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(v)
+
+
+def toml_value(v: Any) -> str:
+    """A config value as TOML text (numbers as repr: they read back exactly)."""
+    return _toml_value(v)
 
 
 def _toml_key(k: str) -> str:

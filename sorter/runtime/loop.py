@@ -3,7 +3,10 @@
 Per frame:
     locate -> track -> crop a fixed window of belt around each item in full view
     (window_px = the model's crop window_mm * px_per_mm), centred to a fraction of a pixel
-    from the item's full-resolution mask ([locate] refine; sorter.perception.measure)
+    from the item's full-resolution mask ([locate] refine; sorter.perception.measure);
+    with a lens calibration ([lens], `sorter calibrate-camera`) the detections are moved
+    into the undistorted image before tracking and each crop is cut from it
+    (sorter.perception.lens: only the points and the crop windows, never a whole frame)
     -> sorter.perception.preprocess.to_model_input -> classifier (one batch per frame)
     -> for each item crossing the decision line, `sorter.actuation.decider.Decider`: policy
     (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run) -> decision
@@ -26,6 +29,7 @@ from sorter.actuation.scheduling import Scheduler
 from sorter.config import Config
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Overlay, Status
+from sorter.perception.lens import Lens
 from sorter.perception.measure import Measurement, crop_at, measure
 from sorter.perception.preprocess import to_model_input
 from sorter.perception.sources import Frame
@@ -66,6 +70,7 @@ class SortingLoop:
         *,
         window: tuple[int, int],
         keep_crops: bool = False,
+        lens: Lens | None = None,
     ) -> None:
         self.config = config
         self.classifier = classifier
@@ -81,6 +86,10 @@ class SortingLoop:
             locator, "mask_full"
         )
         """Crops centred by sorter.perception.measure (the locator's [locate] refine)."""
+        self.lens = lens
+        """The lens calibration, or None: detections and crops are taken as the camera saw."""
+        self._raw: dict[int, tuple[Detection, Detection]] = {}
+        """This frame's detections with a lens: id(undistorted) -> (undistorted, camera's)."""
         self._items: dict[int, ItemViews] = {}
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
@@ -92,7 +101,7 @@ class SortingLoop:
         Returns the decisions made on this frame.
         """
         t0 = time.perf_counter()
-        detections = self.locator.locate(frame.image)
+        detections = self._undistort(self.locator.locate(frame.image))
         t1 = time.perf_counter()
         tracks = self.tracker.update(detections, frame.t, frame.index)
         t2 = time.perf_counter()
@@ -124,6 +133,23 @@ class SortingLoop:
             self._forget(track)
 
     # -- steps ----------------------------------------------------------------------
+    def _undistort(self, detections: list[Detection]) -> list[Detection]:
+        """The detections in the undistorted image (with a lens), remembering the camera's."""
+        if self.lens is None:
+            return detections
+        self._raw = {}
+        out = []
+        for d in detections:
+            u = self.lens.undistort_detection(d)
+            self._raw[id(u)] = (u, d)
+            out.append(u)
+        return out
+
+    def _camera(self, d: Detection) -> Detection:
+        """The camera's own detection behind an undistorted one of this frame (else `d`)."""
+        entry = self._raw.get(id(d))
+        return entry[1] if entry is not None and entry[0] is d else d
+
     def _classify_views(self, frame: Frame, seen: Sequence[Track]) -> None:
         """Grade, in one batch, every undecided item seen whole in this frame."""
         todo: list[tuple[int, np.ndarray, Measurement | None]] = []
@@ -148,6 +174,11 @@ class SortingLoop:
     def _crop(self, image: np.ndarray, d: Detection) -> tuple[np.ndarray, Measurement | None]:
         """The model's window around a detection: at the sub-pixel centre of the item's
         full-resolution mask when [locate] refine is on, else at the box centre."""
+        if self.lens is not None:
+            raw = self._camera(d)
+            m = measure(image, raw, self.locator) if self.refine else None
+            cx, cy = self.lens.undistort_point(m.cx, m.cy) if m is not None else (d.cx, d.cy)
+            return self.lens.crop(image, cx, cy, self.window), m
         if self.refine:
             m = measure(image, d, self.locator)
             return crop_at(image, m.cx, m.cy, self.window), m
@@ -166,7 +197,7 @@ class SortingLoop:
             log.warning("item %d left the view without crossing the decision line", track.id)
 
     def _overlay(self, track: Track) -> Overlay:
-        d = track.last.detection
+        d = self._camera(track.last.detection)  # drawn on the camera's frame
         rec = self.decider.decided(track.id)
         return Overlay(
             id=track.id,

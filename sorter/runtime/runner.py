@@ -46,6 +46,7 @@ from sorter.grading.policy import Policy
 from sorter.monitor import notify
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Status, status_line
+from sorter.perception.lens import make_lens
 from sorter.perception.sources import Frame, FrameSource, ThreadedSource, open_source
 from sorter.runtime.loop import ClassifierLike, SortingLoop
 from sorter.runtime.wiring import (
@@ -271,6 +272,7 @@ class Runner:
             self.status,
             window=self.window,
             keep_crops=self.decisions.crops_dir is not None,
+            lens=make_lens(self.config.lens, (w, h)),
         )
         return self.loop
 

@@ -1,0 +1,187 @@
+"""`sorter calibrate-camera`: ChArUco pictures rendered through a distorting lens at a known
+scale give back the scale, the lens and the belt direction; the result survives a round
+trip through the config file (comments kept); bad input is one line saying what to do;
+the loop's undistortion of points and crops."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sorter.cli import app
+from sorter.config import example_toml, load_config, parse_config
+from sorter.ops import camera_calibration as cc
+from sorter.ops.config_edit import set_keys, write_keys
+from sorter.perception.lens import Lens, LensConfig
+from sorter.perception.vision import Detection
+from tests.fakes.charuco_render import Renderer
+
+SIZE = (800, 600)
+K = np.array([[760.0, 0.0, 402.5], [0.0, 760.0, 296.0], [0.0, 0.0, 1.0]])
+DIST = np.array([-0.27, 0.085, 0.0007, -0.0005, 0.0])
+BELT_Z_MM = 500.0
+TRUE_PX_PER_MM = 760.0 / BELT_Z_MM  # pinhole scale of a plane square to the camera
+BELT_ANGLE = 4.0  # the belt runs 4 degrees off the image x axis
+LENS_POSES = [  # (tilt about x, tilt about y, spin, where the centre is seen)
+    (25, 0, 0, (250, 200)),
+    (-25, 0, 10, (550, 200)),
+    (0, 25, -10, (250, 400)),
+    (0, -25, 5, (550, 400)),
+    (20, 20, 0, (400, 300)),
+    (-20, 15, 15, (180, 330)),
+    (15, -20, -15, (620, 260)),
+    (0, 0, 30, (400, 300)),
+    (30, -10, 0, (400, 170)),
+]
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Lens views in lens/, two belt views (the board carried 220 px along the belt)."""
+    root = tmp_path_factory.mktemp("charuco")
+    r = Renderer(cc.BoardSpec().board(), SIZE, K, DIST)
+    (root / "lens").mkdir()
+    for i, (tx, ty, spin, centre) in enumerate(LENS_POSES):
+        rv, tv = r.tilted_pose(430.0, centre, tx, ty, spin)
+        cv2.imwrite(str(root / "lens" / f"view{i}.png"), r.render(rv, tv, seed=i))
+    a = math.radians(BELT_ANGLE)
+    for i, s in enumerate((-110.0, 110.0)):
+        centre = (400 + s * math.cos(a), 300 + s * math.sin(a))
+        rv, tv = r.flat_pose(BELT_Z_MM, centre, BELT_ANGLE)
+        cv2.imwrite(str(root / f"belt{i}.png"), r.render(rv, tv, seed=50 + i))
+    return root
+
+
+def _belt(root: Path) -> list[Path]:
+    return [root / "belt0.png", root / "belt1.png"]
+
+
+def test_scale_lens_and_direction_from_rendered_views(views: Path) -> None:
+    res = cc.calibrate(cc.BoardSpec(), sorted((views / "lens").glob("*.png")), _belt(views))
+    assert res.px_per_mm is not None and res.belt_angle_deg is not None
+    assert abs(res.px_per_mm / TRUE_PX_PER_MM - 1) < 0.005  # the done-when: within 0.5%
+    assert res.lens.reprojection_px < 0.5
+    assert res.lens.fx == pytest.approx(760.0, rel=0.01)
+    assert res.lens.dist[0] == pytest.approx(DIST[0], abs=0.03)  # barrel distortion found
+    assert res.angle_from == "motion"
+    assert res.belt_angle_deg == pytest.approx(BELT_ANGLE, abs=0.3)
+    assert res.lens.views == len(LENS_POSES) and not res.skipped
+
+
+def test_cli_json_and_config_round_trip(views: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "sorter.toml"
+    cfg.write_text(example_toml(), encoding="utf-8")
+    before = cfg.read_text(encoding="utf-8")
+    args = ["calibrate-camera", "--images", str(views / "lens"), "--belt", *map(str, _belt(views))]
+    out = CliRunner().invoke(app, [*args, "--config", str(cfg), "--json"])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.stdout)
+    assert abs(got["px_per_mm"] / TRUE_PX_PER_MM - 1) < 0.005
+    assert got["config"] == str(cfg) and got["reprojection_px"] < 0.5
+    config = load_config(cfg)
+    assert config.belt.px_per_mm == got["px_per_mm"]
+    assert config.lens.calibrated and config.lens.fx == got["fx"]
+    assert list(config.lens.dist) == got["dist"]
+    assert config.lens.date == got["date"] and config.lens.reprojection_px == got["reprojection_px"]
+    after = cfg.read_text(encoding="utf-8")
+    # every comment line of the original is still there, in order
+    comments = [ln for ln in before.splitlines() if ln.startswith("#")]
+    assert [ln for ln in after.splitlines() if ln in set(comments)] == comments
+    # and a lens read back from the file undistorts exactly like the measured one
+    lens = Lens(config.lens, SIZE)
+    p = np.array([[30.0, 40.0], [700.0, 550.0]])
+    ref = cv2.undistortPoints(p.reshape(-1, 1, 2) - 0.5, lens.K, lens.dist, P=lens.K)
+    assert np.allclose(lens.undistort_points(p), ref.reshape(-1, 2) + 0.5)
+
+
+def test_set_keys_keeps_comments_and_adds_a_missing_table() -> None:
+    text = "# top\n[belt]\npx_per_mm = 0.5  # measured with a ruler\nspeed_mm_s = 200.0\n"
+    out = set_keys(text, "belt", {"px_per_mm": 1.25})
+    assert out == "# top\n[belt]\npx_per_mm = 1.25  # measured with a ruler\nspeed_mm_s = 200.0\n"
+    out = set_keys(out, "lens", {"fx": 700.0, "dist": (0.1, 0.0, 0.0, 0.0, -0.2)})
+    config = parse_config(out)
+    assert config.lens.fx == 700.0 and config.lens.dist == (0.1, 0.0, 0.0, 0.0, -0.2)
+    again = set_keys(out, "lens", {"dist": (0.2, 0.0, 0.0, 0.0, 0.0)})
+    assert parse_config(again).lens.dist[0] == 0.2 and again.count("dist =") == 1
+
+
+def test_write_keys_refuses_a_duplicated_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[lens]\nfx = 1.0\n", encoding="utf-8")
+    write_keys(cfg, {"lens": {"fx": 2.0}})
+    assert load_config(cfg).lens.fx == 2.0
+
+
+def _fail(args: list[str]) -> str:
+    out = CliRunner().invoke(app, ["calibrate-camera", *args, "--dry-run"])
+    assert out.exit_code == 2, out.output
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "Traceback" not in out.output
+    return lines[0]
+
+
+def test_too_few_views_says_to_add_more(views: Path, tmp_path: Path) -> None:
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(2):
+        (few / f"v{i}.png").write_bytes((views / "lens" / f"view{i}.png").read_bytes())
+    msg = _fail(["--images", str(few)])
+    assert "only 2 usable" in msg and "at least 4" in msg and "several angles" in msg
+
+
+def test_wrong_board_and_blur_and_bad_file_say_what_to_do(views: Path, tmp_path: Path) -> None:
+    lens = str(views / "lens")
+    msg = _fail(
+        ["--images", lens, "--belt", str(views / "belt0.png"), "--dictionary", "DICT_4X4_50"]
+    )
+    assert "only 0 usable" in msg and "board not found" in msg
+    blurred = tmp_path / "blurred.png"
+    cv2.imwrite(str(blurred), cv2.GaussianBlur(cv2.imread(str(views / "belt0.png")), (0, 0), 6))
+    msg = _fail(["--images", lens, "--belt", str(blurred)])
+    assert str(blurred) in msg and "blurred" in msg and "focus" in msg
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a picture")
+    assert "cannot read this image" in _fail(["--images", lens, "--belt", str(junk)])
+    assert "unknown" in _fail(["--images", lens, "--dictionary", "DICT_9X9"])
+    assert "7x5" in _fail(["--images", lens, "--squares", "seven"])
+    assert "no lens views" in _fail(["--belt", str(views / "belt0.png")])
+
+
+def test_lens_undistorts_points_crops_and_lengths() -> None:
+    cfg = LensConfig(
+        date="2026-01-01T00:00:00+00:00",
+        width=800,
+        height=600,
+        fx=760.0,
+        fy=760.0,
+        cx=402.5,
+        cy=296.0,
+        dist=(-0.27, 0.085, 0.0007, -0.0005, 0.0),
+    )
+    lens = Lens(cfg, (800, 600))
+    ideal = np.array([[100.0, 80.0], [400.0, 300.0], [760.0, 570.0]])
+    back = lens.undistort_points(lens.distort_points(ideal))
+    assert np.allclose(back, ideal, atol=1e-3)
+    # a crop of the ideal image equals what the camera saw at the distorted place
+    image = np.zeros((600, 800, 3), np.uint8)
+    cam = lens.distort_points(np.array([[120.5, 90.5]]))[0]
+    cv2.circle(image, (int(cam[0]), int(cam[1])), 3, (255, 255, 255), -1)
+    crop = lens.crop(image, 120.5, 90.5, (21, 21))
+    ys, xs = np.nonzero(crop[:, :, 0] > 128)
+    assert abs(xs.mean() - 10) < 1.5 and abs(ys.mean() - 10) < 1.5
+    # barrel distortion shrinks the corners: undistorting stretches them
+    assert lens.stretch(60.0, 60.0, 45.0) > 1.05 > lens.stretch(402.0, 296.0, 0.0) > 0.99
+    d = Detection(cx=60.0, cy=60.0, x=40, y=45, w=40, h=30, area=900.0, edges=("top",))
+    u = lens.undistort_detection(d)
+    assert u.cx < 60.0 and u.cy < 60.0 and u.w > 40 and u.edges == ("top",)
+    half = Lens(cfg, (400, 300))  # the intrinsics follow the frame size
+    assert np.allclose(
+        half.undistort_points(ideal / 2), lens.undistort_points(ideal) / 2, atol=0.05
+    )
