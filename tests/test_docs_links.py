@@ -24,6 +24,7 @@ DOCS = sorted(
         *ROOT.glob("models/*.md"),
         ROOT / "demo" / "README.md",
         *ROOT.glob("firmware_bridge/*.md"),
+        *ROOT.glob("firmware_bridge/firmware/*.md"),
     }
 )
 
@@ -130,6 +131,16 @@ def test_readme_is_a_front_door() -> None:
     assert "make demo" in text
     assert "make test" in text
     assert "CC BY 4.0" in text and "Workpiles" in text, "the CUCUMBER-9 attribution"
+    targets = {target.partition("#")[0] for _, target in links(ROOT / "README.md")}
+    by_reader = {
+        "docs/training.md",
+        "docs/sorting.md",
+        "docs/controller.md",
+        "docs/farm.md",
+        "docs/fleet.md",
+        "benchmarks/README.md",
+    }
+    assert by_reader <= targets, f"the front door links every reader's doc: {by_reader - targets}"
 
 
 def test_a_broken_link_is_found(tmp_path: Path) -> None:
