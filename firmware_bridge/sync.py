@@ -7,10 +7,14 @@ half its round trip, and usually much less: a round trip held up on one leg (a b
 a loaded emulator, a USB hub) is what makes an offset wrong. `SyncEstimator` therefore:
 
 - rests on the quick round trips (minimum-RTT filtering): before a drift rate is known the
-  offset is the quickest of the last few samples; after, a line is fitted through the
-  quickest sample of each stretch of time, with outliers (still slow, or damaged) dropped;
+  offset is the sample with the least error bound, half its round trip plus `drift_bound`
+  times its age; after, a line is fitted through the quick samples (round trip up to twice
+  the quickest, plus 1 ms), the quickest of each stretch of time, each weighted by its
+  round trip, with outliers (damaged, or not this clock) dropped.
+  On the firmware under QEMU most round trips are ~45 ms with the controller reading its
+  clock near the end (offset +22 ms), a few are ~1.5 ms: only those may count;
 - estimates the controller's drift rate (an Uno's ceramic resonator: up to a few 1000 ppm)
-  only once the samples span `min_baseline_s`: a rate from samples close in time (the
+  only once the quick samples span `min_baseline_s`: a rate from samples close in time (the
   handshake's burst) is noise divided by a tiny interval, and once made the gates fire
   early or late by up to the rate clamp (10 ms per second) times the lead;
 - treats a sample that disagrees with the mapping by more than its round trip allows as
@@ -80,19 +84,21 @@ class SyncEstimator:
         min_baseline_s: float = 10.0,
         history_s: float = 300.0,
         max_samples: int = 512,
-        recent: int = 4,
+        drift_bound: float = 0.002,
         bins: int = 16,
         max_rate: float = 0.01,
         step_tol_s: float = 0.005,
         step_confirm: int = 3,
         max_delay_s: float = 0.5,
+        quick_slack_s: float = 0.001,
     ) -> None:
         self.min_baseline_s = min_baseline_s
         """A drift rate is estimated only from samples spanning at least this (s)."""
         self.history_s = max(history_s, min_baseline_s)
         """Samples older than this (s) before the newest are forgotten."""
-        self.recent = max(1, recent)
-        """Before a rate is known, the offset is the quickest of the last `recent` samples."""
+        self.drift_bound = drift_bound
+        """Before a rate is known, a sample's offset is taken to age by this much per second
+        (0.002 = 2000 ppm, a poor resonator) when choosing the one to rest on."""
         self.bins = max(3, bins)
         """The line is fitted through the quickest sample in each of this many stretches."""
         self.max_rate = max_rate
@@ -104,6 +110,9 @@ class SyncEstimator:
         """This many outliers in a row that agree with each other are a new clock."""
         self.max_delay_s = max_delay_s
         """Round trips slower than this (s) are not used at all."""
+        self.quick_slack_s = quick_slack_s
+        """The drift line goes through round trips up to twice the quickest plus this (s)
+        only, and waits until those span `min_baseline_s`."""
         self._lock = threading.Lock()
         self._hist: deque[SyncSample] = deque(maxlen=max(self.bins, max_samples))
         self._suspects: list[SyncSample] = []
@@ -227,19 +236,21 @@ class SyncEstimator:
         while self._hist and self._hist[0].mid < newest - self.history_s:
             self._hist.popleft()
         points = list(self._hist)
-        if newest - points[0].mid >= self.min_baseline_s:
-            line = self._fit_line(points, newest)
+        fastest = min(s.delay for s in points)
+        quick = [s for s in points if s.delay <= 2 * fastest + self.quick_slack_s]
+        if quick[-1].mid - quick[0].mid >= self.min_baseline_s:
+            line = self._fit_line(quick, newest)
             if line is not None:
                 self._line, self._rate_known = line, True
                 return
         self._rate_known = False
-        quick = min(points[-self.recent :], key=lambda s: s.delay)
-        rate = self._prior_rate
-        self._line = _Line(quick.mid, self._rel(quick), rate)
+        ref = min(points, key=lambda s: s.delay / 2 + self.drift_bound * (newest - s.mid))
+        self._line = _Line(ref.mid, self._rel(ref), self._prior_rate)
 
     def _fit_line(self, points: list[SyncSample], newest: float) -> _Line | None:
-        """Least squares through the quickest sample of each stretch of time, dropping
-        slow ones and outliers; None when too few are left."""
+        """Weighted least squares through the quickest sample of each stretch of time
+        (weight 1 / (0.5 ms + half the round trip)^2), dropping outliers; None when too
+        few are left."""
         first = points[0].mid
         width = (newest - first) / self.bins
         quickest: dict[int, SyncSample] = {}
@@ -248,17 +259,24 @@ class SyncEstimator:
             if k not in quickest or s.delay < quickest[k].delay:
                 quickest[k] = s
         cands = list(quickest.values())
-        slow = 2 * statistics.median(s.delay for s in cands) + 0.0005
-        cands = [s for s in cands if s.delay <= slow]
         fit: tuple[float, float] | None = None
         for _ in range(4):
             if len(cands) < 3:
                 return None
-            fit = _least_squares([(s.mid - newest, self._rel(s)) for s in cands])
+            scale = [500.0 + s.delay * 0.5e6 for s in cands]  # us
+            fit = _least_squares(
+                [
+                    (s.mid - newest, self._rel(s), 1 / u**2)
+                    for s, u in zip(cands, scale, strict=True)
+                ]
+            )
             slope, icept = fit
-            res = [abs(self._rel(s) - (icept + slope * (s.mid - newest))) for s in cands]
-            limit = max(4 * 1.4826 * statistics.median(res), 50.0)
-            keep = [s for s, r in zip(cands, res, strict=True) if r <= limit]
+            z = [
+                abs(self._rel(s) - (icept + slope * (s.mid - newest))) / u
+                for s, u in zip(cands, scale, strict=True)
+            ]
+            limit = max(4 * 1.4826 * statistics.median(z), 2.0)
+            keep = [s for s, r in zip(cands, z, strict=True) if r <= limit]
             if len(keep) == len(cands):
                 break
             cands = keep
@@ -285,15 +303,15 @@ class SyncEstimator:
         return near + _i32(ctrl_us - here) / 1e6 / (1.0 + self.rate)
 
 
-def _least_squares(xy: list[tuple[float, float]]) -> tuple[float, float]:
-    """(slope, intercept) of y = intercept + slope * x."""
-    n = len(xy)
-    mx = sum(x for x, _ in xy) / n
-    my = sum(y for _, y in xy) / n
-    sxx = sum((x - mx) ** 2 for x, _ in xy)
+def _least_squares(xyw: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """(slope, intercept) of y = intercept + slope * x, points weighted by w."""
+    sw = sum(w for _, _, w in xyw)
+    mx = sum(x * w for x, _, w in xyw) / sw
+    my = sum(y * w for _, y, w in xyw) / sw
+    sxx = sum(w * (x - mx) ** 2 for x, _, w in xyw)
     if sxx <= 0:
         return 0.0, my
-    slope = sum((x - mx) * (y - my) for x, y in xy) / sxx
+    slope = sum(w * (x - mx) * (y - my) for x, y, w in xyw) / sxx
     return slope, my - slope * mx
 
 

@@ -149,6 +149,26 @@ def test_delayed_samples_do_not_pull_the_estimate() -> None:
     assert max(post) < 1000 and max(post[-40:]) < 500
 
 
+def test_a_line_where_most_round_trips_are_slow_on_the_way_in() -> None:
+    """As seen on the firmware under QEMU: 4 in 5 SYNCs take 40..60 ms to reach the
+    controller (its clock read near the end: +20..30 ms), 1 in 5 are quick. The quick
+    ones must carry the estimate, before and after the rate is known."""
+    rng = random.Random(8)
+    truth = Truth(rate=20e-6)
+
+    def delays(_k: int) -> tuple[float, float]:
+        up, down = rng.uniform(0.0004, 0.0016), rng.uniform(0.0004, 0.0016)
+        return (up + rng.uniform(0.040, 0.060), down) if rng.random() < 0.8 else (up, down)
+
+    est = SyncEstimator(min_baseline_s=10.0)
+    times = [100.0 + k * 0.012 for k in range(5)] + [100.06 + k * 0.5 for k in range(1, 21)]
+    times += [times[-1] + k * 2.0 for k in range(1, 60)]
+    pre, post = judge(est, truth, feed(est, truth, times, delays))
+    assert est.rate == pytest.approx(20e-6, abs=10e-6)
+    assert max(pre[8:]) < 1500  # once a quick one has been seen: not the +25 ms
+    assert max(post) < 1000
+
+
 def test_damaged_samples_are_rejected() -> None:
     """Every 7th reply's time is garbage (a frame damaged past its CRC, a stale reply):
     none of them moves the estimate and none is taken for a controller reset."""
