@@ -9,6 +9,7 @@ backlog fits, and what an overflow drops is counted too.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -95,7 +96,7 @@ def test_a_locked_database_does_not_block_the_fate_thread(tmp_path: Path) -> Non
     with another writer holding the lock it must return at once, not after the 5 s busy
     timeout, and the fate reaches the database once the lock is released."""
     db = tmp_path / "d.db"
-    log = DecisionLog(db, retry_s=(0.01, 0.05))
+    log = DecisionLog(db, retry_s=(0.01, 0.05), busy_s=5.0)
     log.open()
     log.record(rec(1))
     assert log.flush(timeout=5.0)
@@ -246,3 +247,56 @@ def test_a_replay_with_a_locked_log_sorts_every_item_and_writes_them_after(
     rows = read_decisions(db)
     assert len(rows) == 12 and {r["status"] for r in rows} == {"fired"}
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 12
+
+
+def test_sqlite_is_synchronous_full(tmp_path: Path) -> None:
+    """synchronous=FULL (2): a committed decision is on disk, not only in the OS cache."""
+    log = DecisionLog(tmp_path / "d.db")
+    log.open()
+    assert log._db is not None
+    assert log._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert log._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    log.close()
+
+
+def test_jsonl_is_fsynced_at_a_bounded_rate_and_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines written over ~1.2 s with fsync_s=0.3: a handful of fsyncs (not one per line,
+    and none more often than fsync_s apart), each written line synced within fsync_s of
+    being written, and one at close after the last line."""
+    import os
+    import time
+
+    import sorter.monitor.audit as audit
+
+    syncs: list[float] = []
+    writes: list[float] = []
+    real_fsync, real_write = os.fsync, os.write
+
+    def fsync(fd: int) -> None:
+        syncs.append(time.monotonic())
+        real_fsync(fd)
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append(time.monotonic())
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit.os, "fsync", fsync)
+    monkeypatch.setattr(audit.os, "write", write)
+    jsonl = tmp_path / "d.jsonl"
+    log = DecisionLog(None, jsonl_path=jsonl, fsync_s=0.3)
+    log.open()
+    t0 = time.monotonic()
+    for i in range(60):
+        log.record(rec(i, status="dry-run"))
+        time.sleep(0.02)
+    n_before_close = len(syncs)
+    elapsed = time.monotonic() - t0
+    log.close()
+    assert len(writes) >= 10  # the lines went out as they came, not all at close
+    assert 2 <= n_before_close <= elapsed / 0.3 + 1, syncs  # ~1.2 s / 0.3 s, not 60
+    gaps = [b - a for a, b in itertools.pairwise(syncs[:n_before_close])]
+    assert all(g >= 0.3 - 0.01 for g in gaps), gaps
+    assert syncs[-1] >= writes[-1]  # close synced the last lines
+    assert len(jsonl.read_text().splitlines()) == 60

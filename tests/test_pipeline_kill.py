@@ -1,4 +1,10 @@
-"""The decision log survives kill -9 mid-run, and SIGTERM stops the loop cleanly."""
+"""The decision log survives kill -9 mid-run, and SIGTERM stops the loop cleanly.
+
+What a power cut adds to a kill -9 (the OS cache lost) cannot be made here; what can be
+checked is the part the sorter controls: SQLite commits each pass with synchronous=FULL
+(tests/test_audit_failures.py), the JSON lines are appended whole and fsync'ed at a bounded
+rate, and a kill -9 at any moment leaves no cut line and no row without its line's order.
+"""
 
 from __future__ import annotations
 
@@ -71,9 +77,14 @@ def test_kill_9_leaves_a_consistent_log(belt: Path, tmp_path: Path) -> None:
         assert all(r[k] is not None for k in CONTRACT), r
         assert r["status"] in FINAL_STATUSES
         assert len(r["scores"]) == 9 and abs(sum(r["scores"]) - 1.0) < 1e-3
-    lines = jsonl.read_text().splitlines()
-    parsed = [json.loads(x) for x in lines[:-1]]  # the last line may be cut by the kill
-    assert len(parsed) >= len(rows) - 1
+    # whole-line appends: no line is cut by the kill (the old log could lose its last line);
+    # rows and lines come from two writer threads that each keep up within a pass, so the
+    # two logs differ by at most the items of the last instant
+    text = jsonl.read_text()
+    assert text.endswith("\n")
+    parsed = [json.loads(x) for x in text.splitlines()]
+    assert len(parsed) >= 1 and len({d["item"] for d in parsed}) == len(parsed)
+    assert len({d["item"] for d in parsed} ^ {r["item"] for r in rows}) <= 3
     # the same log takes the next run (WAL recovered), as a new run
     proc = start_child(belt, db, jsonl)
     try:
@@ -107,3 +118,42 @@ def test_sigterm_flushes_and_summarises(belt: Path, tmp_path: Path) -> None:
     rows = read_decisions(db)
     assert summary["items"] == len(rows) and 2 <= len(rows) < 18
     assert {r["status"] for r in rows} == {"dry-run"}
+
+
+def test_kill_9_while_the_database_is_locked_keeps_the_json_lines(
+    belt: Path, tmp_path: Path
+) -> None:
+    """Another writer holds the database mid-run: the sorter keeps going and its JSON lines
+    keep coming (their own writer); a kill -9 then loses the rows still queued, but the JSON
+    lines have those items, whole, and the database is consistent."""
+    db, jsonl = tmp_path / "d.db", tmp_path / "d.jsonl"
+    proc = start_child(belt, db, jsonl)
+    other = None
+    try:
+        wait_for_rows(db, 2, proc)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        locked_rows = len(read_decisions(db))
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = jsonl.read_text().splitlines() if jsonl.exists() else []
+            if len(lines) >= locked_rows + 3:
+                break
+            time.sleep(0.05)
+        assert len(lines) >= locked_rows + 3, "JSON lines stopped while the database was locked"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        if other is not None:
+            other.execute("ROLLBACK")
+            other.close()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    rows = read_decisions(db)
+    assert len(rows) == locked_rows  # nothing committed while locked; the queue died with -9
+    text = jsonl.read_text()
+    assert text.endswith("\n")
+    items = [json.loads(x)["item"] for x in text.splitlines()]
+    assert {r["item"] for r in rows} <= set(items) and len(items) > len(rows)

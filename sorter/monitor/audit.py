@@ -5,9 +5,10 @@ it is made and its `status` updated when the controller reports the command's fa
 
 Writing never stops the sorter. `record()` and `update_fate()` (the latter called from the
 link's thread: command callback -> decider -> here) only update memory and queue the write;
-one writer thread per log does the SQLite and file I/O, so a locked database or a slow disk
-delays the log, never the loop or the link's reader. A write that fails (disk full, database
-locked past its busy timeout (`busy_s`, 5 s), an I/O error) is kept and retried with backoff (0.5 s
+two writer threads per log (SQLite; JSON lines) do the I/O, so a locked database or a slow
+disk delays the log, never the loop or the link's reader (nor the JSON lines, for the
+database). A write that fails (disk full, database
+locked past its busy timeout (`busy_s`, 1 s), an I/O error) is kept and retried with backoff (0.5 s
 doubling to 5 s); each failed attempt is counted (`health()`, `watch()`: the runner shows
 them as `sorter_decision_log_errors_total` on /metrics, in the status snapshot the dashboard
 shows and as a `decision_log` alarm, cleared once a write succeeds again). Queued writes are
@@ -215,7 +216,7 @@ class DecisionLog:
         max_backlog: int = 100_000,
         retry_s: tuple[float, float] = (0.5, 5.0),
         fsync_s: float = 0.5,
-        busy_s: float = 5.0,
+        busy_s: float = 1.0,
     ) -> None:
         self.lane = lane
         """The lane id ([lane] id): stored in every record's `lane` column and prefixed to every
@@ -253,9 +254,10 @@ class DecisionLog:
         self._last_fsync = 0.0
         self._errors = 0
         self._dropped = 0
-        self._last_error: str | None = None
+        self._problems: dict[str, str | None] = {"rows": None, "lines": None}
+        """The latest failure of each writer (None: its last write worked)."""
         self._watchers: list[HealthCallback] = []
-        self._writer: threading.Thread | None = None
+        self._writers: list[threading.Thread] = []
         self._stop = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -280,12 +282,14 @@ class DecisionLog:
                 raise SorterError(
                     f"{self.crops_dir}: cannot create the crops folder ({err.strerror})"
                 ) from err
-        if self._db is not None or self._fd is not None:
-            self._stop.clear()
-            self._writer = threading.Thread(
-                target=self._writer_main, name="decision-log", daemon=True
-            )
-            self._writer.start()
+        self._stop.clear()
+        for rows, wanted in ((True, self._db is not None), (False, self._fd is not None)):
+            if wanted:
+                name = "decision-log-" + ("sqlite" if rows else "jsonl")
+                t = threading.Thread(target=self._writer_main, args=(rows,), name=name)
+                t.daemon = True
+                t.start()
+                self._writers.append(t)
 
     def _open_db(self, source: str, model: str, labels: list[str] | None) -> sqlite3.Connection:
         assert self.db_path is not None
@@ -327,9 +331,9 @@ class DecisionLog:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        if self._writer is not None:
-            self._writer.join(timeout=timeout)
-            self._writer = None
+        for t in self._writers:
+            t.join(timeout=timeout)
+        self._writers = []
         if not done:
             h = self.health()
             log.error(
@@ -380,7 +384,8 @@ class DecisionLog:
 
     def _health_locked(self) -> LogHealth:
         backlog = len(self._pending) + len(self._lines) + self._buf_lines
-        return LogHealth(self._errors, backlog, self._dropped, self._last_error)
+        last = "; ".join(p for p in self._problems.values() if p) or None
+        return LogHealth(self._errors, backlog, self._dropped, last)
 
     def _report(self, health: LogHealth) -> None:
         for cb in list(self._watchers):
@@ -394,7 +399,7 @@ class DecisionLog:
         that did not happen within `timeout` s (the writes stay queued)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            if self._writer is None:
+            if not self._writers:
                 return not (self._pending or self._lines or self._buf)
             self._sync_now = True
             self._cond.notify_all()
@@ -524,25 +529,26 @@ class DecisionLog:
             return [r for r in self._records.values() if r.status not in FINAL_STATUSES]
 
     # -- the writer thread ------------------------------------------------------------
-    def _writer_main(self) -> None:
+    def _writer_main(self, rows: bool) -> None:
+        """One writer: SQLite rows (`rows`) or JSON lines; each has its own thread, so a
+        locked database does not hold up the JSON lines."""
         backoff = self.retry_s[0]
+        sink = "rows" if rows else "lines"
         while True:
             with self._cond:
-                while not (self._stop.is_set() or self._has_work()):
-                    self._cond.wait(self._sync_wait())
-                if self._stop.is_set() and not self._has_work():
+                while not (self._stop.is_set() or self._has_work(rows)):
+                    self._cond.wait(1.0 if rows else self._sync_wait())
+                if self._stop.is_set() and not self._has_work(rows):
                     return
-                ops = self._take_ops()
-                if not self._buf and self._lines:
+                ops = self._take_ops() if rows else []
+                if not rows and not self._buf and self._lines:
                     chunk = [self._lines.popleft() for _ in range(min(len(self._lines), 512))]
                     self._buf = b"".join(line for _, line in chunk)
                     self._buf_lines = len(chunk)
-            problems = [p for p in (self._write_rows(ops), self._write_lines()) if p]
-            problems += [p for p in (self._sync_lines(),) if p]
-            problem = "; ".join(problems) or None
+            problem = self._write_rows(ops) if rows else self._write_lines() or self._sync_lines()
             with self._cond:
-                self._errors += len(problems)
-                self._last_error = problem
+                self._errors += problem is not None
+                self._problems[sink] = problem
                 health = self._health_locked()
                 self._cond.notify_all()
             self._report(health)
@@ -554,8 +560,10 @@ class DecisionLog:
                 return
             backoff = min(backoff * 2, self.retry_s[1])
 
-    def _has_work(self) -> bool:
-        if self._pending or self._lines or self._buf:
+    def _has_work(self, rows: bool) -> bool:
+        if rows:
+            return bool(self._pending)
+        if self._lines or self._buf:
             return True
         due = time.monotonic() - self._last_fsync >= self.fsync_s
         return self._unsynced and (due or self._sync_now)
