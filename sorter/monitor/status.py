@@ -251,8 +251,9 @@ class Status:
             }
             if health.last_error:
                 self._alarms["decision_log"] = (
-                    f"decision log writes failing ({health.last_error}); "
-                    f"{health.backlog} queued, retrying; items still go to their bins"
+                    f"decision log writes failing ({health.last_error}; {health.errors} "
+                    f"failed attempts); {health.backlog} queued, retrying; items still go to "
+                    "their bins"
                 )
             else:
                 self._alarms.pop("decision_log", None)

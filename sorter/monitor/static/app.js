@@ -68,6 +68,7 @@
     $("fps").textContent = fmt(s.fps_processed, 1);
     $("fpsin").textContent = fmt(s.fps_in, 1);
     $("drops").textContent = fmt(s.drops);
+    $("logerr").textContent = fmt((s.decision_log || {}).errors);
     const lat = s.latency_ms || {};
     $("lat").textContent = fmt(lat.p50, 1) + " / " + fmt(lat.p99, 1);
     bars("bins", s.bins);
