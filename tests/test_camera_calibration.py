@@ -185,3 +185,86 @@ def test_lens_undistorts_points_crops_and_lengths() -> None:
     assert np.allclose(
         half.undistort_points(ideal / 2), lens.undistort_points(ideal) / 2, atol=0.05
     )
+
+
+class _Recorder:
+    """A classifier stand-in that keeps every model input it is given."""
+
+    labels = ("a", "b")
+    input_size = (64, 64)
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(batch.copy())
+        return np.tile(np.array([[0.9, 0.1]], np.float32), (len(batch), 1))
+
+
+def _loop_inputs(frames: list[np.ndarray], lens: Lens | None) -> tuple[np.ndarray, list[float]]:
+    """Run the loop over frames; the model inputs and the decisions' t_line."""
+    from firmware_bridge.clock import VirtualClock
+    from sorter.actuation.scheduling import Scheduler
+    from sorter.config import Config
+    from sorter.monitor.audit import DecisionLog
+    from sorter.monitor.status import Status
+    from sorter.perception.sources import Frame
+    from sorter.runtime.loop import SortingLoop
+    from sorter.runtime.wiring import make_locator, make_tracker
+
+    config = Config()
+    clf = _Recorder()
+    h, w = frames[0].shape[:2]
+    loop = SortingLoop(
+        config,
+        clf,
+        make_locator(config),
+        make_tracker(config, (w, h)),
+        Scheduler(config, VirtualClock(), None, dry_run=True),
+        DecisionLog(None),
+        Status(),
+        window=(120, 120),
+        lens=lens,
+    )
+    t_lines = []
+    for i, image in enumerate(frames):
+        for rec in loop.process(Frame(i, i / 30.0, image), 0.0):
+            t_lines.append(rec.t_line)
+    return np.concatenate(clf.batches), t_lines
+
+
+def test_loop_crops_the_undistorted_image(tmp_path: Path) -> None:
+    """A green item crossing an orange belt, seen through a barrel lens: with the lens the
+    loop's crops are the crops of the undistorted belt; without, they are not."""
+    cfg = LensConfig(
+        date="2026-01-01T00:00:00+00:00",
+        width=640,
+        height=480,
+        fx=420.0,
+        fy=420.0,
+        cx=319.5,
+        cy=239.5,
+        dist=(-0.3, 0.09, 0.0, 0.0, 0.0),
+    )
+    lens = Lens(cfg, (640, 480))
+    ideal, seen = [], []
+    grid = np.stack(np.meshgrid(np.arange(640) + 0.5, np.arange(480) + 0.5), axis=-1)
+    und = lens.undistort_points(grid.reshape(-1, 2)).reshape(480, 640, 2) - 0.5
+    for i in range(40):
+        img = np.zeros((480, 640, 3), np.uint8)
+        img[:] = (230, 120, 30)  # the default orange belt (RGB)
+        x = 60 + 14 * i
+        cv2.ellipse(img, (x, 130), (38, 16), 15, 0, 360, (40, 170, 60), -1)
+        ideal.append(img)
+        mx, my = und[..., 0].astype(np.float32), und[..., 1].astype(np.float32)
+        seen.append(cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    want, t_ideal = _loop_inputs(ideal, None)
+    got, t_lens = _loop_inputs(seen, lens)
+    raw, _ = _loop_inputs(seen, None)
+    assert len(t_lens) == len(t_ideal) == 1
+    assert abs(t_lens[0] - t_ideal[0]) < 0.01
+    n = min(len(want), len(got), len(raw))
+    diff_lens = np.abs(got[:n].astype(float) - want[:n]).mean()
+    diff_raw = np.abs(raw[:n].astype(float) - want[:n]).mean()
+    print(f"mean |crop - undistorted crop|: with lens {diff_lens:.2f}, without {diff_raw:.2f}")
+    assert diff_lens < 0.5 * diff_raw, (diff_lens, diff_raw)
