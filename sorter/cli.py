@@ -18,6 +18,7 @@ app = typer.Typer(
 from sorter.commands import calibrate as _calibrate_cmd  # noqa: E402
 from sorter.commands import calibrate_camera as _calibrate_camera_cmd  # noqa: E402
 from sorter.commands import classify as _classify_cmd  # noqa: E402
+from sorter.commands import collect as _collect_cmd  # noqa: E402
 from sorter.commands import config as _config_cmd  # noqa: E402
 from sorter.commands import controller as _controller_cmd  # noqa: E402
 from sorter.commands import doctor as _doctor_cmd  # noqa: E402
@@ -32,6 +33,7 @@ _simulate_cmd.register(app)  # sorter simulate-belt, sorter calibrate-belt
 _doctor_cmd.register(app)  # sorter doctor
 _calibrate_cmd.register(app)  # sorter calibrate
 _calibrate_camera_cmd.register(app)  # sorter calibrate-camera
+_collect_cmd.register(app)  # sorter collect
 
 
 def main() -> None:
