@@ -133,3 +133,64 @@ def test_corrupt_batch_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "data_batch_1").write_bytes(b"not a pickle at all")
     with pytest.raises(DatasetError, match="data_batch_1: not a readable CUCUMBER-9 batch"):
         safe_load(tmp_path / "data_batch_1")
+
+
+def _with_labels(src: Path, names: list[str], filenames: list[str] | None = None) -> None:
+    write_synthetic_batches(src)
+    (src / "batches.meta").write_bytes(pickle.dumps({"label_names": names}, protocol=2))
+    if filenames is not None:
+        batch = pickle.loads((src / "data_batch_1").read_bytes())
+        batch["filenames"] = filenames
+        (src / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["..", "../../escaped", "a/../../escaped", "/tmp/escaped-abs", "sub/dir", "a\\b", "", ".",
+     "x\x00y"],  # fmt: skip
+)
+def test_label_names_that_are_not_plain_folder_names_are_refused(
+    tmp_path: Path, bad: str
+) -> None:
+    """A pickle's label names become folder names: `..`, separators or an absolute path
+    would write outside DEST. Refused with one line naming the file and the label, before
+    anything is written."""
+    from training.cli import run
+
+    src, dest = tmp_path / "src", tmp_path / "work" / "dest"
+    _with_labels(src, ["big", bad])
+    before = _files(tmp_path)
+    code = run(["import-cucumber9", str(src), str(dest)])
+    assert code == 2
+    with pytest.raises(DatasetError) as info:
+        import_cucumber9(src, dest)
+    msg = str(info.value)
+    assert str(src / "batches.meta") in msg and repr(bad) in msg and "\n" not in msg
+    assert _files(tmp_path) == before  # nothing written anywhere
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/escaped-abs").exists()
+
+
+def test_cli_error_for_a_bad_label_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import run
+
+    src = tmp_path / "src"
+    _with_labels(src, ["big", "../../escaped"])
+    assert run(["import-cucumber9", str(src), str(tmp_path / "dest")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "'../../escaped'" in err
+
+
+def test_file_names_cannot_escape_either(tmp_path: Path) -> None:
+    """Only a file name's stem is used: `../../x.jpg` or `/etc/x.jpg` land inside DEST."""
+    src, dest = tmp_path / "src", tmp_path / "work" / "dest"
+    _with_labels(src, ["big", "small"], ["../../../esc0.jpg", "/abs/esc1.jpg", "..\\esc2.jpg"])
+    import_cucumber9(src, dest)
+    written = _files(tmp_path / "work")
+    assert written and all(dest in p.parents for p in written)
+    assert len(written) == 3

@@ -119,11 +119,32 @@ def decode_batch(obj: Any, source: Path) -> Batch:
 
 
 def load_label_names(src: Path) -> list[str]:
-    """The grade names, in class-index order, from ``batches.meta``."""
-    meta = safe_load(src / "batches.meta")
+    """The grade names, in class-index order, from ``batches.meta``; each must be a plain
+    folder name (they become DEST/<grade>/), else DatasetError naming the file and label."""
+    path = src / "batches.meta"
+    meta = safe_load(path)
     if not isinstance(meta, dict) or "label_names" not in meta:
-        raise DatasetError(f"{src / 'batches.meta'}: no 'label_names' list")
-    return [str(n) for n in meta["label_names"]]
+        raise DatasetError(f"{path}: no 'label_names' list")
+    names = [str(n) for n in meta["label_names"]]
+    for name in names:
+        problem = _folder_name_problem(name)
+        if problem:
+            raise DatasetError(
+                f"{path}: label name {name!r} {problem}; it would be a folder outside or "
+                "across the destination: fix the label names (plain names like '2L')"
+            )
+    return names
+
+
+def _folder_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain, single folder name, or None."""
+    if name in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    if "/" in name or "\\" in name or "\x00" in name:
+        return "holds a path separator or NUL"
+    if Path(name).is_absolute() or Path(name).name != name:
+        return "is a path, not a folder name"
+    return None
 
 
 @dataclass
@@ -165,7 +186,12 @@ def import_cucumber9(src: str | Path, dest: str | Path, *, force: bool = False) 
                 if not 0 <= lab < len(names):
                     raise DatasetError(f"{f}: label {lab} outside the {len(names)} grades")
                 grade = names[lab]
-                out = root / grade / (Path(fname).stem + ".png")
+                # only the file name's stem: a name like ../../x.jpg stays inside DEST
+                out = root / grade / (Path(fname.replace("\\", "/")).stem + ".png")
+                if dest_p.resolve() not in out.resolve().parents:
+                    raise DatasetError(
+                        f"{f}: file name {fname!r} would be written outside {dest_p}"
+                    )
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
                     raise DatasetError(f"{out}: cannot write PNG; check permissions and space")
