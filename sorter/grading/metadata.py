@@ -46,6 +46,11 @@ _BUFFER_OFFSET = 1
 _BUFFER_SIZE = 2
 
 
+MAX_METADATA_ENTRIES = 1024
+"""A model with more metadata entries is refused (TFLite writes 2-3; ours adds one): the
+reader's work stays proportional to the file, whatever a crafted file claims."""
+
+
 class _FlatbufferError(ValueError):
     """The bytes are not a well-formed flatbuffer (truncated or corrupt)."""
 
@@ -61,6 +66,12 @@ class _Reader:
         if pos < 0 or pos + size > len(self.data):
             raise _FlatbufferError(f"offset {pos} outside the {len(self.data)}-byte file")
         return int(struct.unpack_from(fmt, self.data, pos)[0])
+
+    def bytes_at(self, start: int, length: int) -> bytes:
+        """A copy of `length` bytes at `start` (bounds-checked)."""
+        if start < 0 or length < 0 or start + length > len(self.data):
+            raise _FlatbufferError("data runs past the end of the file")
+        return self.data[start : start + length]
 
     def u16(self, pos: int) -> int:
         return self._unpack("<H", pos)
@@ -102,14 +113,12 @@ class _Reader:
         """The table referenced by element `index` of a vector of tables."""
         return self.indirect(elements + 4 * index)
 
-    def string(self, table: int, slot: int) -> str | None:
+    def string_span(self, table: int, slot: int) -> tuple[int, int] | None:
+        """(start, length) of a string field, or None when absent."""
         vec = self.vector(table, slot)
-        if vec is None:
-            return None
-        start, length = vec
-        if start + length > len(self.data):
+        if vec is not None and vec[0] + vec[1] > len(self.data):
             raise _FlatbufferError("string runs past the end of the file")
-        return self.data[start : start + length].decode("utf-8", errors="replace")
+        return vec
 
     def scalar_u32(self, table: int, slot: int, default: int = 0) -> int:
         pos = self.field_pos(table, slot)
@@ -134,7 +143,10 @@ def check_tflite_bytes(data: bytes, source: str) -> None:
 def read_embedded_metadata(data: bytes, source: str = "model") -> dict[str, bytes]:
     """All metadata entries of a TFLite flatbuffer: {name: buffer bytes}.
 
-    Raises ModelError when the bytes are not a TFLite model or are truncated.
+    Linear in the file's size and bounded on crafted files: at most MAX_METADATA_ENTRIES
+    entries, and the names and buffers read may not add up to more bytes than the file
+    holds (entries that all point at one big buffer would otherwise copy it once each).
+    Raises ModelError when the bytes are not a TFLite model or are truncated or crafted.
     """
     check_tflite_bytes(data, source)
     reader = _Reader(data)
@@ -145,13 +157,25 @@ def read_embedded_metadata(data: bytes, source: str = "model") -> dict[str, byte
         buffers = reader.vector(model, _MODEL_BUFFERS)
         if metadata is None:
             return entries
+        if metadata[1] > MAX_METADATA_ENTRIES:
+            raise ModelError(
+                f"{source}: {metadata[1]} metadata entries, more than the "
+                f"{MAX_METADATA_ENTRIES} a model can have; not a model sorter-export wrote "
+                "(re-export it)"
+            )
+        budget = len(data)
         for i in range(metadata[1]):
             entry = reader.table_at(metadata[0], i)
-            name = reader.string(entry, _METADATA_NAME) or ""
+            name_span = reader.string_span(entry, _METADATA_NAME) or (0, 0)
             index = reader.scalar_u32(entry, _METADATA_BUFFER)
             if buffers is None or index >= buffers[1]:
-                raise _FlatbufferError(f"metadata {name!r} points at missing buffer {index}")
-            entries[name] = _buffer_bytes(reader, reader.table_at(buffers[0], index))
+                raise _FlatbufferError(f"metadata entry {i} points at missing buffer {index}")
+            start, length = _buffer_span(reader, reader.table_at(buffers[0], index))
+            budget -= name_span[1] + length
+            if budget < 0:
+                raise _FlatbufferError("metadata entries overlap (more bytes than the file)")
+            name = reader.bytes_at(*name_span).decode("utf-8", errors="replace")
+            entries[name] = reader.bytes_at(start, length)
     except _FlatbufferError as err:
         raise ModelError(
             f"{source}: truncated or corrupt TFLite file ({err}); copy or re-export it"
@@ -159,20 +183,20 @@ def read_embedded_metadata(data: bytes, source: str = "model") -> dict[str, byte
     return entries
 
 
-def _buffer_bytes(reader: _Reader, buffer: int) -> bytes:
+def _buffer_span(reader: _Reader, buffer: int) -> tuple[int, int]:
+    """(start, length) of a Buffer table's bytes in the file."""
     offset = reader.scalar_u64(buffer, _BUFFER_OFFSET)
     if offset > 1:  # large models keep buffers after the flatbuffer, addressed from file start
         size = reader.scalar_u64(buffer, _BUFFER_SIZE)
         if offset + size > len(reader.data):
             raise _FlatbufferError("buffer runs past the end of the file")
-        return reader.data[offset : offset + size]
+        return offset, size
     vec = reader.vector(buffer, _BUFFER_DATA)
     if vec is None:
-        return b""
-    start, length = vec
-    if start + length > len(reader.data):
+        return 0, 0
+    if vec[0] + vec[1] > len(reader.data):
         raise _FlatbufferError("buffer runs past the end of the file")
-    return reader.data[start : start + length]
+    return vec
 
 
 @dataclass(frozen=True)
