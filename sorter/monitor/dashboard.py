@@ -13,6 +13,12 @@ Routes (GET/HEAD only; anything else is 405 — nothing here changes the machine
     /crop/<item>.jpg  the crop of a recent decision
     /healthz          "ok"
 
+Broken or hostile clients: each connection has a socket timeout (`timeout_s`, 10 s: a
+client that sends its request slower than that is dropped), and at most `max_clients` (16)
+are served at once; one more gets `503` at once, before anything is read, so slow clients
+cannot pile up threads ahead of the token check. `/crop/<item>.jpg` takes ASCII digits only
+(anything else, Unicode digits included, is 404).
+
 Security: it binds to localhost by default. Binding to any other address needs a token
 (`[dashboard] token` in the config; install.sh generates one), and when a token is set every
 request must carry it (`?token=...`, `Authorization: Bearer ...` or the cookie the page sets).
@@ -20,11 +26,14 @@ request must carry it (`?token=...`, `Authorization: Bearer ...` or the cookie t
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -43,8 +52,20 @@ from sorter.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DashboardServer", "StatusSource", "derive_alarms", "render_frame", "serve"]
+__all__ = [
+    "DashboardServer",
+    "StatusSource",
+    "derive_alarms",
+    "parse_item",
+    "render_frame",
+    "serve",
+]
 
+TIMEOUT_S = 10.0
+"""Socket timeout per client connection (s)."""
+MAX_CLIENTS = 16
+"""Connections served at once; more get 503 without being read."""
+_ITEM = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 STALL_AFTER_S = 2.0
 """A frame older than this (and no alarm from the loop) shows as 'camera stalled'."""
 JPEG_QUALITY = 80
@@ -108,6 +129,12 @@ def _line_key(line_x: float | None) -> int:
 
 # ------------------------------------------------------------------------------------------
 # Pure helpers (tests call these directly)
+
+
+def parse_item(text: str) -> int | None:
+    """The item number in a /crop/<item>.jpg path: ASCII digits (optional '-') only, else
+    None (str.isdigit() also accepts Unicode digits, some of which int() refuses)."""
+    return int(text) if _ITEM.fullmatch(text) else None
 
 
 def derive_alarms(snapshot: dict[str, Any], stall_after_s: float = STALL_AFTER_S) -> list[dict]:
@@ -379,8 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _crop(self, item_text: str) -> None:
         getter = getattr(self.settings.status, "crop", None)
         crop = None
-        if item_text.lstrip("-").isdigit() and callable(getter):
-            crop = getter(int(item_text))
+        item = parse_item(item_text)
+        if item is not None and callable(getter):
+            crop = getter(item)
         if crop is None:
             self._send(HTTPStatus.NOT_FOUND, b"no crop for that item\n", "text/plain")
             return
@@ -406,9 +434,64 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 38\r\n"
+    b"Retry-After: 5\r\nConnection: close\r\n\r\ntoo many dashboard clients; try again\n"
+)
+
+
 class _Server(ThreadingHTTPServer):
+    """A threaded server that serves at most `max_clients` connections at once."""
+
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_clients: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._count_lock = threading.Lock()
+        self.active = 0
+        """Connections being served now."""
+        self.refused = 0
+        """Connections answered 503 because `max_clients` were being served."""
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with self._count_lock:
+                self.refused += 1
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        with self._count_lock:
+            self.active += 1
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self.active -= 1
+        self._slots.release()
+
+
+def _refuse_busy(request: socket.socket) -> None:
+    """503 on a connection we will not serve, without waiting for its request."""
+    try:
+        request.settimeout(0.5)
+        request.sendall(_BUSY)
+        request.setblocking(False)
+        with contextlib.suppress(OSError):  # drain what arrived, so close sends FIN, not RST
+            request.recv(65536)
+    except OSError:
+        pass
 
 
 def _is_loopback(host: str) -> bool:
@@ -433,16 +516,27 @@ def _load_static() -> dict[str, bytes]:
 class DashboardServer:
     """A running dashboard: `.url`, `.port`, `.stop()`; also a context manager."""
 
-    def __init__(self, status: Any, host: str, port: int, token: str | None) -> None:
+    def __init__(
+        self,
+        status: Any,
+        host: str,
+        port: int,
+        token: str | None,
+        *,
+        timeout_s: float = TIMEOUT_S,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
         if not _is_loopback(host) and not token:
             raise ConfigError(
                 f"dashboard: binding to {host or 'all addresses'} needs a token; set "
                 "[dashboard] token in the config (install.sh generates one) or bind 127.0.0.1"
             )
         settings = _Settings(status=status, token=token or None, static=_load_static())
-        handler = type("DashboardHandler", (_Handler,), {"settings": settings})
+        handler = type(
+            "DashboardHandler", (_Handler,), {"settings": settings, "timeout": timeout_s}
+        )
         try:
-            self._httpd = _Server((host, port), handler)
+            self._httpd = _Server((host, port), handler, max_clients)
         except OSError as err:
             raise ConfigError(
                 f"dashboard: cannot listen on {host}:{port} ({err.strerror or err}); "
@@ -458,6 +552,16 @@ class DashboardServer:
         )
         self._thread.start()
         logger.info("dashboard on %s", self.url)
+
+    @property
+    def active(self) -> int:
+        """Connections being served now (at most `max_clients`)."""
+        return self._httpd.active
+
+    @property
+    def refused(self) -> int:
+        """Connections refused with 503 so far (too many at once)."""
+        return self._httpd.refused
 
     @property
     def url(self) -> str:
@@ -482,13 +586,21 @@ class DashboardServer:
 
 
 def serve(
-    status: Any, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None
+    status: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    token: str | None = None,
+    timeout_s: float = TIMEOUT_S,
+    max_clients: int = MAX_CLIENTS,
 ) -> DashboardServer:
     """Serve the dashboard for `status` in a background thread; returns the running server.
 
-    Raises ConfigError when binding off localhost without a token or when the port is taken.
+    `timeout_s`: socket timeout per connection; `max_clients`: connections served at once
+    (more get 503 at once). Raises ConfigError when binding off localhost without a token
+    or when the port is taken.
     """
-    return DashboardServer(status, host, port, token)
+    return DashboardServer(status, host, port, token, timeout_s=timeout_s, max_clients=max_clients)
 
 
 def parse_bind(text: str, default_port: int = 8080) -> tuple[str, int]:
