@@ -276,3 +276,11 @@ def test_codec_choice_and_its_container(tree: Path, tmp_path: Path) -> None:
     ]
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--carrier-colours pink" in res.output
+
+
+def test_spacing_leaves_belt_between_trays_rims_included() -> None:
+    tray = Realism(carrier="tray", rim_px=10.0)
+    with pytest.raises(ConfigError, match="items 140 px wide at 150 px spacing would overlap"):
+        BeltSimConfig(spacing_px=150.0, realism=tray).check()
+    BeltSimConfig(spacing_px=156.0, realism=tray).check()
+    BeltSimConfig(spacing_px=150.0).check()  # no tray: 120 px items

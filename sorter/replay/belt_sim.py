@@ -111,10 +111,11 @@ class BeltSimConfig:
             if rate <= 0:
                 raise ConfigError(f"--items-per-second must be positive, got {rate}")
             spacing = self.speed_px_s / rate
-        need = self.window_px[0] + MIN_GAP_PX
+        width = self.window_px[0] + 2 * self.realism.margin_px()  # with a tray's rim
+        need = width + MIN_GAP_PX
         if spacing < need:
             raise ConfigError(
-                f"items {self.window_px[0]} px wide at {spacing:.0f} px spacing would overlap "
+                f"items {width} px wide at {spacing:.0f} px spacing would overlap "
                 f"(need at least {need} px): raise --speed or lower --items-per-second"
             )
         return spacing
@@ -259,9 +260,10 @@ def _schedule(
     win_w, win_h = cfg.window_px
     spacing = cfg.resolved_spacing()
     line_x = cfg.line_x if cfg.line_x is not None else w / 2
-    slack = max(0.0, (spacing - win_w - MIN_GAP_PX) / 2)
+    m = cfg.realism.margin_px()  # a tray's or cup's rim beyond the field of view
+    slack = max(0.0, (spacing - win_w - 2 * m - MIN_GAP_PX) / 2)
     along = min(cfg.jitter_px, slack)
-    across = max(0.0, min(cfg.jitter_px, h / 2 - win_h / 2 - 2))
+    across = max(0.0, min(cfg.jitter_px, h / 2 - win_h / 2 - m - 2))
     first_x0 = -win_w / 2 - cfg.speed_px_s * cfg.lead_in_s - along
     items: list[SimItem] = []
     for i, idx in enumerate(order):
