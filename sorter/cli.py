@@ -23,6 +23,7 @@ from sorter.commands import config as _config_cmd  # noqa: E402
 from sorter.commands import controller as _controller_cmd  # noqa: E402
 from sorter.commands import doctor as _doctor_cmd  # noqa: E402
 from sorter.commands import run as _run_cmd  # noqa: E402
+from sorter.commands import shadow as _shadow_cmd  # noqa: E402
 from sorter.commands import simulate as _simulate_cmd  # noqa: E402
 
 app.add_typer(_config_cmd.app, name="config")
@@ -34,6 +35,7 @@ _doctor_cmd.register(app)  # sorter doctor
 _calibrate_cmd.register(app)  # sorter calibrate
 _calibrate_camera_cmd.register(app)  # sorter calibrate-camera
 _collect_cmd.register(app)  # sorter collect
+_shadow_cmd.register(app)  # sorter shadow-report
 
 
 def main() -> None:

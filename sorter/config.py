@@ -72,6 +72,16 @@ class ModelConfig:
     """Path to the .tflite model (with its metadata); empty: the bundled default model."""
     threads: int = field(default=1, metadata=rng(1, 16))
     """LiteRT interpreter threads."""
+    shadow: str = ""
+    """A candidate .tflite graded beside the active model on every item (shadow mode: the
+    active model decides, both verdicts go to the decision log; `sorter shadow-report`).
+    Empty: no shadow. Checked at start like `sorter model promote` checks a model."""
+
+    def __post_init__(self) -> None:
+        if self.shadow and not self.shadow.endswith(".tflite"):
+            raise FieldError("model", "shadow", f"must name a .tflite file, got {self.shadow!r}")
+        if self.shadow and self.path and Path(self.shadow) == Path(self.path):
+            raise FieldError("model", "shadow", "is the active model itself; name a candidate")
 
 
 @dataclass

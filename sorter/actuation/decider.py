@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +81,17 @@ class Decider:
         """The record of a recently decided item, or None."""
         return self._decided.get(item)
 
-    def decide(self, item: int, views: ItemViews, t_line: float, received: float) -> DecisionRecord:
-        """Decide one item from its views; `received` is perf_counter when its frame was read."""
+    def decide(
+        self,
+        item: int,
+        views: ItemViews,
+        t_line: float,
+        received: float,
+        extra: Callable[[str], dict[str, Any]] | None = None,
+    ) -> DecisionRecord:
+        """Decide one item from its views; `received` is perf_counter when its frame was read.
+        `extra(label)` gives more fields for the record (a shadow verdict), asked for after
+        the SORT went out, so it never delays the command."""
         t0 = time.perf_counter()
         verdict = self.policy.decide(
             np.array(views.scores) if views.scores else np.zeros((0, len(self.policy.labels)))
@@ -113,6 +122,8 @@ class Decider:
             reason=verdict.reason,
             latency_ms=latency * 1000.0,
         )
+        if extra is not None:
+            rec.extra.update(extra(verdict.label))
         crop = best_crop(views, verdict, self.policy.labels) if self.keep_crops else None
         self.decisions.record(rec, crop)
         self.status.decided(rec.as_dict(), latency, crop)

@@ -51,6 +51,9 @@ def run_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Send nothing to a controller."),
     truth: Path | None = typer.Option(None, "--truth", help="Belt truth JSON: print a scorecard."),
     model: Path | None = typer.Option(None, "--model", help="Model .tflite (default: bundled)."),
+    shadow: Path | None = typer.Option(
+        None, "--shadow", help="Candidate .tflite graded beside the model on every item."
+    ),
     config_path: Path | None = typer.Option(
         None, "--config", help=f"Config TOML (default {DEFAULT_PATH} if it exists)."
     ),
@@ -94,6 +97,7 @@ def run_command(
             mode="realtime" if realtime else "fast" if fast else None,
             dry_run=dry_run,
             model=model,
+            shadow=shadow,
         )
         server = start_dashboard(config, status, dashboard)
         with LiveView(err_console, status, enabled=not as_json, opts=opts):

@@ -69,7 +69,17 @@ FINAL_STATUSES = frozenset(
 )
 """Statuses after which a decision's fate does not change."""
 
-EXTRA_COLUMNS: dict[str, str] = {"lane": "TEXT"}
+EXTRA_COLUMNS: dict[str, str] = {
+    "lane": "TEXT",
+    # shadow mode (sorter.grading.shadow): the candidate model's verdict beside the active one
+    "shadow_label": "TEXT",
+    "shadow_confidence": "REAL",
+    "shadow_scores": "TEXT",
+    "shadow_bin": "TEXT",
+    "shadow_reason": "TEXT",
+    "shadow_views": "INTEGER",
+    "shadow_model": "TEXT",
+}
 """Optional decision columns (name -> SQLite type) beyond the core schema below.
 
 A feature that logs more per item adds its column here and puts the value in the record's

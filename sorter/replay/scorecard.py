@@ -182,6 +182,17 @@ def score(
     )
 
 
+def match_to_truth(
+    decisions: Iterable[Any], truth: Mapping[str, Any], tolerance_s: float | None = None
+) -> dict[int, int]:
+    """{truth item index: decision index} by the scorecard's matching (see module doc)."""
+    items = _truth_items(truth)
+    tol = (
+        tolerance_s if tolerance_s is not None else default_tolerance([i["t_line"] for i in items])
+    )
+    return _match(list(decisions), items, tol)[0]
+
+
 def _truth_items(truth: Mapping[str, Any]) -> list[dict[str, Any]]:
     try:
         return [

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from sorter.actuation.decider import Decider, ItemViews
 from sorter.actuation.scheduling import Scheduler
 from sorter.config import Config
+from sorter.grading.shadow import ShadowGrader
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Overlay, Status
 from sorter.perception.lens import Lens
@@ -71,6 +72,7 @@ class SortingLoop:
         window: tuple[int, int],
         keep_crops: bool = False,
         lens: Lens | None = None,
+        shadow: ShadowGrader | None = None,
     ) -> None:
         self.config = config
         self.classifier = classifier
@@ -90,6 +92,8 @@ class SortingLoop:
         """The lens calibration, or None: detections and crops are taken as the camera saw."""
         self._raw: dict[int, tuple[Detection, Detection]] = {}
         """This frame's detections with a lens: id(undistorted) -> (undistorted, camera's)."""
+        self.shadow = shadow
+        """The candidate model graded beside this one (`sorter run --shadow`), or None."""
         self._items: dict[int, ItemViews] = {}
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
@@ -122,8 +126,11 @@ class SortingLoop:
         batch = to_model_input(frame.image, self.classifier.input_size)[None]
         scores = self.classifier.classify(batch)
         self.status.add_stage("classify", time.perf_counter() - t0)
+        item = frame.index + 1
+        if self.shadow is not None:
+            self.shadow.submit([item], self.shadow.batch_for([frame.image], batch))
         views = ItemViews([np.asarray(scores[0], dtype=np.float32)], [frame.image])
-        rec = self.decider.decide(frame.index + 1, views, frame.t, received)
+        rec = self.decider.decide(item, views, frame.t, received, self._shadow_of(item))
         self.status.frame_done(frame.image, [])
         return rec
 
@@ -163,6 +170,9 @@ class SortingLoop:
         size = self.classifier.input_size
         batch = np.stack([to_model_input(crop, size) for _, crop, _ in todo])
         scores = self.classifier.classify(batch)
+        if self.shadow is not None:  # the same crops, graded on the shadow's own thread
+            crops = [crop for _, crop, _ in todo]
+            self.shadow.submit([item for item, _, _ in todo], self.shadow.batch_for(crops, batch))
         for (item, crop, measured), s in zip(todo, scores, strict=True):
             views = self._items.setdefault(item, ItemViews())
             views.scores.append(np.asarray(s, dtype=np.float32))
@@ -187,10 +197,26 @@ class SortingLoop:
     def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
         views = self._items.pop(track.id, ItemViews())
         t_line = track.t_line if track.t_line is not None else t_frame
-        return self.decider.decide(track.id, views, t_line, received)
+        return self.decider.decide(track.id, views, t_line, received, self._shadow_of(track.id))
+
+    def _shadow_of(self, item: int) -> Callable[[str], dict[str, Any]] | None:
+        """The shadow verdict's fields for an item being decided (None without a shadow)."""
+        shadow = self.shadow
+        if shadow is None:
+            return None
+
+        def fields(label: str) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            out = shadow.verdict(item, label)
+            self.status.add_stage("shadow_wait", time.perf_counter() - t0)
+            return out
+
+        return fields
 
     def _forget(self, track: Track) -> None:
         views = self._items.pop(track.id, None)
+        if self.shadow is not None:
+            self.shadow.forget(track.id)
         decided = self.decider.decided(track.id) is not None
         if track.t_line is None and not decided and views and views.scores:
             self.lost += 1

@@ -43,6 +43,7 @@ from sorter.actuation.scheduling import Scheduler, Timeline
 from sorter.config import Config
 from sorter.errors import SorterError
 from sorter.grading.policy import Policy
+from sorter.grading.shadow import ShadowGrader, load_shadow
 from sorter.monitor import notify
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Status, status_line
@@ -90,6 +91,10 @@ class RunOptions:
     """An already built frame source (instead of camera/video/images); treated as live."""
     link: ControllerLinkLike | None = None
     """An already built controller link (instead of opening config.serial.url)."""
+    shadow: Path | None = None
+    """A candidate model graded beside the active one (overrides [model] shadow)."""
+    shadow_classifier: ClassifierLike | None = None
+    """An already loaded candidate (tests); else one is loaded from `shadow`."""
 
 
 @dataclass
@@ -137,6 +142,8 @@ class Runner:
         self.window = crop_window_px(config, self.classifier)
         self.locator = make_locator(config)
         Policy(config, self.classifier.labels)  # check per-grade thresholds against the labels
+        self.shadow: ShadowGrader | None = make_shadow(config, opts, self.mode, self.window)
+        """The candidate graded beside the active model (shadow mode), or None."""
         self.source: FrameSource = opts.source or open_source(
             camera=opts.camera,
             video=opts.video,
@@ -196,6 +203,8 @@ class Runner:
         if self.mode == "realtime" and opts.images is None:
             self._src = ThreadedSource(self.source, maxsize=config.camera.queue_frames)
         stack.enter_context(self._src)
+        if self.shadow is not None:
+            stack.enter_context(self.shadow)
         self.decisions.open(
             source=str(opts.camera if opts.camera is not None else opts.video or opts.images),
             model=str(getattr(self.classifier, "model_path", "")),
@@ -273,6 +282,7 @@ class Runner:
             window=self.window,
             keep_crops=self.decisions.crops_dir is not None,
             lens=make_lens(self.config.lens, (w, h)),
+            shadow=self.shadow,
         )
         return self.loop
 
@@ -308,6 +318,8 @@ class Runner:
         records = self.decisions.records()
         summary = _summary(status, self.decisions, records, self.loop, opts, self.mode, self.url)
         summary.update(frames=self.frames, wall_s=time.monotonic() - self._wall0)
+        if self.shadow is not None:
+            summary["shadow"] = self.shadow.stats()
         if self.error is not None:
             summary["error"] = str(self.error)
         self.result = RunResult(summary=summary, records=records)
@@ -354,6 +366,29 @@ class _Signals:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def make_shadow(
+    config: Config, opts: RunOptions, mode: str, window: tuple[int, int]
+) -> ShadowGrader | None:
+    """The shadow grader of `--shadow` / [model] shadow (None when neither is set). A fast
+    replay waits for it (deterministic); elsewhere it drops views it cannot keep up with."""
+    if opts.shadow_classifier is not None:
+        return ShadowGrader(opts.shadow_classifier, config, block=mode == "fast")
+    path = str(opts.shadow) if opts.shadow is not None else config.model.shadow
+    if not path:
+        return None
+    shadow = load_shadow(path, config, block=mode == "fast")
+    theirs = crop_window_px(config, shadow.classifier)
+    if theirs != window:
+        log.warning(
+            "shadow model %s was trained on a %dx%d px window, the active model's is %dx%d: "
+            "it grades the active model's crops (resized)",
+            path,
+            *theirs,
+            *window,
+        )
+    return shadow
 
 
 def choose_mode(opts: RunOptions, url: str, live: bool) -> str:
