@@ -168,6 +168,9 @@ class SerialConfig:
     """A SORT whose fire time is less than this ahead of now is not sent: logged late."""
     window_ms: float = field(default=5.0, metadata=rng(0.1, 60.0))
     """How far past its target the controller may still fire a gate (else LATE)."""
+    loop_timeout_ms: int = field(default=5000, metadata=rng(200, 600000))
+    """The sorting loop making no progress this long (at least camera.stall_s + 1 s) silences
+    the link, so the controller's own heartbeat timeout puts every gate safe."""
 
 
 @dataclass

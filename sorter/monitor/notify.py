@@ -12,9 +12,11 @@ The pipeline calls:
 - `status(text)` now and then (shown by `systemctl status produce-sorter`),
 - `stopping()` when shutting down (SIGTERM / Ctrl-C), before the final flush.
 
-A stalled loop stops calling `watchdog()`; systemd then kills and restarts the
-service (`WatchdogSec=` in deploy/produce-sorter.service), and meanwhile the
-controller's own heartbeat timeout has put the gates in the safe state.
+A stalled loop stops calling `watchdog()` (it is called on the loop's thread only);
+systemd then kills and restarts the service (`WatchdogSec=` in
+deploy/produce-sorter.service), and meanwhile the controller's own heartbeat timeout has
+put the gates in the safe state: `sorter.runtime.liveness` silences the controller link
+once the loop makes no progress for `[serial] loop_timeout_ms`.
 """
 
 from __future__ import annotations

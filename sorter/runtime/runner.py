@@ -49,6 +49,7 @@ from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Status, status_line
 from sorter.perception.lens import make_lens
 from sorter.perception.sources import Frame, FrameSource, ThreadedSource, open_source
+from sorter.runtime.liveness import Liveness, LoopWatch
 from sorter.runtime.loop import ClassifierLike, SortingLoop
 from sorter.runtime.wiring import (
     camera_settings,
@@ -168,6 +169,11 @@ class Runner:
         self._systemd: SystemdStatus | None = None
         self._frames: Iterator[tuple[Frame | None, float]] | None = None
         self._stalled = False
+        self.liveness = Liveness(
+            max(config.serial.loop_timeout_ms / 1000.0, config.camera.stall_s + 1.0)
+        )
+        """The loop's progress: a beat per step; stale -> the link is silenced (LoopWatch)."""
+        self._watch: LoopWatch | None = None
 
     def __enter__(self) -> Runner:
         self.start()
@@ -219,18 +225,24 @@ class Runner:
             config, self.clock, self.link, timeline=self.timeline, dry_run=opts.dry_run
         )
         self._frames = _frames(self._src, config.camera.stall_s, opts.stop, status)
+        # a hung loop must let the controller fall to safe on its own heartbeat timeout
+        self.liveness.beat()
+        self._watch = LoopWatch(self.liveness, self.link, status.alarm).start()
+        stack.callback(self._watch.stop)
 
     def step(self) -> bool:
         """Process the next frame, or note a stall (no frame for camera.stall_s). False once
         the source has ended, `stop` was set or the source broke (`error`)."""
         if self._frames is None or self._systemd is None:
             raise RuntimeError("Runner.step() before start()")
+        self.liveness.beat()
         try:
             got = next(self._frames, None)
         except SorterError as err:  # a source that broke mid-stream: keep what was done
             self.error = err
             log.error("%s", err)
             return False
+        self.liveness.beat()
         if got is None:
             return False
         frame, received = got
@@ -244,6 +256,7 @@ class Runner:
             self._stalled = False
             _resumed(self.status, self.link)
         self._process(frame, received)
+        self.liveness.beat()
         self._systemd.update(self.status)
         if self.opts.progress is not None:
             self.opts.progress(self.status)
@@ -305,6 +318,8 @@ class Runner:
             raise RuntimeError("Runner.stop() before start()")
         if opts.stop.is_set():
             notify.stopping()
+        if self._watch is not None:  # no more steps: the flush below must not be silenced
+            self._watch.stop()
         if self.loop is not None:
             self.loop.finish()
         _flush_pending(self.decisions, self._scheduler, self.clock, self.link, self.config)
