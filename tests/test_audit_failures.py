@@ -300,3 +300,30 @@ def test_jsonl_is_fsynced_at_a_bounded_rate_and_at_close(
     assert all(g >= 0.3 - 0.01 for g in gaps), gaps
     assert syncs[-1] >= writes[-1]  # close synced the last lines
     assert len(jsonl.read_text().splitlines()) == 60
+
+
+def test_a_row_sqlite_refuses_is_dropped_and_does_not_hold_up_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value SQLite cannot bind (a feature's column given an odd object) fails every
+    retry: that one row is dropped and counted, the rows around it are written, and numpy
+    scalars (common in extras) are stored as numbers in both logs."""
+    import sorter.monitor.audit as audit
+
+    monkeypatch.setattr(audit, "EXTRA_COLUMNS", {"probe": "REAL"})
+    db, jsonl = tmp_path / "d.db", tmp_path / "d.jsonl"
+    log = DecisionLog(db, jsonl_path=jsonl, retry_s=(0.01, 0.05))
+    log.open()
+    for i in range(1, 6):
+        r = rec(i, status="dry-run")
+        r.extra["probe"] = object() if i == 3 else np.float32(i / 2)
+        log.record(r)
+    assert log.flush(timeout=10.0)
+    rows = read_decisions(db)
+    assert [r["item"] for r in rows] == [1, 2, 4, 5]
+    assert [r["probe"] for r in rows] == [0.5, 1.0, 2.0, 2.5]
+    h = log.health()
+    assert (h.dropped, h.backlog) == (1, 0) and h.errors >= 1
+    log.close()
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert [d["item"] for d in lines] == [1, 2, 3, 4, 5] and lines[0]["probe"] == 0.5

@@ -500,7 +500,8 @@ class DecisionLog:
         """Queue the item's JSON line (lock held), once per final status."""
         if self._fd is None or rec.item in self._written:
             return
-        self._lines.append((rec.item, (json.dumps(rec.as_dict()) + "\n").encode()))
+        line = json.dumps(rec.as_dict(), default=_json_value) + "\n"
+        self._lines.append((rec.item, line.encode()))
         self._written.add(rec.item)
         while len(self._lines) > self.max_backlog:
             lost, _ = self._lines.popleft()
@@ -618,10 +619,37 @@ class DecisionLog:
         return sql, tuple(values)
 
     def _write_rows(self, ops: list[tuple[_Op, int, str, tuple[Any, ...]]]) -> str | None:
-        """Write the rows in one transaction; the problem, or None (writer thread)."""
+        """Write the rows in one transaction; the problem, or None (writer thread).
+
+        A transient failure (locked, disk full, I/O: OperationalError, OSError) keeps every
+        row queued. A row SQLite refuses by its content (a value it cannot store) would fail
+        every retry and hold up the rest: the rows are then written one by one and each
+        refused one is dropped, counted and logged with its item.
+        """
         db = self._db
         if not ops or db is None:
             return None
+        try:
+            self._transaction(db, ops)
+        except (sqlite3.OperationalError, OSError) as err:
+            return f"{self.db_path}: {err}"
+        except sqlite3.Error as err:
+            log.error("%s: a row was refused (%s); writing rows one by one", self.db_path, err)
+            refused = []
+            for one in ops:
+                try:
+                    self._transaction(db, [one])
+                except (sqlite3.OperationalError, OSError) as again:
+                    return f"{self.db_path}: {again}"
+                except sqlite3.Error as bad:
+                    refused.append(one)
+                    log.error("decision log: item %d refused by SQLite (%s)", one[0].item, bad)
+            self._retire(refused, dropped=True)
+            return f"{self.db_path}: {len(refused)} rows refused ({err})" if refused else None
+        return None
+
+    def _transaction(self, db: sqlite3.Connection, ops: list[tuple[_Op, int, str, Any]]) -> None:
+        """The ops in one transaction (rolled back on any error); retires what it wrote."""
         unknown = []
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -629,17 +657,21 @@ class DecisionLog:
                 if not db.execute(sql, params).rowcount and op.rec is None:
                     unknown.append(op.item)
             db.execute("COMMIT")
-        except (sqlite3.Error, OSError) as err:
+        except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            return f"{self.db_path}: {err}"
+            raise
         for item in unknown:
             log.warning("fate for unknown item %d", item)
+        self._retire(ops)
+
+    def _retire(self, ops: list[tuple[_Op, int, str, Any]], *, dropped: bool = False) -> None:
+        """Take written (or refused) ops off the queue unless they changed meanwhile."""
         with self._lock:
             for op, version, _, _ in ops:
-                if self._pending.get(op.item) is op and op.version == version:
+                if self._pending.get(op.item) is op and (dropped or op.version == version):
                     del self._pending[op.item]
-        return None
+                    self._dropped += dropped
 
     def _write_lines(self) -> str | None:
         """Append the taken JSON lines (whole, a short write's rest later); writer thread."""
@@ -726,8 +758,19 @@ def _add_extra_columns(db: sqlite3.Connection) -> None:
 
 def _sql_value(value: Any) -> Any:
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
+        return json.dumps(value, default=_json_value)
+    if isinstance(value, np.generic):
+        return value.item()
     return value
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for what json cannot write itself (numpy scalars and arrays; else its str)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def _wall() -> str:
