@@ -22,12 +22,14 @@ from sorter.commands import collect as _collect_cmd  # noqa: E402
 from sorter.commands import config as _config_cmd  # noqa: E402
 from sorter.commands import controller as _controller_cmd  # noqa: E402
 from sorter.commands import doctor as _doctor_cmd  # noqa: E402
+from sorter.commands import model as _model_cmd  # noqa: E402
 from sorter.commands import run as _run_cmd  # noqa: E402
 from sorter.commands import shadow as _shadow_cmd  # noqa: E402
 from sorter.commands import simulate as _simulate_cmd  # noqa: E402
 
 app.add_typer(_config_cmd.app, name="config")
 app.add_typer(_controller_cmd.app, name="controller")  # sorter controller ...
+app.add_typer(_model_cmd.app, name="model")  # sorter model promote / rollback
 app.command("run")(_run_cmd.run_command)  # sorter run
 _classify_cmd.register(app)  # sorter classify, sorter bench
 _simulate_cmd.register(app)  # sorter simulate-belt, sorter calibrate-belt

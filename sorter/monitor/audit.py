@@ -71,6 +71,8 @@ FINAL_STATUSES = frozenset(
 
 EXTRA_COLUMNS: dict[str, str] = {
     "lane": "TEXT",
+    # the model that decided the item (content id; changes when a reload switches models)
+    "model_id": "TEXT",
     # shadow mode (sorter.grading.shadow): the candidate model's verdict beside the active one
     "shadow_label": "TEXT",
     "shadow_confidence": "REAL",

@@ -27,6 +27,7 @@ import numpy as np
 from sorter.actuation.decider import Decider, ItemViews
 from sorter.actuation.scheduling import Scheduler
 from sorter.config import Config
+from sorter.grading.policy import Policy
 from sorter.grading.shadow import ShadowGrader
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Overlay, Status
@@ -36,6 +37,7 @@ from sorter.perception.preprocess import to_model_input
 from sorter.perception.sources import Frame
 from sorter.perception.tracking import Track, Tracker
 from sorter.perception.vision import Detection, crop_window
+from sorter.runtime.reload import reorder
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class SortingLoop:
         self._raw: dict[int, tuple[Detection, Detection]] = {}
         """This frame's detections with a lens: id(undistorted) -> (undistorted, camera's)."""
         self.shadow = shadow
+        self.model_id: str | None = None
+        """Content id of the model grading now (`model_id` in each record), when known."""
         """The candidate model graded beside this one (`sorter run --shadow`), or None."""
         self._items: dict[int, ItemViews] = {}
         self.lost = 0
@@ -130,7 +134,7 @@ class SortingLoop:
         if self.shadow is not None:
             self.shadow.submit([item], self.shadow.batch_for([frame.image], batch))
         views = ItemViews([np.asarray(scores[0], dtype=np.float32)], [frame.image])
-        rec = self.decider.decide(item, views, frame.t, received, self._shadow_of(item))
+        rec = self.decider.decide(item, views, frame.t, received, self._extra_of(item))
         self.status.frame_done(frame.image, [])
         return rec
 
@@ -197,21 +201,49 @@ class SortingLoop:
     def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
         views = self._items.pop(track.id, ItemViews())
         t_line = track.t_line if track.t_line is not None else t_frame
-        return self.decider.decide(track.id, views, t_line, received, self._shadow_of(track.id))
+        return self.decider.decide(track.id, views, t_line, received, self._extra_of(track.id))
 
-    def _shadow_of(self, item: int) -> Callable[[str], dict[str, Any]] | None:
-        """The shadow verdict's fields for an item being decided (None without a shadow)."""
-        shadow = self.shadow
-        if shadow is None:
+    def _extra_of(self, item: int) -> Callable[[str], dict[str, Any]] | None:
+        """The record's extra fields for an item being decided: the model that decided it
+        (`model_id`) and the shadow's verdict (None when there is neither)."""
+        shadow, mid = self.shadow, self.model_id
+        if shadow is None and mid is None:
             return None
 
         def fields(label: str) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            out = shadow.verdict(item, label)
-            self.status.add_stage("shadow_wait", time.perf_counter() - t0)
+            out: dict[str, Any] = {"model_id": mid} if mid else {}
+            if shadow is not None:
+                t0 = time.perf_counter()
+                out.update(shadow.verdict(item, label))
+                self.status.add_stage("shadow_wait", time.perf_counter() - t0)
             return out
 
         return fields
+
+    def swap_classifier(
+        self, classifier: ClassifierLike, window: tuple[int, int], model: str | None = None
+    ) -> int:
+        """Grade with `classifier` (its crop `window`, content id `model`) from the next
+        frame on (`sorter.runtime.reload`). Items being tracked keep their views, reordered
+        into the new label order; when the new model lists other grades their views are
+        dropped (they are graded again while in view). Returns the views dropped."""
+        old, new = list(self.classifier.labels), list(classifier.labels)
+        dropped = 0
+        if old != new:
+            for views in self._items.values():
+                moved = reorder(views.scores, old, new)
+                if moved is None:
+                    dropped += len(views.scores)
+                    views.scores.clear()
+                    views.crops.clear()
+                    views.measures.clear()
+                else:
+                    views.scores[:] = moved
+        self.decider.policy = Policy(self.config, new)
+        self.classifier = classifier
+        self.window = window
+        self.model_id = model
+        return dropped
 
     def _forget(self, track: Track) -> None:
         views = self._items.pop(track.id, None)

@@ -42,6 +42,7 @@ from sorter.actuation.link_events import on_event
 from sorter.actuation.scheduling import Scheduler, Timeline
 from sorter.config import Config
 from sorter.errors import SorterError
+from sorter.grading.model_check import model_id
 from sorter.grading.policy import Policy
 from sorter.grading.shadow import ShadowGrader, load_shadow
 from sorter.monitor import notify
@@ -51,6 +52,7 @@ from sorter.perception.lens import make_lens
 from sorter.perception.sources import Frame, FrameSource, ThreadedSource, open_source
 from sorter.runtime.liveness import Liveness, LoopWatch
 from sorter.runtime.loop import ClassifierLike, SortingLoop
+from sorter.runtime.reload import Loaded, ModelReloader
 from sorter.runtime.wiring import (
     camera_settings,
     configure_link,
@@ -84,8 +86,10 @@ class RunOptions:
     """Called after each frame (the terminal view)."""
     stop: threading.Event = field(default_factory=threading.Event)
     """Set to stop the run cleanly (signals set it too)."""
+    reload: threading.Event = field(default_factory=threading.Event)
+    """Set to reload the model file between two frames (SIGHUP sets it; `sorter.runtime.reload`)."""
     handle_signals: bool = True
-    """Install SIGINT/SIGTERM handlers (only from the main thread)."""
+    """Install SIGINT/SIGTERM/SIGHUP handlers (only from the main thread)."""
     classifier: ClassifierLike | None = None
     """An already loaded classifier (tests, benchmarks); else one is loaded from the model."""
     source: FrameSource | None = None
@@ -143,6 +147,12 @@ class Runner:
         self.window = crop_window_px(config, self.classifier)
         self.locator = make_locator(config)
         Policy(config, self.classifier.labels)  # check per-grade thresholds against the labels
+        self.model_path: str | None = _model_file(config, opts, self.classifier)
+        """The model file a reload reads again (None: a classifier without a file)."""
+        self.model_id: str | None = model_id(self.model_path) if self.model_path else None
+        self.reloads: list[dict[str, Any]] = []
+        """Every reload attempt: {frame, path, ok, model_id | error, views_dropped}."""
+        self._reloader: ModelReloader | None = None
         self.shadow: ShadowGrader | None = make_shadow(config, opts, self.mode, self.window)
         """The candidate graded beside the active model (shadow mode), or None."""
         self.source: FrameSource = opts.source or open_source(
@@ -196,7 +206,7 @@ class Runner:
     def _start(self) -> None:
         opts, config, status, stack = self.opts, self.config, self.status, self._stack
         status.link["url"] = "dry-run" if opts.dry_run else self.url
-        stack.enter_context(_Signals(opts.stop, opts.handle_signals))
+        stack.enter_context(_Signals(opts.stop, opts.reload, opts.handle_signals))
         if not opts.dry_run:
             link = opts.link if opts.link is not None else open_link(config, self.url, self.clock)
             stack.enter_context(link)
@@ -236,6 +246,7 @@ class Runner:
         if self._frames is None or self._systemd is None:
             raise RuntimeError("Runner.step() before start()")
         self.liveness.beat()
+        self._check_reload()
         try:
             got = next(self._frames, None)
         except SorterError as err:  # a source that broke mid-stream: keep what was done
@@ -279,6 +290,55 @@ class Runner:
         if self.link is not None and self.link.state != status.link["state"]:
             status.set_link(self.link.state)
 
+    # -- reloading the model (SIGHUP) ---------------------------------------------------
+    def request_reload(self) -> None:
+        """Reload the model file between two frames (what SIGHUP does)."""
+        self.opts.reload.set()
+
+    def _check_reload(self) -> None:
+        """Start a requested reload; swap the model in when its load has finished (a fast
+        replay waits for it)."""
+        if self.opts.reload.is_set():
+            self.opts.reload.clear()
+            if self.model_path is None:
+                self._reload_refused("no model file to reload (a classifier handed in)")
+            else:
+                if self._reloader is None:
+                    self._reloader = ModelReloader(self.config, self.model_path)
+                if not self._reloader.start():
+                    self.opts.reload.set()  # one is loading: ask again once it is done
+        if self._reloader is not None:
+            done = self._reloader.result(wait=None if self.virtual is not None else 0.0)
+            if done is not None:
+                self._apply_reload(done)
+
+    def _apply_reload(self, done: Loaded) -> None:
+        if done.classifier is None:
+            self._reload_refused(str(done.error))
+            return
+        clf = done.classifier
+        window = crop_window_px(self.config, clf)
+        dropped = 0
+        if self.loop is not None:
+            dropped = self.loop.swap_classifier(clf, window, done.model_id)
+        self.classifier, self.window, self.model_id = clf, window, done.model_id
+        text = f"model {done.path} ({done.model_id}) grades from frame {self.frames + 1} on"
+        log.warning("reload: %s", text)
+        self.status.alarm("model_reload", None)
+        self.status.event("RELOADED", text)
+        self.reloads.append(
+            {"frame": self.frames, "path": done.path, "ok": True, "model_id": done.model_id,
+             "views_dropped": dropped}
+        )  # fmt: skip
+
+    def _reload_refused(self, why: str) -> None:
+        text = f"model reload refused, still sorting with {self.model_id or 'the old model'}: {why}"
+        log.error("%s", text)
+        self.status.alarm("model_reload", text)
+        self.status.event("RELOAD", text)
+        self.reloads.append({"frame": self.frames, "path": self.model_path, "ok": False,
+                             "error": why})  # fmt: skip
+
     def _first_frame(self, frame: Frame) -> SortingLoop:
         """The first frame gives the frame size (tracker) and the timeline offset."""
         assert self._scheduler is not None
@@ -297,6 +357,7 @@ class Runner:
             lens=make_lens(self.config.lens, (w, h)),
             shadow=self.shadow,
         )
+        self.loop.model_id = self.model_id
         return self.loop
 
     def _timeline_offset(self, frame: Frame) -> float:
@@ -335,6 +396,7 @@ class Runner:
         summary.update(frames=self.frames, wall_s=time.monotonic() - self._wall0)
         if self.shadow is not None:
             summary["shadow"] = self.shadow.stats()
+        summary["model"] = {"path": self.model_path, "id": self.model_id, "reloads": self.reloads}
         if self.error is not None:
             summary["error"] = str(self.error)
         self.result = RunResult(summary=summary, records=records)
@@ -359,10 +421,12 @@ def run(config: Config, opts: RunOptions, decisions: DecisionLog, status: Status
 
 
 class _Signals:
-    """SIGINT/SIGTERM set `stop`; a second one raises KeyboardInterrupt."""
+    """SIGINT/SIGTERM set `stop`; a second one raises KeyboardInterrupt. SIGHUP sets
+    `reload` (the model is reloaded between two frames)."""
 
-    def __init__(self, stop: threading.Event, enabled: bool) -> None:
+    def __init__(self, stop: threading.Event, reload: threading.Event, enabled: bool) -> None:
         self.stop = stop
+        self.reload = reload
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self._old: dict[int, Any] = {}
 
@@ -372,15 +436,29 @@ class _Signals:
         log.warning("%s: stopping (flushing pending decisions)", signal.Signals(signum).name)
         self.stop.set()
 
+    def _hup(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGHUP: reloading the model between two frames")
+        self.reload.set()
+
     def __enter__(self) -> _Signals:
         if self.enabled:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handler)
+            self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hup)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _model_file(config: Config, opts: RunOptions, classifier: Any) -> str | None:
+    """The file the running model came from (what a reload reads again), if any."""
+    if opts.classifier is not None:
+        path = getattr(classifier, "model_path", None)
+    else:
+        path = opts.model or config.model.path or getattr(classifier, "model_path", None)
+    return str(path) if path is not None and Path(str(path)).is_file() else None
 
 
 def make_shadow(
