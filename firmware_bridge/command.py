@@ -96,6 +96,9 @@ class Command:
     """Controller time (us) of the FIRED/LATE/fate."""
     corrected: bool = False
     """True once a "timeout" was corrected to "fired" or "late" (happens at most once)."""
+    ring_mark: tuple[int, int, int] | None = field(default=None, repr=False)
+    """SORT: (epoch, SORTs written before it in that epoch, SORTs unresolved then): how
+    long the controller surely remembers its item (the link's resend bound)."""
     _event: threading.Event = field(default_factory=threading.Event, repr=False)
     _callbacks: list[Callable[[Command], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

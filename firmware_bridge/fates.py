@@ -27,7 +27,7 @@ from typing import Any
 
 from firmware_bridge import protocol as p
 from firmware_bridge.clock import Clock, SyncEstimator
-from firmware_bridge.command import CANCELLED, FIRED, LATE, TIMEOUT, Command, LinkStats
+from firmware_bridge.command import CANCELLED, FIRED, LATE, NAK, TIMEOUT, Command, LinkStats
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class SortFates:
     _sorts: dict[int, Command]
     _outstanding: dict[int, Any]
     _lost_since: float | None
+    _epoch: int
+    safe_reason: str
 
     def _init_fates(self) -> None:
         self._next_query: dict[int, float] = {}
@@ -84,6 +86,9 @@ class SortFates:
         raise NotImplementedError
 
     def _host_time(self, ctrl_us: int, near: float) -> float | None:
+        raise NotImplementedError
+
+    def _remembered(self, cmd: Command) -> bool:
         raise NotImplementedError
 
     @property
@@ -150,12 +155,11 @@ class SortFates:
     def _on_fired_or_late(self, msg: p.Fired | p.Late, now: float) -> None:
         with self._lock:
             cmd = self._sorts.get(msg.item)
-        if cmd is None:
-            late = self._timed_out.get(msg.item)
-            if late is None:
-                log.debug("%s: %s for an unknown item", self.url, p.describe(msg))
-                return
-            cmd = late
+            if cmd is None or _epoch_of(cmd) != msg.epoch:
+                cmd = self._timed_out.get(msg.item)
+        if cmd is None or _epoch_of(cmd) != msg.epoch:
+            log.debug("%s: %s for an unknown item", self.url, p.describe(msg))
+            return
         cmd.acked = True
         cmd.ctrl_time = msg.time
         if isinstance(msg, p.Fired):
@@ -175,7 +179,7 @@ class SortFates:
             return
         with self._lock:
             cmd = self._sorts.get(reply.item) or self._timed_out.get(reply.item)
-        if cmd is not None:
+        if cmd is not None and _epoch_of(cmd) == reply.epoch:
             self._apply_fate(cmd, reply)
 
     # ------------------------------------------------------------------ QUERY
@@ -223,7 +227,7 @@ class SortFates:
             if not sort.done():
                 self._next_query[sort.seq] = time.monotonic() + max(0.2, 4 * self._ack_timeout())
         self.stats.queries += 1
-        query = Command(p.Query(item), self._next_seq())
+        query = Command(p.Query(item, _epoch_of(sort)), 0)
         asked_for = sort.seq
 
         def on_reply(reply: p.Message) -> None:
@@ -271,8 +275,16 @@ class SortFates:
         elif fate == p.Fate.CANCELLED:
             self._resolve_sort(cmd, CANCELLED, detail="fate from QUERY")
         elif fate == p.Fate.DROPPED:
-            self._resolve_sort(cmd, CANCELLED, detail="dropped: safe state (fate from QUERY)")
+            why = f"dropped: safe state {self.safe_reason}".rstrip()
+            self._resolve_sort(cmd, CANCELLED, detail=f"{why} (fate from the controller)")
+        elif fate == p.Fate.REFUSED:
+            self._resolve_sort(cmd, NAK, detail="refused (fate from the controller)")
         else:
+            if not cmd.acked and _epoch_of(cmd) != self._epoch:
+                # asked in its old epoch after a handshake: it never arrived, and a late
+                # copy is now refused (STALE_EPOCH): re-time it or report it late
+                self._retime_or_late(cmd, "never reached the controller")
+                return
             if not cmd.acked and self._can_resend(cmd):
                 self._resend_sort(cmd)
                 return
@@ -288,22 +300,47 @@ class SortFates:
             cmd.fired_at = self._host_time(reply.time, self.clock.now())
 
     def _can_resend(self, cmd: Command) -> bool:
+        """In time to send again, and (same epoch) surely remembered by the controller if
+        an earlier copy did arrive, so a copy cannot run twice."""
         if cmd.fire_at is None:
+            return False
+        if _epoch_of(cmd) == self._epoch and not self._remembered(cmd):
             return False
         return self.clock.now() < cmd.fire_at - self.ack_timeout_s
 
+    def _retime_or_late(self, cmd: Command, why: str) -> None:
+        """A SORT the controller does not hold (reset, or it never arrived) whose epoch is
+        over: re-timed in the current epoch on the current clock mapping if still in time,
+        else reported "late" (it did not fire). Never resent as stored bytes."""
+        assert isinstance(cmd.msg, p.Sort)
+        mode = cmd.msg.mode
+        in_time = mode == p.SortMode.TIME and self._can_resend(cmd)
+        # a belt position survives a lost cable, not a controller reset (counts from 0)
+        same_belt = mode == p.SortMode.POSITION and why != "controller was reset"
+        if in_time or same_belt:
+            self._resend_sort(cmd)
+        else:
+            self._resolve_sort(cmd, LATE, detail=f"{why}; too late to send again: not fired")
+
     def _resend_sort(self, cmd: Command) -> None:
-        """A SORT the controller never saw and that is still in time: send it anew."""
+        """Send a SORT again under a new seq in the current epoch, its target re-timed on
+        the current clock mapping. Its earlier seq stops being outstanding: one item is
+        never in flight under two seqs (a copy that still arrives is answered with the
+        item's fate, or refused as STALE_EPOCH, and the answer goes nowhere)."""
         assert isinstance(cmd.msg, p.Sort)
         with self._lock:
             self._next_query.pop(cmd.seq, None)
-        cmd.seq = self._next_seq()
-        if cmd.fire_at is not None and self.sync.synced:
-            msg = cmd.msg
+            out = self._outstanding.get(cmd.seq)
+            if out is not None and out.cmd is cmd:
+                del self._outstanding[cmd.seq]
+        msg = cmd.msg
+        target = msg.target
+        if msg.mode == p.SortMode.TIME and cmd.fire_at is not None and self.sync.synced:
             target = self.sync.to_controller(cmd.fire_at)
-            cmd.msg = p.Sort(msg.item, msg.gate, msg.mode, target, msg.window_us)
-        log.info("%s: resending SORT for item %s (seq %d)", self.url, cmd.item, cmd.seq)
+        cmd.msg = p.Sort(msg.item, msg.gate, msg.mode, target, msg.window_us, self._epoch)
+        cmd.acked = False
         self._send_command(cmd)
+        log.info("%s: resent SORT for item %s (seq %d)", self.url, cmd.item, cmd.seq)
 
     def _expire_while_lost(self) -> None:
         """While the port is gone: SORTs whose fate is long overdue end "timeout" (the
@@ -317,3 +354,8 @@ class SortFates:
             due = self._fate_due(cmd)
             if due is not None and now > due + self.lost_grace_s:
                 self._resolve_sort(cmd, TIMEOUT, detail="link lost", recheck=True)
+
+
+def _epoch_of(cmd: Command) -> int:
+    """The link epoch a SORT (or CANCEL/QUERY) command belongs to."""
+    return int(getattr(cmd.msg, "epoch", 0))

@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import serial
@@ -64,10 +65,14 @@ __all__ = [
 ]
 
 EventCallback = Callable[[p.Message], None]
-_EFFECT_TYPES = frozenset(
-    {p.MsgType.CONFIG, p.MsgType.SORT, p.MsgType.CANCEL, p.MsgType.RESUME, p.MsgType.SAFE}
-)
-"""Commands the controller keeps in its duplicate window."""
+_EFFECT_TYPES = frozenset({p.MsgType.CONFIG, p.MsgType.CANCEL, p.MsgType.RESUME, p.MsgType.SAFE})
+"""Commands the controller keeps in its duplicate window (SORT is idempotent by item)."""
+RETRY_TTL_S = p.DEDUP_TTL_MS / 1000 - 1.0
+"""A command in the duplicate window is never resent with its seq later than this after
+its first write: the controller forgets entries after DEDUP_TTL_MS."""
+RESUME_EVERY_S = 1.0
+"""At most one automatic RESUME this often when the controller is seen in the safe state
+while the host wants the line to run."""
 
 
 @dataclass
@@ -78,6 +83,10 @@ class _Outstanding:
     on_reply: Callable[[p.Message], None] | None = None
     waited: bool = False
     effect_index: int = 0
+    """Effectful commands first written before this one (`_effects` at its first write)."""
+    older_open: int = 0
+    """Effectful commands still unanswered when it was first written (they may reach the
+    controller after it and push it out of the duplicate window)."""
     sent_mono: float = 0.0
 
 
@@ -100,6 +109,7 @@ class ControllerLink(SortFates):
         sync_interval_s: float = 2.0,
         fate_margin_s: float = 0.05,
         lost_grace_s: float = 2.0,
+        max_lead_s: float = p.DEFAULT_MAX_LEAD_MS / 1000,
         reconnect: bool = True,
         auto_resume: bool = True,
         handshake: bool = True,
@@ -123,6 +133,10 @@ class ControllerLink(SortFates):
         self.sync_interval_s = sync_interval_s
         self.fate_margin_s = fate_margin_s
         self.lost_grace_s = lost_grace_s
+        if not 0.1 <= max_lead_s <= 65.0:
+            raise LinkError(f"{url}: max_lead_s={max_lead_s} must be within 0.1..65 s")
+        self.max_lead_s = max_lead_s
+        """CONFIG max lead: the controller refuses TIME targets further ahead (BAD_TARGET)."""
         self.reconnect = reconnect
         self.auto_resume = auto_resume
         self.handshake = handshake
@@ -139,16 +153,26 @@ class ControllerLink(SortFates):
         """The latest STATUS."""
         self.in_safe_state = False
         """The controller reported it is in the safe state."""
+        self.safe_reason = ""
+        """Why it last entered the safe state (SafeReason name), from SAFE_STATE."""
         self._state = "closed"
         self._port: Any = None
         self._port_lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._lock = threading.RLock()
         self._seq = itertools.count()
         self._outstanding: dict[int, _Outstanding] = {}
         self._sorts: dict[int, Command] = {}
         self._init_fates()
         self._effects = 0
+        self._epoch = 0
+        """Link epoch of the current session (chosen at each handshake, never 0)."""
+        self._epoch_sorts = 0
+        """SORTs written in the current epoch (to bound what the fates ring remembers)."""
+        self._epoch_items: set[int] = set()
+        """Items sent in the current epoch: an item id never repeats within an epoch."""
+        self._last_auto_resume = -1e9
+        self._rng = random.Random()
         self._resync_wanted = ""
         self._last_resync = -1e9
         self._deframer = Deframer()
@@ -170,6 +194,11 @@ class ControllerLink(SortFates):
         self._sync_echo = itertools.count(1)
 
     # ================================================================ lifecycle
+    @property
+    def epoch(self) -> int:
+        """The current link epoch (chosen at each handshake; SORT items are unique in it)."""
+        return self._epoch
+
     @property
     def state(self) -> str:
         """ "closed", "connecting", "connected" or "lost" (reconnecting)."""
@@ -199,7 +228,9 @@ class ControllerLink(SortFates):
         except BaseException:
             self.close()
             raise
-        self._state = "connected"
+        if not self._set_connected():
+            self.close()
+            raise LinkError(f"{self.url}: the port closed during the handshake; {_hint(self.url)}")
         if self._heartbeat_virtual():
             vclock: Any = self.clock
             self._unsubscribe = vclock.subscribe(self._virtual_heartbeat, self._next_heartbeat)
@@ -249,7 +280,10 @@ class ControllerLink(SortFates):
     ) -> Command:
         """Fire `gate` for `item` at host-clock time `fire_at` (TIME mode), at belt
         `position` (POSITION mode, needs an encoder) or, with neither, now (NOW mode).
-        Returns at once; the Command ends fired/late/nak/timeout/cancelled."""
+        Returns at once; the Command ends fired/late/nak/timeout/cancelled. On a link that
+        is not connected (reconnecting, shaking hands) it ends "timeout" at once: nothing
+        is queued to go out later with a stale target. An item id may be used once per
+        link epoch (a new epoch starts at every handshake)."""
         if not 0 <= item <= 0xFFFFFFFF or not 0 <= gate <= 0xFF:
             raise ValueError(f"item {item} must be a u32 and gate {gate} a u8")
         if position is not None:
@@ -262,11 +296,22 @@ class ControllerLink(SortFates):
             msg = p.Sort(item, gate, p.SortMode.TIME, target, window_us)
         else:
             msg = p.Sort(item, gate, p.SortMode.NOW, 0, 0)
-        cmd = Command(msg, self._next_seq(), fire_at=fire_at, window_s=window_s)
+        cmd = Command(replace(msg, epoch=self._epoch), 0, fire_at=fire_at, window_s=window_s)
+        if self._stop.is_set() or self._state == "closed":
+            raise LinkError(f"{self.url}: the link is closed")
+        if self._state != "connected":
+            self.stats.timeouts += 1
+            cmd._finish(TIMEOUT, self.clock.now(), f"link {self._state}: not sent")
+            return cmd
         with self._lock:
             old = self._sorts.get(item)
             if old is not None and not old.done():
                 raise LinkError(f"{self.url}: item {item} already has a pending SORT")
+            if item in self._epoch_items:
+                raise LinkError(
+                    f"{self.url}: item {item} was already sent in this link session; "
+                    "item ids must not repeat (the controller would answer with its old fate)"
+                )
             self._sorts[item] = cmd
         self._forget_timed_out(item)
         self._send_command(cmd)
@@ -274,7 +319,10 @@ class ControllerLink(SortFates):
 
     def cancel(self, item: int) -> Command:
         """CANCEL a pending item; when ACKed, its SORT command ends "cancelled"."""
-        cmd = Command(p.Cancel(item), self._next_seq())
+        with self._lock:
+            sort = self._sorts.get(item)
+        epoch = sort.msg.epoch if sort is not None and isinstance(sort.msg, p.Sort) else 0
+        cmd = Command(p.Cancel(item, epoch or self._epoch), 0)
 
         def on_reply(reply: p.Message) -> None:
             if isinstance(reply, p.Ack):
@@ -287,29 +335,41 @@ class ControllerLink(SortFates):
         return cmd
 
     def safe(self) -> Command:
-        """Stop the line: SAFE (the controller drops its queue and asserts belt stop).
-        The link will not RESUME by itself until `resume()`."""
+        """Stop the line: SAFE (the controller drops its queue and drops the belt-run
+        permit). The link will not RESUME by itself until `resume()`: RESUMEs not yet
+        answered are no longer resent, and SAFE is sent again after every handshake."""
         self._want_safe = True
-        cmd = Command(p.Safe(), self._next_seq())
+        self._resume_wanted = False
+        with self._lock:
+            resumes = [o for o in self._outstanding.values() if isinstance(o.cmd.msg, p.Resume)]
+            for out in resumes:
+                self._outstanding.pop(out.cmd.seq, None)
+        for out in resumes:
+            out.cmd._finish(TIMEOUT, self.clock.now(), "superseded by SAFE: not resent")
+        cmd = Command(p.Safe(), 0)
         self._send_command(cmd)
         return cmd
 
     def resume(self) -> Command:
         """Leave the safe state (RESUME)."""
         self._want_safe = False
-        cmd = Command(p.Resume(), self._next_seq())
+        cmd = Command(p.Resume(), 0)
         self._send_command(cmd)
         return cmd
 
-    def query(self, item: int, timeout: float | None = None) -> p.FateReply:
-        """Ask the controller what became of `item` (blocking)."""
-        reply = self.request(p.Query(item), timeout)
+    def query(
+        self, item: int, timeout: float | None = None, *, epoch: int | None = None
+    ) -> p.FateReply:
+        """Ask the controller what became of `item` (blocking), in the link's current
+        epoch unless `epoch` is given."""
+        reply = self.request(p.Query(item, self._epoch if epoch is None else epoch), timeout)
         assert isinstance(reply, p.FateReply)
         return reply
 
     def hello(self, timeout: float | None = None) -> p.HelloInfo:
-        """HELLO -> HELLO_INFO (blocking); also clears the controller's duplicate window."""
-        reply = self.request(p.Hello(), timeout)
+        """HELLO -> HELLO_INFO (blocking) in the current epoch; also clears the
+        controller's duplicate window."""
+        reply = self.request(p.Hello(self._epoch), timeout)
         assert isinstance(reply, p.HelloInfo)
         return reply
 
@@ -324,7 +384,7 @@ class ControllerLink(SortFates):
                 if cmd.attempts == 1:  # Karn: a resent SYNC's reply has no known send time
                     self.sync.add(sample[0])
 
-        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), self._next_seq())
+        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), 0)
         t_send.append(self.clock.now())
         self._send_command(cmd, on_reply)
         self._wait_or_raise(cmd, timeout)
@@ -337,8 +397,8 @@ class ControllerLink(SortFates):
         """Send a command and wait (with retries) for its reply; raise `LinkError` on
         timeout. NAKs are returned, not raised. `seq` reuses a sequence number (tests of
         the controller's duplicate window)."""
-        cmd = Command(msg, self._next_seq() if seq is None else seq & 0xFFFF)
-        self._send_command(cmd)
+        cmd = Command(msg, 0 if seq is None else seq & 0xFFFF)
+        self._send_command(cmd, fixed_seq=seq is not None)
         self._wait_or_raise(cmd, timeout)
         assert cmd.reply is not None
         return cmd.reply
@@ -349,8 +409,9 @@ class ControllerLink(SortFates):
 
     def send(self, msg: p.Message, seq: int | None = None) -> int:
         """Write one message without waiting for anything; returns its seq."""
-        seq = self._next_seq() if seq is None else seq
-        self._write(p.encode(msg, seq))
+        with self._write_lock:  # numbered and written in one step: seqs go out in order
+            seq = self._next_seq() if seq is None else seq
+            self._write(p.encode(msg, seq))
         return seq
 
     def on_event(self, callback: EventCallback) -> Callable[[], None]:
@@ -469,21 +530,35 @@ class ControllerLink(SortFates):
         return self.ack_timer.current()
 
     def _send_command(
-        self, cmd: Command, on_reply: Callable[[p.Message], None] | None = None
+        self,
+        cmd: Command,
+        on_reply: Callable[[p.Message], None] | None = None,
+        *,
+        fixed_seq: bool = False,
     ) -> None:
+        """Number `cmd` (unless `fixed_seq`), record it as outstanding and write it: all in
+        one step under the write lock, so frames go out in seq order."""
         if self._stop.is_set() or (self._state == "closed" and self._port is None):
             raise LinkError(f"{self.url}: the link is closed")
-        wire = p.encode(cmd.msg, cmd.seq)
-        with self._lock:
-            if cmd.msg.TYPE in _EFFECT_TYPES:
-                self._effects += 1
-            mono = time.monotonic()
-            self._outstanding[cmd.seq] = _Outstanding(
-                cmd, wire, mono + self._ack_timeout(), on_reply, False, self._effects, mono
-            )
-        cmd.sent_at = self.clock.now()
-        cmd.attempts = 1
-        self._write(wire)
+        with self._write_lock:
+            if not fixed_seq:
+                cmd.seq = self._next_seq()
+            wire = p.encode(cmd.msg, cmd.seq)
+            with self._lock:
+                mono = time.monotonic()
+                out = _Outstanding(cmd, wire, mono + self._ack_timeout(), on_reply, sent_mono=mono)
+                if cmd.msg.TYPE in _EFFECT_TYPES:
+                    out.effect_index = self._effects
+                    out.older_open = sum(
+                        1 for o in self._outstanding.values() if o.cmd.msg.TYPE in _EFFECT_TYPES
+                    )
+                    self._effects += 1
+                elif isinstance(cmd.msg, p.Sort):
+                    self._mark_sort(cmd)
+                self._outstanding[cmd.seq] = out
+            cmd.sent_at = self.clock.now()
+            cmd.attempts = 1
+            self._write(wire)
 
     def _wait_or_raise(self, cmd: Command, timeout: float | None) -> None:
         """Wait for a reply, resending (same seq) each time the ACK timeout passes."""
@@ -505,6 +580,8 @@ class ControllerLink(SortFates):
                 out.deadline = mono + self._ack_timeout()
                 self.stats.retries += 1
                 self._write(out.wire)
+            if out is not None and cmd.done() and cmd.reply is None:
+                break  # ended by someone else (superseded RESUME, link closed)
         if cmd.reply is None:
             with self._lock:
                 self._outstanding.pop(cmd.seq, None)
@@ -522,7 +599,12 @@ class ControllerLink(SortFates):
         )
         if len(pulses) != n:
             raise LinkError(f"{self.url}: {len(pulses)} pulse lengths given for {n} gates")
-        return p.Config(round(self.heartbeat_s * 1000), round(self.status_s * 1000), pulses)
+        return p.Config(
+            round(self.heartbeat_s * 1000),
+            round(self.status_s * 1000),
+            pulses,
+            round(self.max_lead_s * 1000),
+        )
 
     # ================================================================ handshake
     def wait_hello(self, timeout: float | None = None) -> p.HelloInfo:
@@ -532,6 +614,7 @@ class ControllerLink(SortFates):
         `LinkError`."""
         limit = self.open_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
+        self._new_epoch()
         info: p.HelloInfo | None = None
         self._status_seen.clear()
         answered_status = False
@@ -541,7 +624,7 @@ class ControllerLink(SortFates):
                 raise LinkError(
                     f"{self.url}: no answer to HELLO within {limit:.1f} s; {_hint(self.url)}"
                 )
-            cmd = Command(p.Hello(), self._next_seq())
+            cmd = Command(p.Hello(self._epoch), 0)
             self._send_command(cmd)
             until = time.monotonic() + min(self.hello_resend_s, remaining)
             while not cmd.done() and time.monotonic() < until:
@@ -557,8 +640,20 @@ class ControllerLink(SortFates):
                 raise LinkError(f"{self.url}: the port closed during the handshake")
         return info
 
+    def _new_epoch(self) -> None:
+        """A new link epoch for the next HELLO: random (a restarted host does not reuse
+        its predecessor's), never 0 nor the previous one."""
+        with self._lock:
+            epoch = self._epoch
+            while epoch in (0, self._epoch):
+                epoch = self._rng.randrange(1, 0x10000)
+            self._epoch = epoch
+            self._epoch_sorts = 0
+            self._epoch_items = set()
+
     def _shake_hands(self) -> None:
-        """HELLO until answered, check it, CONFIG, RESUME, SYNC."""
+        """HELLO until answered (a new epoch), check it, CONFIG, then SAFE if a stop is
+        wanted, else RESUME; SYNC."""
         info = self.wait_hello()
         if info.proto != PROTO_VERSION:
             raise LinkError(
@@ -575,7 +670,9 @@ class ControllerLink(SortFates):
         reply = self.request(self._config_msg())
         if isinstance(reply, p.Nak):
             raise LinkError(f"{self.url}: controller refused CONFIG: {_nak_name(reply.reason)}")
-        if not self._want_safe:
+        if self._want_safe:
+            self.request(p.Safe())
+        else:
             self.request(p.Resume())
         self.sync.reset()
         good = 0
@@ -649,6 +746,9 @@ class ControllerLink(SortFates):
         cmd = out.cmd
         if cmd.attempts == 1:  # unambiguous round trip (Karn)
             self.ack_timer.sample(time.monotonic() - out.sent_mono)
+        if isinstance(cmd.msg, p.Sort):
+            self._sort_reply(cmd, msg)
+            return
         cmd.acked = True
         if out.on_reply is not None:
             call_safely(out.on_reply, msg)
@@ -657,36 +757,52 @@ class ControllerLink(SortFates):
         if isinstance(msg, p.Nak):
             cmd.nak_reason = _nak_enum(msg.reason)
             cmd._finish(NAK, now, _nak_name(msg.reason))
-        elif not isinstance(cmd.msg, p.Sort):
+            if msg.reason == p.NakReason.SAFE_STATE:
+                self._saw_safe()
+        else:
             cmd._finish(ACKED, now)
-        if isinstance(msg, p.Nak) and isinstance(cmd.msg, p.Sort):
-            self._forget_sort(cmd)
+
+    def _sort_reply(self, cmd: Command, msg: p.Message) -> None:
+        """The answer to a SORT: ACK (queued), FATE (a copy the controller already knew:
+        its recorded fate, never a second run), or NAK (refused; final unless it is
+        STALE_EPOCH, an old session's copy that the handshake logic re-times)."""
+        cmd.reply = msg
+        if isinstance(msg, p.FateReply):
+            self._apply_fate(cmd, msg)
+            return
+        if not isinstance(msg, p.Nak):
+            cmd.acked = True
+            return
+        if msg.reason == p.NakReason.STALE_EPOCH:
+            assert isinstance(cmd.msg, p.Sort)
+            if cmd.msg.epoch == self._epoch:  # the controller is in another epoch than ours
+                self._resync_wanted = "the controller is in another session (was it reset?)"
+            return
+        if msg.reason == p.NakReason.SAFE_STATE:
+            self._saw_safe()
+        cmd.acked = True
+        cmd.nak_reason = _nak_enum(msg.reason)
+        self._resolve_sort(cmd, NAK, detail=_nak_name(msg.reason))
+
+    def _saw_safe(self) -> None:
+        """The controller says it is in the safe state (STATUS flag, SAFE_STATE, a NAK):
+        RESUME (rate-limited) if the host wants the line to run."""
+        self.in_safe_state = True
+        if not self._want_safe and self.auto_resume and self._state == "connected":
+            self._resume_wanted = True
 
     def _handle_event(self, msg: p.Message) -> None:
         now = self.clock.now()
         if isinstance(msg, p.Fired | p.Late):
             self._on_fired_or_late(msg, now)
         elif isinstance(msg, p.SafeState):
-            again = self.in_safe_state and bool(msg.entered)
-            self.in_safe_state = bool(msg.entered)
-            if msg.entered:
-                reason = _enum_name(p.SafeReason, msg.reason)
-                level = (
-                    logging.INFO
-                    if again or msg.reason == p.SafeReason.COMMAND
-                    else (logging.WARNING)
-                )
-                log.log(level, "%s: controller in the safe state (%s)", self.url, reason)
-                with self._lock:
-                    dropped = [c for c in self._sorts.values() if c.acked and not c.done()]
-                for cmd in dropped:
-                    self._resolve_sort(cmd, CANCELLED, detail=f"dropped: safe state {reason}")
-                if msg.reason == p.SafeReason.HEARTBEAT and self.auto_resume:
-                    self._resume_wanted = True
+            self._on_safe_state(msg)
         elif isinstance(msg, p.Status):
             self.last_status = msg
             self._status_seen.set()
             self.in_safe_state = bool(msg.flags & p.FLAG_SAFE)
+            if self.in_safe_state:
+                self._saw_safe()
             lost_config = not msg.flags & p.FLAG_CONFIGURED
             if lost_config and self.handshake and self._state == "connected":
                 self._resync_wanted = "the controller lost its CONFIG (was it reset?)"
@@ -694,6 +810,24 @@ class ControllerLink(SortFates):
             log.warning("%s: controller fault %s", self.url, p.describe(msg))
             if msg.code == p.FaultCode.WATCHDOG_RESET and self._state == "connected":
                 self._resync_wanted = "the controller restarted (watchdog)"
+
+    def _on_safe_state(self, msg: p.SafeState) -> None:
+        """SAFE_STATE: the controller says how many SORTs it dropped; which ones is its
+        word too (QUERY: DROPPED, or FIRED if one fired just before), never a guess."""
+        again = self.in_safe_state and bool(msg.entered)
+        self.in_safe_state = bool(msg.entered)
+        if not msg.entered:
+            return
+        reason = _enum_name(p.SafeReason, msg.reason)
+        self.safe_reason = reason
+        level = logging.INFO if again or msg.reason == p.SafeReason.COMMAND else logging.WARNING
+        log.log(level, "%s: controller in the safe state (%s)", self.url, reason)
+        if msg.dropped and self._state == "connected":
+            with self._lock:
+                asked = [c for c in self._sorts.values() if not c.done()]
+            for cmd in asked:
+                self._query(cmd)
+        self._saw_safe()
 
     def _host_time(self, ctrl_us: int, near: float) -> float | None:
         try:
@@ -739,6 +873,10 @@ class ControllerLink(SortFates):
                 log.exception("%s: supervisor step failed", self.url)
 
     def _tick(self) -> None:
+        if self._port is None and self._state == "connected":
+            log.warning("%s: connected without a port; reconnecting", self.url)
+            self._state, self._lost_since = "lost", self._lost_since or time.monotonic()
+            return  # never a silent "connected" that writes nothing
         if self._heartbeat_paused > 0:
             return  # a silent host: nothing goes out on the link's own initiative
         if self._resync_wanted:
@@ -750,9 +888,15 @@ class ControllerLink(SortFates):
         beat_due = mono - self._last_tx_mono >= self.heartbeat_s / 4
         if beat_due and not self._heartbeat_virtual():
             self.send(p.Heartbeat())
-        if self._resume_wanted and not self._want_safe:
+        if (
+            self._resume_wanted
+            and not self._want_safe
+            and mono - self._last_auto_resume >= (RESUME_EVERY_S)
+        ):
             self._resume_wanted = False
-            self._send_command(Command(p.Resume(), self._next_seq()))
+            self._last_auto_resume = mono
+            log.info("%s: controller in the safe state; RESUME", self.url)
+            self._send_command(Command(p.Resume(), 0))
         if now - self._last_sync_clock >= self._sync_interval():
             self._last_sync_clock = now
             self._start_sync()
@@ -767,7 +911,7 @@ class ControllerLink(SortFates):
 
     def _start_sync(self) -> None:
         t_send = self.clock.now()
-        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), self._next_seq())
+        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), 0)
 
         def on_reply(reply: p.Message) -> None:
             if isinstance(reply, p.SyncReply) and cmd.attempts == 1:  # Karn, as sync_once
@@ -796,18 +940,50 @@ class ControllerLink(SortFates):
                 cmd._finish(TIMEOUT, self.clock.now(), f"no answer after {cmd.attempts} tries")
 
     def _may_retry(self, out: _Outstanding) -> bool:
-        """A SORT may be resent with its seq only while the controller's duplicate window
-        (the last 16 effectful commands) still holds it: resent later, it would run
-        twice. Past that the link asks with QUERY instead."""
-        if not isinstance(out.cmd.msg, p.Sort):
+        """A command is resent with its seq only while the controller surely still
+        remembers it, or it would run twice: a SORT while its item is surely in the fates
+        ring (`_remembered`), another effectful command while it is surely in the
+        duplicate window: fewer than 15 entries can have been added after it (commands
+        written after it, and older ones still unanswered when it went out, which may
+        arrive after it) and it is younger than the window's time-to-live. Past that the
+        link asks with QUERY (SORT) or gives up (others)."""
+        cmd = out.cmd
+        if isinstance(cmd.msg, p.Sort):
+            return self._remembered(cmd)
+        if cmd.msg.TYPE not in _EFFECT_TYPES:
             return True
+        if time.monotonic() - out.sent_mono > RETRY_TTL_S:
+            return False
         with self._lock:
-            newer = self._effects - out.effect_index
+            newer = self._effects - out.effect_index - 1 + out.older_open
         return newer < p.DEDUP_WINDOW - 1
 
+    def _mark_sort(self, cmd: Command) -> None:
+        """Note, as a SORT goes out, how many ring entries may be written after its own:
+        SORTs unresolved now (they may leave the queue later) plus those written later."""
+        open_now = sum(1 for c in self._sorts.values() if not c.done() and c is not cmd)
+        open_now += len(self._rechecks)
+        cmd.ring_mark = (self._epoch, self._epoch_sorts, open_now)
+        self._epoch_sorts += 1
+        assert isinstance(cmd.msg, p.Sort)
+        self._epoch_items.add(cmd.msg.item)
+
+    def _remembered(self, cmd: Command) -> bool:
+        """The controller surely still knows this SORT's item (queued or in its fates
+        ring), so a copy of it is answered with its fate, never run again."""
+        mark = cmd.ring_mark
+        if mark is None:
+            return False
+        epoch, index, open_then = mark
+        with self._lock:
+            if epoch != self._epoch:
+                return False
+            later = self._epoch_sorts - index - 1
+        return open_then + later < p.FATES_SIZE - 1
+
     def _resync(self) -> None:
-        """The controller reset under us (same port): handshake again, then QUERY what was
-        in flight (a reset controller answers UNKNOWN: those end "timeout")."""
+        """The controller reset under us (same port): handshake again (a new epoch), then
+        settle what was in flight (`_after_handshake`)."""
         reason, self._resync_wanted = self._resync_wanted, ""
         mono = time.monotonic()
         if mono - self._last_resync < 5.0:
@@ -818,23 +994,22 @@ class ControllerLink(SortFates):
         self._last_resync = mono
         log.warning("%s: %s; shaking hands again", self.url, reason)
         self._state = "connecting"
+        stale = self._take_outstanding()
         try:
             self._shake_hands()
         except LinkError as err:
+            self._end_stale(stale)
             self._lost(err)
             return
-        self._state = "connected"
+        if not self._set_connected():
+            self._end_stale(stale)
+            return
         self.stats.reconnects += 1
-        with self._lock:
-            sorts = [c for c in self._sorts.values() if not c.done()]
-        for cmd in sorts:
-            self._query(cmd)
+        self._after_handshake(stale)
 
     # ================================================================ reconnect
     def _try_reconnect(self) -> bool:
-        with self._lock:
-            stale = list(self._outstanding.values())
-            self._outstanding.clear()
+        stale = self._take_outstanding()
         try:
             self._open()
             self._state = "connecting"
@@ -851,22 +1026,62 @@ class ControllerLink(SortFates):
                 for out in stale:
                     self._outstanding.setdefault(out.cmd.seq, out)
             return False
-        self._state = "connected"
+        if not self._set_connected():
+            with self._lock:
+                for out in stale:
+                    self._outstanding.setdefault(out.cmd.seq, out)
+            return False
         self._lost_since = None
         self.stats.reconnects += 1
         log.info("%s: reconnected", self.url)
+        self._after_handshake(stale)
+        return True
+
+    def _set_connected(self) -> bool:
+        """Enter "connected" only with an open port (a port lost during the handshake
+        leaves the link "lost", so it reconnects instead of sitting silent)."""
+        with self._port_lock:
+            if self._port is None or self._stop.is_set():
+                if not self._stop.is_set():
+                    self._state = "lost"
+                    self._lost_since = self._lost_since or time.monotonic()
+                return False
+            self._state = "connected"
+        return True
+
+    def _take_outstanding(self) -> list[_Outstanding]:
+        """Before a handshake: the commands in flight, which must not be resent with their
+        seqs after HELLO (it clears the duplicate window)."""
+        with self._lock:
+            stale = list(self._outstanding.values())
+            self._outstanding.clear()
+        return stale
+
+    def _end_stale(self, stale: list[_Outstanding]) -> None:
         now = self.clock.now()
         for out in stale:
-            if isinstance(out.cmd.msg, p.Sort):
-                self._query(out.cmd)
-            elif not out.cmd.done():
+            if not isinstance(out.cmd.msg, p.Sort) and not out.cmd.done():
                 self.stats.timeouts += 1
                 out.cmd._finish(TIMEOUT, now, "link lost before the answer")
+
+    def _after_handshake(self, stale: list[_Outstanding]) -> None:
+        """A new epoch is on: commands in flight before it end "timeout" (SORTs excepted);
+        no SORT of the old epoch is ever resent as it was. If the controller was reset
+        (HELLO_INFO: not configured), their targets are on a clock that no longer exists:
+        each is re-timed on the new mapping if still in time, else reported late. If not,
+        each is QUERYed in its old epoch: PENDING/FIRED/... is the controller's word, and
+        UNKNOWN (it never arrived; a late copy is now refused as STALE_EPOCH) re-times it."""
+        self._end_stale(stale)
+        reset = self.info is not None and not self.info.flags & p.FLAG_CONFIGURED
         with self._lock:
-            sorts = [c for c in self._sorts.values() if c.acked and not c.done()]
+            sorts = [c for c in self._sorts.values() if not c.done()]
+            if reset:
+                self._rechecks.clear()
         for cmd in sorts:
-            self._query(cmd)
-        return True
+            if reset:
+                self._retime_or_late(cmd, "controller was reset")
+            else:
+                self._query(cmd)
 
 
 def _nak_enum(reason: int) -> p.NakReason | None:

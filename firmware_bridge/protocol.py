@@ -22,6 +22,9 @@ DEDUP_WINDOW = 16
 """Command seqs a controller remembers with their answers."""
 FATES_SIZE = 32
 """Items whose fate a controller remembers after they left its queue."""
+DEDUP_TTL_MS = 5000
+"""A duplicate-window entry older than this (ms of controller time) is forgotten: the
+host never resends a command after it (a wrapped seq must not hit an old entry)."""
 TIME_HZ = 1_000_000
 """Controller time unit: microseconds."""
 U32 = 1 << 32
@@ -64,6 +67,7 @@ class NakReason(IntEnum):
     NOT_FOUND = 8
     SAFE_STATE = 9
     NOT_CONFIGURED = 10
+    STALE_EPOCH = 11
 
 
 class SortMode(IntEnum):
@@ -83,6 +87,7 @@ class Fate(IntEnum):
     LATE = 3
     CANCELLED = 4
     DROPPED = 5
+    REFUSED = 6
 
 
 class SafeReason(IntEnum):
@@ -108,6 +113,11 @@ FLAG_CONFIGURED = 0x02
 """Flags bit 1: CONFIG has been accepted."""
 FLAG_SAFE = 0x04
 """Flags bit 2: in the safe state."""
+FLAG_RUN = 0x08
+"""Flags bit 3: the belt-run permit output is asserted (the belt may run)."""
+DEFAULT_MAX_LEAD_MS = 10_000
+"""CONFIG max_lead_ms a host sends unless told otherwise: TIME targets further ahead are
+NAKed BAD_TARGET."""
 
 
 class Message:
@@ -138,9 +148,13 @@ class Message:
 # ---------------------------------------------------------------- host -> controller
 @dataclass(frozen=True)
 class Hello(Message):
-    """Handshake; also clears the controller's duplicate window."""
+    """Handshake: starts link epoch `epoch` and clears the controller's duplicate window."""
 
     TYPE = MsgType.HELLO
+    FORMAT = "<H"
+    epoch: int = 0
+    """Link epoch the host chose for this session (u16, nonzero); SORT, CANCEL and QUERY
+    name their item within an epoch."""
 
 
 @dataclass(frozen=True)
@@ -154,25 +168,29 @@ class Config(Message):
     """STATUS period in ms (>= 100)."""
     pulse_ms: tuple[int, ...]
     """Pulse length in ms per gate (1..255 each); its length is n_gates."""
+    max_lead_ms: int = DEFAULT_MAX_LEAD_MS
+    """A TIME target further ahead than this (ms) is NAKed BAD_TARGET (>= 100). On the
+    wire it comes before n_gates."""
 
     def payload(self) -> bytes:
         return struct.pack(
-            f"<HHB{len(self.pulse_ms)}B",
+            f"<HHHB{len(self.pulse_ms)}B",
             self.heartbeat_ms,
             self.status_ms,
+            self.max_lead_ms,
             len(self.pulse_ms),
             *self.pulse_ms,
         )
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Message:
-        if len(payload) < 5 or len(payload) != 5 + payload[4]:
+        if len(payload) < 7 or len(payload) != 7 + payload[6]:
             raise ProtocolError(
                 NakReason.BAD_LENGTH,
-                f"CONFIG payload is {len(payload)} bytes, expected 5 + n_gates",
+                f"CONFIG payload is {len(payload)} bytes, expected 7 + n_gates",
             )
-        heartbeat_ms, status_ms, n_gates = struct.unpack_from("<HHB", payload)
-        return cls(heartbeat_ms, status_ms, tuple(payload[5 : 5 + n_gates]))
+        heartbeat_ms, status_ms, max_lead_ms, n_gates = struct.unpack_from("<HHHB", payload)
+        return cls(heartbeat_ms, status_ms, tuple(payload[7 : 7 + n_gates]), max_lead_ms)
 
 
 @dataclass(frozen=True)
@@ -180,7 +198,7 @@ class Sort(Message):
     """Fire `gate` for `item` when time (or position) reaches `target`."""
 
     TYPE = MsgType.SORT
-    FORMAT = "<IBBIH"
+    FORMAT = "<IBBIHH"
     item: int
     """Item id (u32), echoed in FIRED/LATE/FATE."""
     gate: int
@@ -191,6 +209,8 @@ class Sort(Message):
     """Controller time in us (TIME) or belt position in ticks (POSITION), u32."""
     window_us: int
     """How far past the target the gate may still fire (us, or ticks in POSITION mode)."""
+    epoch: int = 0
+    """Link epoch of the item (the epoch of the HELLO it was sent after)."""
 
 
 @dataclass(frozen=True)
@@ -198,9 +218,11 @@ class Cancel(Message):
     """Remove a pending item."""
 
     TYPE = MsgType.CANCEL
-    FORMAT = "<I"
+    FORMAT = "<IH"
     item: int
     """Item id."""
+    epoch: int = 0
+    """Link epoch of the item (the epoch of the HELLO it was sent after)."""
 
 
 @dataclass(frozen=True)
@@ -232,9 +254,11 @@ class Query(Message):
     """Ask for an item's fate."""
 
     TYPE = MsgType.QUERY
-    FORMAT = "<I"
+    FORMAT = "<IH"
     item: int
     """Item id."""
+    epoch: int = 0
+    """Link epoch of the item (the epoch of the HELLO it was sent after)."""
 
 
 @dataclass(frozen=True)
@@ -302,7 +326,7 @@ class Fired(Message):
     """A gate fired for an item."""
 
     TYPE = MsgType.FIRED
-    FORMAT = "<IBIi"
+    FORMAT = "<IBIiH"
     item: int
     """Item id."""
     gate: int
@@ -311,6 +335,8 @@ class Fired(Message):
     """Controller time of the firing (us, u32)."""
     position: int
     """Belt position at the firing (ticks, i32; 0 without encoder)."""
+    epoch: int = 0
+    """Link epoch of the item (the epoch of the HELLO it was sent after)."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +344,7 @@ class Late(Message):
     """An item's window passed before it could fire; it was not fired."""
 
     TYPE = MsgType.LATE
-    FORMAT = "<IBII"
+    FORMAT = "<IBIIH"
     item: int
     """Item id."""
     gate: int
@@ -327,6 +353,8 @@ class Late(Message):
     """Controller time when it was declared late (us)."""
     target: int
     """The SORT's target."""
+    epoch: int = 0
+    """Link epoch of the item (the epoch of the HELLO it was sent after)."""
 
 
 @dataclass(frozen=True)
@@ -397,10 +425,11 @@ class Status(Message):
 
 @dataclass(frozen=True)
 class FateReply(Message):
-    """Answer to QUERY."""
+    """Answer to QUERY, and to a SORT whose (epoch, item) the controller already knows
+    (a repeated SORT is answered with its recorded fate, never run again)."""
 
     TYPE = MsgType.FATE
-    FORMAT = "<HIBI"
+    FORMAT = "<HIBIH"
     acked_seq: int
     """Seq of the QUERY answered."""
     item: int
@@ -409,6 +438,8 @@ class FateReply(Message):
     """`Fate`."""
     time: int
     """When it happened (us; 0 for UNKNOWN and PENDING)."""
+    epoch: int = 0
+    """Link epoch of the item (the epoch of the HELLO it was sent after)."""
 
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
@@ -436,6 +467,9 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
     )
 }
 """Type byte -> message class."""
+
+EPOCH_ITEM_TYPES = frozenset({MsgType.SORT, MsgType.CANCEL, MsgType.QUERY})
+"""Commands that name an item within a link epoch."""
 
 REPLY_TYPES = frozenset(
     {MsgType.ACK, MsgType.NAK, MsgType.HELLO_INFO, MsgType.SYNC_REPLY, MsgType.FATE}

@@ -35,14 +35,12 @@ from firmware_bridge.framing import Deframer, Frame
 
 log = logging.getLogger(__name__)
 
-FW_VERSION = (1, 0, 0)
+FW_VERSION = (1, 1, 0)
 """Version the simulator reports in HELLO_INFO (it follows the firmware it twins)."""
 MAX_AHEAD = 1 << 30
 """A target further ahead than this (us or ticks) is NAKed BAD_TARGET."""
-EFFECT_TYPES = frozenset(
-    {p.MsgType.CONFIG, p.MsgType.SORT, p.MsgType.CANCEL, p.MsgType.RESUME, p.MsgType.SAFE}
-)
-"""Commands recorded in the duplicate window."""
+EFFECT_TYPES = frozenset({p.MsgType.CONFIG, p.MsgType.CANCEL, p.MsgType.RESUME, p.MsgType.SAFE})
+"""Commands recorded in the duplicate window (SORT is idempotent by (epoch, item))."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +96,8 @@ class Pending:
     """Allowed lateness (us or ticks)."""
     arrived: int = 0
     """Controller time (us) the SORT was accepted."""
+    epoch: int = 0
+    """Link epoch the item belongs to."""
 
 
 @dataclass
@@ -112,6 +112,8 @@ class FireRecord:
     """Controller time (us) of the rising edge."""
     position: int
     """Belt position then."""
+    epoch: int = 0
+    """Link epoch of the SORT."""
 
 
 @dataclass
@@ -127,7 +129,13 @@ class SimState:
     pulse_ms: tuple[int, ...] = ()
     """Pulse per configured gate."""
     safe: bool = False
-    """In the safe state (all gates low, belt stop asserted)."""
+    """In the safe state (all gates low, belt-run permit off)."""
+    run: bool = False
+    """The belt-run permit is asserted (RESUMEd while configured, not safe since)."""
+    epoch: int = 0
+    """Link epoch of the last HELLO (0 before any)."""
+    max_lead_ms: int = p.DEFAULT_MAX_LEAD_MS
+    """TIME targets further ahead are NAKed BAD_TARGET."""
     safe_reason: int = 0
     """Why it entered the safe state."""
     safe_dropped: int = 0
@@ -136,10 +144,10 @@ class SimState:
     """Re-send SAFE_STATE(entered) on the next valid host frame."""
     queue: list[Pending] = field(default_factory=list)
     """Pending SORTs, at most QUEUE_SIZE."""
-    dedup: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=16))
-    """(seq, type, nak reason or 0 for ACK) of recent effectful commands."""
-    fates: deque[tuple[int, int, int]] = field(default_factory=lambda: deque(maxlen=32))
-    """(item, fate, time) of items that left the queue."""
+    dedup: deque[tuple[int, int, int, int]] = field(default_factory=lambda: deque(maxlen=16))
+    """(seq, type, nak reason or 0 for ACK, time answered) of recent effectful commands."""
+    fates: deque[tuple[int, int, int, int]] = field(default_factory=lambda: deque(maxlen=32))
+    """(item, fate, time, epoch) of items that left the queue (or were refused)."""
     fired: int = 0
     """Gates fired (STATUS counter)."""
     late: int = 0
@@ -196,8 +204,8 @@ class SimController:
 
     @property
     def belt_stop(self) -> bool:
-        """The belt-stop output (asserted in the safe state)."""
-        return self.state.safe
+        """The belt is stopped: the run permit is not asserted (boot, reset, safe state)."""
+        return not self.state.run
 
     # ------------------------------------------------------------------ time
     def next_event(self, now: int) -> int | None:
@@ -297,16 +305,16 @@ class SimController:
         st.queue.remove(entry)
         if late_by > entry.window and entry.mode != p.SortMode.NOW:
             st.late = min(st.late + 1, 0xFFFF)
-            st.fates.append((entry.item, p.Fate.LATE, now))
-            self._send(p.Late(entry.item, entry.gate, now, entry.target))
+            st.fates.append((entry.item, p.Fate.LATE, now, entry.epoch))
+            self._send(p.Late(entry.item, entry.gate, now, entry.target, entry.epoch))
             return
         pulse = st.pulse_ms[entry.gate] if entry.gate < len(st.pulse_ms) else 1
         st.gate_high_until[entry.gate] = (now + pulse * 1000) & 0xFFFFFFFF
         st.fired = min(st.fired + 1, 0xFFFF)
-        st.fates.append((entry.item, p.Fate.FIRED, now))
+        st.fates.append((entry.item, p.Fate.FIRED, now, entry.epoch))
         pos = self.position(now)
-        self.fire_log.append(FireRecord(entry.item, entry.gate, now, pos))
-        self._send(p.Fired(entry.item, entry.gate, now, pos))
+        self.fire_log.append(FireRecord(entry.item, entry.gate, now, pos, entry.epoch))
+        self._send(p.Fired(entry.item, entry.gate, now, pos, entry.epoch))
 
     def _supervising(self) -> bool:
         return self.state.configured and not self.state.safe and self.state.heartbeat_ms > 0
@@ -337,6 +345,7 @@ class SimController:
         flags = p.FLAG_ENCODER if self.options.encoder else 0
         flags |= p.FLAG_CONFIGURED if st.configured else 0
         flags |= p.FLAG_SAFE if st.safe else 0
+        flags |= p.FLAG_RUN if st.run else 0
         return flags
 
     def _nak(self, frame: Frame, reason: int) -> None:
@@ -355,6 +364,7 @@ class SimController:
             return
         if isinstance(msg, p.Hello):
             st.dedup.clear()
+            st.epoch = msg.epoch
             self._send(
                 p.HelloInfo(
                     frame.seq,
@@ -374,16 +384,20 @@ class SimController:
             self._send(p.SyncReply(frame.seq, msg.echo, now, self.position(now)))
             return
         if isinstance(msg, p.Query):
-            fate, when = self._fate_of(msg.item)
-            self._send(p.FateReply(frame.seq, msg.item, fate, when))
+            fate, when = self._fate_of(msg.item, msg.epoch)
+            self._send(p.FateReply(frame.seq, msg.item, fate, when, msg.epoch))
             return
-        for seq, typ, reason in st.dedup:
-            if seq == frame.seq and typ == frame.type:
+        if isinstance(msg, p.Sort):
+            self._sort(frame, msg, now)
+            return
+        for seq, typ, reason, when in st.dedup:
+            fresh = p.time_diff(now, when) <= p.DEDUP_TTL_MS * 1000
+            if seq == frame.seq and typ == frame.type and fresh:
                 self._answer(frame, reason)
                 return
         self.executed.append((frame.type, frame.seq))
         reason, after = self._execute(msg, now)
-        st.dedup.append((frame.seq, frame.type, reason))
+        st.dedup.append((frame.seq, frame.type, reason, now))
         self._answer(frame, reason)
         if after is not None:
             after()
@@ -394,13 +408,35 @@ class SimController:
         else:
             self._send(p.Ack(frame.seq, frame.type))
 
-    def _fate_of(self, item: int) -> tuple[int, int]:
-        if any(e.item == item for e in self.state.queue):
+    def _fate_of(self, item: int, epoch: int) -> tuple[int, int]:
+        if any(e.item == item and e.epoch == epoch for e in self.state.queue):
             return p.Fate.PENDING, 0
-        for fate_item, fate, when in reversed(self.state.fates):
-            if fate_item == item:
+        for fate_item, fate, when, fate_epoch in reversed(self.state.fates):
+            if fate_item == item and fate_epoch == epoch:
                 return fate, when
         return p.Fate.UNKNOWN, 0
+
+    def _sort(self, frame: Frame, msg: p.Sort, now: int) -> None:
+        """SORT, idempotent per (epoch, item): an older epoch is NAKed STALE_EPOCH, a known
+        item is answered with its fate (FATE) and not run again, a refusal is remembered."""
+        st = self.state
+        if msg.epoch != st.epoch:
+            self._nak(frame, p.NakReason.STALE_EPOCH)
+            return
+        fate, when = self._fate_of(msg.item, msg.epoch)
+        if fate != p.Fate.UNKNOWN:
+            self._send(p.FateReply(frame.seq, msg.item, fate, when, msg.epoch))
+            return
+        self.executed.append((frame.type, frame.seq))
+        reason = self._check_sort(msg, now)
+        if reason:
+            st.fates.append((msg.item, p.Fate.REFUSED, now, msg.epoch))
+            self._nak(frame, reason)
+            return
+        st.queue.append(
+            Pending(msg.item, msg.gate, msg.mode, msg.target, msg.window_us, now, msg.epoch)
+        )
+        self._answer(frame, 0)
 
     def _execute(self, msg: p.Message, now: int) -> tuple[int, Callable[[], None] | None]:
         """Run an effectful command: (NAK reason or 0, work to do after the answer)."""
@@ -411,32 +447,25 @@ class SimController:
                 return p.NakReason.BAD_GATE, None
             if msg.heartbeat_ms < 50 or msg.status_ms < 100 or 0 in msg.pulse_ms:
                 return p.NakReason.BAD_VALUE, None
+            if msg.max_lead_ms < 100:
+                return p.NakReason.BAD_VALUE, None
             st.configured = True
+            st.max_lead_ms = msg.max_lead_ms
             st.heartbeat_ms = msg.heartbeat_ms
             st.status_ms = msg.status_ms
             st.pulse_ms = tuple(msg.pulse_ms)
             st.last_rx = now
             st.next_status = (now + msg.status_ms * 1000) & 0xFFFFFFFF
             return 0, None
-        if isinstance(msg, p.Sort):
-            reason = self._check_sort(msg, now)
-            if reason:
-                return reason, None
-            st.queue.append(
-                Pending(msg.item, msg.gate, msg.mode, msg.target, msg.window_us, arrived=now)
-            )
-            return 0, None
         if isinstance(msg, p.Cancel):
             for entry in st.queue:
-                if entry.item == msg.item:
+                if entry.item == msg.item and entry.epoch == msg.epoch:
                     st.queue.remove(entry)
-                    st.fates.append((entry.item, p.Fate.CANCELLED, now))
+                    st.fates.append((entry.item, p.Fate.CANCELLED, now, entry.epoch))
                     return 0, None
             return p.NakReason.NOT_FOUND, None
         if isinstance(msg, p.Resume):
-            if not st.safe:
-                return 0, None
-            return 0, lambda: self._leave_safe(now)
+            return 0, lambda: self._resume(now)
         if isinstance(msg, p.Safe):
             return 0, lambda: self._enter_safe(p.SafeReason.COMMAND, now)
         return p.NakReason.UNKNOWN_TYPE, None
@@ -453,9 +482,7 @@ class SimController:
             return p.NakReason.BAD_VALUE
         if msg.mode == p.SortMode.POSITION and not self.options.encoder:
             return p.NakReason.BAD_VALUE
-        if any(e.item == msg.item for e in st.queue):
-            return p.NakReason.BAD_VALUE
-        if msg.mode == p.SortMode.TIME and p.time_diff(msg.target, now) > MAX_AHEAD:
+        if msg.mode == p.SortMode.TIME and p.time_diff(msg.target, now) > st.max_lead_ms * 1000:
             return p.NakReason.BAD_TARGET
         if msg.mode == p.SortMode.POSITION and (
             p.time_diff(msg.target, self.position(now) & 0xFFFFFFFF) > MAX_AHEAD
@@ -471,22 +498,27 @@ class SimController:
             return  # already safe (like the firmware): a SAFE now gets only its ACK
         dropped = len(st.queue)
         for entry in st.queue:
-            st.fates.append((entry.item, p.Fate.DROPPED, now))
+            st.fates.append((entry.item, p.Fate.DROPPED, now, entry.epoch))
         st.queue.clear()
         st.gate_high_until.clear()
         st.safe = True
+        st.run = False
         st.safe_reason = reason
         st.safe_dropped = min(dropped, 0xFF)
         st.safe_resend = True
         log.info("simulator: safe state (%s), %d dropped", p.SafeReason(reason).name, dropped)
         self._send(p.SafeState(1, reason, st.safe_dropped))
 
-    def _leave_safe(self, now: int) -> None:
+    def _resume(self, now: int) -> None:
+        """RESUME: leave the safe state (if in it), assert the run permit (if configured)."""
         st = self.state
+        was_safe = st.safe
         st.safe = False
         st.safe_resend = False
         st.last_rx = now
-        self._send(p.SafeState(0, p.SafeReason.RESUMED, 0))
+        st.run = st.configured
+        if was_safe:
+            self._send(p.SafeState(0, p.SafeReason.RESUMED, 0))
 
 
 class SimulatorPort:

@@ -126,7 +126,7 @@ def test_a_thousand_sorts_through_a_faulty_line(qemu_port: int) -> None:
             proxy.enabled = False
             # a bound, not a speed check: QEMU starved on a loaded 2-core machine can take
             # seconds to drain its backlog before it answers
-            status = link.request(p.Hello(), timeout=15.0)
+            status = link.request(p.Hello(link.epoch), timeout=15.0)
             assert isinstance(status, p.HelloInfo)
             time.sleep(0.3)
             counters = link.last_status

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -228,23 +228,64 @@ def test_a_sort_whose_window_has_passed_is_acked_then_late_never_fired(core: Cor
     assert [type(m) for m in msgs] == [p.Ack, p.Fired]
 
 
-def test_repeated_seq_is_answered_again_but_executed_once(core: Core) -> None:
+def test_a_repeated_sort_is_answered_with_its_fate_and_executed_once(core: Core) -> None:
     sort = p.Sort(11, 0, p.SortMode.TIME, 50_000, 5000)
     first = core.send(sort, now=20, seq=0x4242)
     again = core.send(sort, now=30, seq=0x4242)
-    assert first == again == [p.Ack(0x4242, p.MsgType.SORT)]
+    other = core.send(sort, now=40, seq=0x5000)  # any seq: the (epoch, item) decides
+    assert first == [p.Ack(0x4242, p.MsgType.SORT)]
+    assert again == [p.FateReply(0x4242, 11, p.Fate.PENDING, 0, 0)]
+    assert other == [p.FateReply(0x5000, 11, p.Fate.PENDING, 0, 0)]
     assert core.queue_len == 1
     core.poll(50_000)
-    core.send(sort, now=60_000, seq=0x4242)  # after firing: still only answered
+    (fired,) = core.send(sort, now=60_000, seq=0x4242)  # after firing: its fate, FIRED
+    assert fired == p.FateReply(0x4242, 11, p.Fate.FIRED, 50_000, 0)
     core.poll(200_000)
     assert len(of(core.messages, p.Fired)) == 1 and core.gate_rises(0) == 1
-    # a NAK is remembered too: the same answer for the same seq
+    # a refused item is remembered too: REFUSED, not run again
     bad = p.Sort(12, 9, p.SortMode.TIME, 900_000, 0)
-    assert core.send(bad, 300_000, seq=77) == core.send(bad, 300_001, seq=77)
-    # HELLO clears the window: the seq is a new command afterwards
-    core.send(p.Hello(), now=300_002)
-    (ack,) = core.send(p.Sort(11, 0, p.SortMode.TIME, 900_000, 0), now=300_003, seq=0x4242)
+    (nak,) = core.send(bad, 300_000, seq=77)
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.BAD_GATE
+    (refused,) = core.send(bad, 300_001, seq=77)
+    assert isinstance(refused, p.FateReply) and refused.fate == p.Fate.REFUSED
+    # HELLO starts a new epoch: the old epoch's SORT is refused as stale, not run
+    core.send(p.Hello(epoch=9), now=300_002)
+    (stale,) = core.send(sort, now=300_003, seq=0x4242)
+    assert stale == p.Nak(0x4242, p.MsgType.SORT, p.NakReason.STALE_EPOCH)
+    # the same item id in the new epoch is a new item; the old epoch's fate is still known
+    (ack,) = core.send(replace(sort, target=900_000, epoch=9), now=300_004, seq=0x4242)
     assert isinstance(ack, p.Ack) and core.queue_len == 1
+    (old,) = core.send(p.Query(11, epoch=0), now=300_005)
+    assert isinstance(old, p.FateReply) and old.fate == p.Fate.FIRED
+
+
+def test_max_lead_and_the_duplicate_window_time_to_live(lib: ctypes.CDLL) -> None:
+    c = Core(lib)
+    c.send(p.Config(60_000, 1000, (40,), max_lead_ms=1000), now=10)
+    (nak,) = c.send(p.Sort(1, 0, p.SortMode.TIME, 1_000_011, 0), now=10)
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.BAD_TARGET
+    (ack,) = c.send(p.Sort(2, 0, p.SortMode.TIME, 1_000_010, 0), now=10)
+    assert isinstance(ack, p.Ack)
+    (first,) = c.send(p.Cancel(99), now=20, seq=300)
+    assert c.send(p.Cancel(99), now=20 + p.DEDUP_TTL_MS * 1000, seq=300) == [first]
+    c.send(p.Safe(), now=30 + p.DEDUP_TTL_MS * 1000, seq=301)
+    assert c.belt_stop
+    # a wrapped seq meeting an expired entry is a new command (here RESUME after SAFE)
+    c.send(p.Resume(), now=40 + p.DEDUP_TTL_MS * 1000, seq=302)
+    assert not c.belt_stop
+    c.send(p.Safe(), now=31 + 2 * p.DEDUP_TTL_MS * 1000, seq=301)
+    assert c.belt_stop
+
+
+def test_the_belt_runs_only_while_the_controller_permits_it(lib: ctypes.CDLL) -> None:
+    c = Core(lib)
+    assert c.belt_stop  # boot (and reset, bootloader, no power): stopped
+    c.send(p.Config(60_000, 1000, (40,)), now=10)
+    assert c.belt_stop  # configured but not RESUMEd
+    c.send(p.Resume(), now=20)
+    assert not c.belt_stop
+    c.send(p.Safe(), now=30)
+    assert c.belt_stop
 
 
 def test_queue_full_is_naked_and_the_seventeenth_item_never_fires(core: Core) -> None:
@@ -444,7 +485,15 @@ ops = st.lists(
 )
 
 
+EPOCHS = (0, 1, 2)
+"""Link epochs the fuzz uses: HELLO moves between them, commands name any of them."""
+
+
 def random_command(rng: random.Random, item: int, now: int) -> p.Message:
+    """A valid command; items are drawn from a few ids (repeats are the point: an
+    (epoch, item) must run at most once)."""
+    item = rng.randint(1, 6)
+    epoch = rng.choice(EPOCHS)
     kind = rng.choice(
         [
             "sort",
@@ -463,22 +512,24 @@ def random_command(rng: random.Random, item: int, now: int) -> p.Message:
     if kind == "sort":
         mode = rng.choice([p.SortMode.TIME, p.SortMode.TIME, p.SortMode.NOW, p.SortMode.POSITION])
         target = (now + rng.randint(-50_000, 300_000)) & 0xFFFFFFFF
-        return p.Sort(item, rng.randint(0, 5), mode, target, rng.choice([0, 1000, 20_000]))
+        window = rng.choice([0, 1000, 20_000])
+        return p.Sort(item, rng.randint(0, 5), mode, target, window, epoch)
     if kind == "cancel":
-        return p.Cancel(rng.randint(1, item))
+        return p.Cancel(item, epoch)
     if kind == "query":
-        return p.Query(rng.randint(1, item))
+        return p.Query(item, epoch)
     if kind == "sync":
         return p.Sync(rng.getrandbits(32))
     if kind == "hb":
         return p.Heartbeat()
     if kind == "config":
-        return p.Config(rng.choice([50, 200, 1000]), 100, (rng.randint(1, 50),) * rng.randint(1, 6))
+        pulses = (rng.randint(1, 50),) * rng.randint(1, 6)
+        return p.Config(rng.choice([50, 200, 1000]), 100, pulses, rng.choice([100, 200, 10_000]))
     if kind == "safe":
         return p.Safe()
     if kind == "resume":
         return p.Resume()
-    return p.Hello()
+    return p.Hello(rng.choice(EPOCHS))
 
 
 def run_session(lib: ctypes.CDLL, steps: list[Op]) -> None:
@@ -488,7 +539,7 @@ def run_session(lib: ctypes.CDLL, steps: list[Op]) -> None:
     now = 1_000
     sent: list[bytes] = []
     item = 0
-    sort_items: dict[int, int] = {}  # seq -> item of every valid SORT frame sent
+    sort_items: dict[int, tuple[int, int]] = {}  # seq -> (epoch, item) of each SORT sent
     for op in steps:
         rng = random.Random(op.value)
         if op.kind == "time":
@@ -512,20 +563,21 @@ def run_session(lib: ctypes.CDLL, steps: list[Op]) -> None:
             c.feed(bytes(b), now)
             continue
         if isinstance(msg, p.Sort):
-            sort_items[seq] = msg.item
+            sort_items[seq] = (msg.epoch, msg.item)
         sent.append(wire)
         c.feed(wire, now)
     now += 1_000_000
     c.poll(now)
     assert c.out_dropped == 0 and 0 <= c.queue_len <= 16
-    fired = Counter(m.item for m in of(c.messages, p.Fired))
-    # no item fires twice, and only items of SORTs actually sent intact fire
+    fired = Counter((m.epoch, m.item) for m in of(c.messages, p.Fired))
+    # no (epoch, item) fires twice, however often it is sent, and only SORTs actually
+    # sent intact fire
     assert all(n == 1 for n in fired.values())
     assert set(fired) <= set(sort_items.values())
     # every gate edge belongs to a FIRED event
     assert sum(c.gate_rises(g) for g in range(HW_GATES)) <= sum(fired.values())
     # an item never both fires and is reported late
-    assert not set(fired) & {m.item for m in of(c.messages, p.Late)}
+    assert not set(fired) & {(m.epoch, m.item) for m in of(c.messages, p.Late)}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -86,8 +86,8 @@ def test_handshake_reports_the_firmware(qemu_url: str) -> None:
         info = link.info
         assert info is not None
         assert (info.proto, info.n_gates, info.queue_size, info.time_hz) == (1, 12, 16, 10**6)
-        assert (info.fw_major, info.fw_minor) == (1, 0)
-        status = link.request(p.Hello())
+        assert (info.fw_major, info.fw_minor) == (1, 1)
+        status = link.request(p.Hello(link.epoch))
         assert isinstance(status, p.HelloInfo) and status.flags & 0x02  # configured
 
 
@@ -142,7 +142,7 @@ def test_heartbeat_loss_enters_the_safe_state_and_the_link_recovers(qemu_url: st
     heartbeat_s = 0.3
     with open_link(qemu_url, heartbeat_s=heartbeat_s) as link:
         events = Events(link)
-        pending = link.sort(next(_items), 2, link.clock.now() + 30.0)
+        pending = link.sort(next(_items), 2, link.clock.now() + 8.0)
         assert events.wait_for(lambda: pending.acked, 3)
         with link.heartbeat_paused():
             silent_from = time.monotonic()
@@ -167,7 +167,7 @@ def test_heartbeat_loss_enters_the_safe_state_and_the_link_recovers(qemu_url: st
 
 def test_queue_full_is_naked(qemu_url: str) -> None:
     with open_link(qemu_url) as link:
-        t = link.clock.now() + 20.0
+        t = link.clock.now() + 8.0
         cmds = [link.sort(next(_items), k % 8, t + 0.01 * k) for k in range(p.QUEUE_SIZE)]
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not all(c.acked for c in cmds):

@@ -237,7 +237,8 @@ def test_lost_acks_are_answered_again_not_executed_again(vclock: VirtualClock) -
         vclock.advance(2.0)
         assert cmd.wait(5) == "fired"
         executed = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
-        assert executed == [cmd.seq] and dropped["n"] == 2
+        # the resend was answered with the item's fate (FATE PENDING), not run again
+        assert executed == [cmd.seq] and dropped["n"] == 1 and cmd.attempts == 2
 
 
 def test_lost_fired_event_is_recovered_by_query(vclock: VirtualClock) -> None:
@@ -287,24 +288,37 @@ def test_reconnects_and_resolves_in_flight_commands() -> None:
         assert wait_for(lambda: before.acked)
         server.disconnect()
         assert wait_for(lambda: link.state != "connected" or link.stats.reconnects == 1)
-        during = link.sort(2, 1, link.clock.now() + 0.8, window_s=0.05)
+        if link.state != "connected":  # a SORT while away ends at once: nothing queued
+            during = link.sort(2, 1, link.clock.now() + 0.8, window_s=0.05)
+            assert during.done() and during.status == "timeout" and "not sent" in during.detail
         assert wait_for(lambda: link.state == "connected")
-        assert before.wait(5) == "fired" and during.wait(5) == "fired"
+        after = link.sort(3, 1, link.clock.now() + 0.3, window_s=0.05)
+        assert before.wait(5) == "fired" and after.wait(5) == "fired"
         assert link.stats.reconnects == 1 and server.connections == 2
         items = sorted(r.item for r in server.controller.fire_log)
-        assert items == [1, 2]
+        assert items == [1, 3]
+        epochs = {r.item: r.epoch for r in server.controller.fire_log}
+        assert epochs[1] != epochs[3]  # one epoch per handshake; item 1 kept its own
 
 
-def test_controller_reset_while_away_means_timeout() -> None:
+def test_controller_reset_while_away_retimes_what_is_still_in_time() -> None:
+    """A reset controller lost its queue and its clock: a SORT still in time is sent again,
+    re-timed on the new clock mapping in the new epoch (never its old bytes), and fires
+    once, at its host time."""
     with (
         SimulatorServer("sim://?gates=3", reset_on_connect=True) as server,
         ControllerLink(server.url, ack_timeout_s=0.1) as link,
     ):
-        cmd = link.sort(1, 0, link.clock.now() + 0.5, window_s=0.05)
+        cmd = link.sort(1, 0, link.clock.now() + 1.5, window_s=0.05)
         assert wait_for(lambda: cmd.acked)
+        old = cmd.msg
         server.disconnect()
-        assert cmd.wait(5) == "timeout"
-        assert "does not know" in cmd.detail
+        assert wait_for(lambda: link.stats.reconnects == 1 and cmd.acked)
+        assert cmd.wait(5) == "fired"
+        assert isinstance(cmd.msg, p.Sort) and isinstance(old, p.Sort)
+        assert cmd.msg.epoch != old.epoch and cmd.msg.target != old.target
+        assert [(r.item, r.epoch) for r in server.controller.fire_log] == [(1, cmd.msg.epoch)]
+        assert cmd.fired_at == pytest.approx(cmd.fire_at, abs=0.03)
         assert link.state == "connected"
 
 
@@ -478,11 +492,12 @@ def test_a_device_nobody_reads_does_not_hang_the_link() -> None:
         os.close(slave)
 
 
-def test_a_sort_is_not_resent_once_the_duplicate_window_has_moved_on(
+def test_a_resent_sort_is_answered_with_its_fate_after_many_newer_sorts(
     vclock: VirtualClock,
 ) -> None:
-    """16 newer SORTs push a SORT's seq out of the controller's window: resending it
-    would run it twice, so the link asks with QUERY instead."""
+    """16 newer SORTs would have pushed a SORT's seq out of a seq window; SORTs are
+    idempotent per (epoch, item), so its resend is answered with its fate (PENDING) and
+    it runs once."""
     first_sort_ack: list[int] = []
 
     def drop_first_sort_ack(m: p.Message) -> bool:
@@ -500,8 +515,8 @@ def test_a_sort_is_not_resent_once_the_duplicate_window_has_moved_on(
         lonely = link.sort(1, 0, start + 1.0)
         others = [link.sort(100 + k, k % 4, start + 1.0 + 0.01 * (k + 1)) for k in range(16)]
         assert wait_for(lambda: all(o.acked for o in others))
-        assert wait_for(lambda: lonely.acked, timeout=10)  # learnt from QUERY: PENDING
-        assert lonely.attempts == 1 and link.stats.queries >= 1
+        assert wait_for(lambda: lonely.acked, timeout=10)  # FATE PENDING
+        assert isinstance(lonely.reply, p.FateReply) and lonely.reply.fate == p.Fate.PENDING
         vclock.advance(2.0)
         assert lonely.wait(5) == "fired"
         executed = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
@@ -512,15 +527,20 @@ def test_a_controller_reset_on_the_same_port_is_noticed_and_resynced() -> None:
     from firmware_bridge.simulator import SimController, SimOptions
 
     with ControllerLink("sim://?gates=3", ack_timeout_s=0.1) as link:
-        cmd = link.sort(1, 0, link.clock.now() + 30.0)
-        assert wait_for(lambda: cmd.acked)
+        cmd = link.sort(1, 0, link.clock.now() + 1.5, window_s=0.05)
+        late = link.sort(5, 0, link.clock.now() + 0.3, window_s=0.005)
+        assert wait_for(lambda: cmd.acked and late.acked)
         port = link._port.sim
-        with port._lock:  # power glitch: a fresh controller, same port, nothing configured
-            port.controller = SimController(SimOptions(gates=3), port.now_us())
-            port._tick(port.now_us())  # its boot STATUS: configured flag clear
-        assert cmd.wait(5) == "timeout" and "does not know" in cmd.detail
+        with link.heartbeat_paused():  # the link notices only once item 5's time is past
+            with port._lock:  # power glitch: a fresh controller, same port, not configured
+                port.controller = SimController(SimOptions(gates=3), port.now_us() + 12345)
+                port._tick(port.now_us())  # its boot STATUS: configured flag clear
+            time.sleep(0.4)
         assert wait_for(lambda: link.state == "connected" and link.stats.reconnects == 1)
         assert port.controller.state.configured
+        assert cmd.wait(5) == "fired"  # re-timed on the new controller's clock
+        assert late.wait(5) == "late" and "reset" in late.detail  # too late: never resent
+        assert [r.item for r in port.controller.fire_log] == [1]
         assert link.sort(2, 1).wait(5) == "fired"
 
 
@@ -718,3 +738,179 @@ def test_a_stale_unknown_does_not_resend_a_sort_twice(vclock: VirtualClock) -> N
         assert cmd.wait(5) == "fired"
         sorts = [s for t, s in port.sim_port.controller.executed if t == p.MsgType.SORT]
         assert len(sorts) == 1 and [r.item for r in port.sim_port.controller.fire_log] == [7]
+
+
+# ---- epochs, stale targets, fail-safe stops (each a finding of the link review) ----------
+
+
+def test_an_item_id_is_used_once_per_epoch_and_the_epoch_changes_at_each_handshake(
+    vlink: ControllerLink, vclock: VirtualClock
+) -> None:
+    first = vlink.epoch
+    assert first != 0
+    assert vlink.sort(1, 0).wait(5) == "fired"
+    with pytest.raises(LinkError, match="item 1 was already sent"):
+        vlink.sort(1, 0)
+    assert vlink.wait_hello() is not None and vlink.epoch not in (0, first)
+    assert vlink.sort(1, 0).wait(5) == "fired"  # a new epoch: a new item
+    assert [(r.item, r.epoch) for r in sim_of(vlink).fire_log] == [(1, first), (1, vlink.epoch)]
+
+
+def test_sort_on_a_link_that_is_not_connected_ends_at_once_and_sends_nothing() -> None:
+    with (
+        SimulatorServer("sim://?gates=3") as server,
+        ControllerLink(server.url, ack_timeout_s=0.1, reconnect=False) as link,
+    ):
+        server.disconnect()
+        assert wait_for(lambda: link.state == "lost")
+        sent = link.stats.frames_sent
+        cmd = link.sort(1, 0, link.clock.now() + 0.5)
+        assert cmd.done() and cmd.status == "timeout" and "not sent" in cmd.detail
+        assert link.stats.frames_sent == sent and not link.pending()
+
+
+def test_a_resend_leaves_one_seq_in_flight_per_item(vclock: VirtualClock) -> None:
+    """QUERY answers UNKNOWN for a SORT whose ACK never came: it is resent under a new
+    seq, and its old seq is no longer outstanding (a reply to it goes nowhere)."""
+    dropped: list[int] = []
+
+    def drop_first_sort(m: p.Message, seq: int) -> bool:
+        if isinstance(m, p.Sort) and not dropped:
+            dropped.append(seq)
+            return True
+        return False
+
+    port = FilterPort(SimulatorPort("sim://?gates=2", vclock), drop_in=drop_first_sort)
+    with ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=0.05, retries=0, port_factory=lambda: port
+    ) as link:
+        cmd = link.sort(1, 0, vclock.now() + 1.0)
+        assert wait_for(lambda: cmd.acked)
+        assert cmd.seq != dropped[0]
+        with link._lock:
+            assert [o.cmd.seq for o in link._outstanding.values() if o.cmd is cmd] == []
+            assert dropped[0] not in link._outstanding
+        vclock.advance(1.5)
+        assert cmd.wait(5) == "fired"
+        assert [r.item for r in port.sim_port.controller.fire_log] == [1]
+
+
+def test_a_safe_state_with_nothing_dropped_leaves_in_flight_sorts_alone(
+    vclock: VirtualClock,
+) -> None:
+    """SAFE_STATE(dropped=0) used to mark every acked SORT "dropped", though it had fired
+    (its FIRED lost): the link now asks the controller."""
+    port = FilterPort(
+        SimulatorPort("sim://?gates=2", vclock), drop_out=lambda m: isinstance(m, p.Fired)
+    )
+    with ControllerLink(
+        "sim://", clock=vclock, fate_margin_s=5.0, port_factory=lambda: port
+    ) as link:
+        cmd = link.sort(1, 0, vclock.now() + 0.1)
+        vclock.advance(0.2)  # fired; its FIRED is lost, the QUERY is not due yet
+        assert wait_for(lambda: bool(port.dropped_out))
+        assert link.safe().wait(5) == "acked"
+        time.sleep(0.2)
+        assert not cmd.done()  # SAFE_STATE said dropped=0: not "dropped"
+        vclock.advance(6.0)  # its fate is due: QUERY
+        assert cmd.wait(5) == "fired"
+        queued = link.resume()
+        assert queued.wait(5) == "acked"
+        pending = link.sort(2, 0, vclock.now() + 1.0)
+        assert wait_for(lambda: pending.acked)
+        assert link.safe().wait(5) == "acked"  # this one really is dropped
+        assert pending.wait(5) == "cancelled" and "dropped" in pending.detail
+
+
+def test_safe_is_sent_again_after_a_handshake_while_a_stop_is_wanted() -> None:
+    from firmware_bridge.simulator import SimController, SimOptions
+
+    with ControllerLink("sim://?gates=3", ack_timeout_s=0.1) as link:
+        assert link.safe().wait(5) == "acked"
+        port = link._port.sim
+        with port._lock:  # a reset: the new controller knows nothing of the stop
+            port.controller = SimController(SimOptions(gates=3), port.now_us())
+            port._tick(port.now_us())
+        assert wait_for(lambda: link.stats.reconnects == 1 and port.controller.state.configured)
+        assert wait_for(lambda: port.controller.state.safe)
+        time.sleep(1.2)  # long enough for an automatic RESUME, were one to go out
+        assert port.controller.state.safe and port.controller.belt_stop
+        assert link.resume().wait(5) == "acked" and not port.controller.belt_stop
+
+
+def test_a_resume_is_not_resent_once_safe_has_gone_out(vclock: VirtualClock) -> None:
+    written: list[str] = []
+    mute = {"resume": True}
+
+    def watch(m: p.Message, seq: int) -> bool:
+        written.append(m.TYPE.name)
+        return isinstance(m, p.Resume) and mute["resume"]
+
+    port = FilterPort(SimulatorPort("sim://?gates=2", vclock), drop_in=watch)
+    mute["resume"] = False
+    with ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=0.05, retries=5, port_factory=lambda: port
+    ) as link:
+        mute["resume"] = True
+        resume = link.resume()  # lost: the link would resend it
+        safe = link.safe()
+        assert safe.wait(5) == "acked"
+        assert resume.wait(5) == "timeout" and "superseded" in resume.detail
+        n = len(written)
+        time.sleep(0.5)
+        assert "RESUME" not in written[n:] and written[written.index("SAFE") :].count("RESUME") == 0
+        assert port.sim_port.controller.state.safe
+
+
+def test_a_safe_state_seen_only_in_status_is_answered_with_resume(vclock: VirtualClock) -> None:
+    """Both SAFE_STATE frames lost: the safe flag in STATUS (and NAK SAFE_STATE) still
+    gets a RESUME while the host wants the line to run."""
+    port = FilterPort(
+        SimulatorPort("sim://?gates=2", vclock), drop_out=lambda m: isinstance(m, p.SafeState)
+    )
+    with ControllerLink(
+        "sim://", clock=vclock, heartbeat_s=0.2, status_s=0.5, port_factory=lambda: port
+    ) as link:
+        with link.heartbeat_paused():
+            vclock.advance(0.3)
+        assert port.sim_port.controller.state.safe
+
+        def resumed() -> bool:
+            vclock.advance(0.05)  # STATUS frames come on the controller's clock
+            return not port.sim_port.controller.state.safe
+
+        assert wait_for(resumed, timeout=10)
+        assert any(isinstance(m, p.SafeState) for m in port.dropped_out)
+        assert link.sort(1, 0).wait(5) == "fired"
+
+
+def test_a_port_that_vanishes_during_a_handshake_never_leaves_a_silent_connected_link() -> None:
+    with ControllerLink("sim://?gates=3", ack_timeout_s=0.1) as link:
+        link._close_port()  # as if lost between the handshake and "connected"
+        link._state = "connected"
+        assert wait_for(lambda: link.state == "connected" and link._port is not None)
+        assert wait_for(lambda: link.stats.reconnects >= 1)
+        assert link.sort(1, 0).wait(5) == "fired"
+
+
+def test_the_duplicate_window_counts_older_commands_still_unanswered(
+    vclock: VirtualClock,
+) -> None:
+    """Commands unanswered when X went out may reach the controller after X and push it
+    out of the 16-entry window: counted, so X is not resent once they could have."""
+    port = FilterPort(
+        SimulatorPort("sim://?gates=2", vclock), drop_in=lambda m, s: isinstance(m, p.Cancel)
+    )
+    with ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=60.0, port_factory=lambda: port
+    ) as link:
+        cancels = [link.cancel(100 + k) for k in range(p.DEDUP_WINDOW)]
+        with link._lock:
+            outs = {o.cmd.seq: o for o in link._outstanding.values()}
+        first, last = outs[cancels[0].seq], outs[cancels[-1].seq]
+        assert last.older_open == p.DEDUP_WINDOW - 1
+        assert not link._may_retry(last)  # 15 older ones may still land after it
+        assert not link._may_retry(first)  # 15 newer ones went out after it
+        assert link._may_retry(outs[cancels[0].seq + 0]) is False
+        mid = outs[cancels[7].seq]
+        assert mid.older_open == 7 and not link._may_retry(mid)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from firmware_bridge import protocol as p
 from firmware_bridge.errors import FramingError, ProtocolError
 from firmware_bridge.framing import MAX_FRAME, Deframer, Frame, decode_frame
+from firmware_bridge.simulator import SimController
 from firmware_bridge.vectors import make_vectors
 
 VECTORS = json.loads(Path(make_vectors.JSON_PATH).read_text())
@@ -58,6 +59,7 @@ def test_message_vectors_decode_to_their_fields(vec: dict) -> None:
         fields = {
             "heartbeat_ms": msg.heartbeat_ms,
             "status_ms": msg.status_ms,
+            "max_lead_ms": msg.max_lead_ms,
             "n_gates": len(msg.pulse_ms),
             "pulse_ms": list(msg.pulse_ms),
         }
@@ -71,6 +73,14 @@ def test_message_vectors_decode_to_their_fields(vec: dict) -> None:
 def test_nak_vectors_are_refused_with_their_reason(vec: dict) -> None:
     (frame,) = Deframer().feed(bytes.fromhex(vec["wire"]))
     assert (frame.seq, frame.type) == (vec["acked_seq"], vec["acked_type"])
+    if vec["reason"] == p.NakReason.STALE_EPOCH:  # well formed; refused by the controller
+        sim = SimController()
+        sim.take_output()
+        sim.receive(bytes.fromhex(vec["wire"]), 1000)
+        msgs = [p.decode(f) for f in Deframer().feed(sim.take_output())]
+        (nak,) = [m for m in msgs if isinstance(m, p.Nak)]
+        assert nak == p.Nak(vec["acked_seq"], vec["acked_type"], vec["reason"])
+        return
     with pytest.raises(ProtocolError) as err:
         p.decode(frame, sender="host")
     assert err.value.reason == vec["reason"]

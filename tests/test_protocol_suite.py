@@ -186,7 +186,7 @@ def test_late_sort_is_reported_late_and_never_fired(ctl: Controller) -> None:
 def test_cancel(ctl: Controller) -> None:
     with ctl.link() as link:
         item = new_item()
-        cmd = link.sort(item, 0, ctl.clock.now() + 20.0)
+        cmd = link.sort(item, 0, ctl.clock.now() + 5.0)
         assert wait_for(lambda: cmd.acked)
         assert link.query(item).fate == p.Fate.PENDING
         assert link.cancel(item).wait(5) == "acked"
@@ -198,7 +198,7 @@ def test_cancel(ctl: Controller) -> None:
 
 def test_queue_full(ctl: Controller) -> None:
     with ctl.link() as link:
-        t = ctl.clock.now() + 30.0
+        t = ctl.clock.now() + 5.0
         cmds = [link.sort(new_item(), 0, t + 0.01 * k) for k in range(p.QUEUE_SIZE)]
         assert wait_for(lambda: all(c.acked for c in cmds))
         assert not [c for c in cmds if c.done()]
@@ -210,11 +210,15 @@ def test_duplicate_seq_is_not_executed_twice(ctl: Controller) -> None:
     with ctl.link() as link:
         got = collect(link)
         item = new_item()
-        sort = p.Sort(item, 2, p.SortMode.NOW, 0, 0)
+        sort = p.Sort(item, 2, p.SortMode.NOW, 0, 0, epoch=link.epoch)
         seq = 0x7000
         first = link.request(sort, seq=seq)
         second = link.request(sort, seq=seq)
-        assert first == p.Ack(seq, p.MsgType.SORT) == second
+        third = link.request(sort, seq=seq + 1)
+        assert first == p.Ack(seq, p.MsgType.SORT)
+        # a repeated (epoch, item) is answered with its fate, whatever its seq
+        assert isinstance(second, p.FateReply) and second.fate == p.Fate.FIRED
+        assert isinstance(third, p.FateReply) and third.fate == p.Fate.FIRED
         assert link.query(item).fate == p.Fate.FIRED
         ctl.wait(0.2)
         assert len([m for m in got if isinstance(m, p.Fired) and m.item == item]) == 1
@@ -224,7 +228,7 @@ def test_heartbeat_loss_safe_state_and_recovery(ctl: Controller) -> None:
     with ctl.link(heartbeat_s=0.2) as link:
         got = collect(link)
         item = new_item()
-        pending = link.sort(item, 0, ctl.clock.now() + 20.0)
+        pending = link.sort(item, 0, ctl.clock.now() + 5.0)
         assert wait_for(lambda: pending.acked)
         with link.heartbeat_paused():
             ctl.wait(0.6)

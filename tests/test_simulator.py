@@ -125,14 +125,30 @@ def test_naks_for_bad_sorts() -> None:
     assert bench.send(p.Sort(1, 0, 0, 10, 0)) == [p.Nak(0, 3, p.NakReason.NOT_CONFIGURED)]
     bench.configure(n=2)
     cases = [
-        (p.Sort(1, 2, 0, 10, 0), p.NakReason.BAD_GATE),
-        (p.Sort(1, 0, 7, 10, 0), p.NakReason.BAD_VALUE),
-        (p.Sort(1, 0, p.SortMode.POSITION, 10, 0), p.NakReason.BAD_VALUE),
-        (p.Sort(1, 0, 0, (1 << 30) + 1, 0), p.NakReason.BAD_TARGET),
+        (p.Sort(2, 2, 0, 10, 0), p.NakReason.BAD_GATE),
+        (p.Sort(3, 0, 7, 10, 0), p.NakReason.BAD_VALUE),
+        (p.Sort(4, 0, p.SortMode.POSITION, 10, 0), p.NakReason.BAD_VALUE),
+        (p.Sort(5, 0, 0, (1 << 30) + 1, 0), p.NakReason.BAD_TARGET),
+        (p.Sort(6, 0, 0, p.DEFAULT_MAX_LEAD_MS * 1000 + 1, 0), p.NakReason.BAD_TARGET),
+        (p.Sort(7, 0, 0, 10, 0, epoch=9), p.NakReason.STALE_EPOCH),
     ]
     for msg, reason in cases:
         (nak,) = bench.send(msg)
         assert isinstance(nak, p.Nak) and nak.reason == reason, msg
+    # a refused item stays refused: a copy is answered with its fate, not run
+    (again,) = bench.send(p.Sort(2, 0, 0, 10, 0))
+    assert isinstance(again, p.FateReply) and again.fate == p.Fate.REFUSED
+    assert not bench.sim.fire_log
+
+
+def test_max_lead_comes_with_config() -> None:
+    bench = Bench()
+    bench.send(p.Config(500, 1000, (10,), max_lead_ms=2000))
+    (nak,) = bench.send(p.Sort(1, 0, 0, 2_000_001, 0))
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.BAD_TARGET
+    assert isinstance(bench.send(p.Sort(2, 0, 0, 2_000_000, 0))[0], p.Ack)
+    (nak,) = replies(bench.send(p.Config(500, 1000, (10,), max_lead_ms=99)))
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.BAD_VALUE
 
 
 def test_config_validation() -> None:
@@ -156,8 +172,9 @@ def test_queue_full_and_one_sort_per_item() -> None:
     (nak,) = bench.send(p.Sort(99, 0, 0, 200_000, 0))
     assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.QUEUE_FULL
     bench.send(p.Cancel(0))
-    (dup,) = bench.send(p.Sort(1, 0, 0, 200_000, 0))
-    assert isinstance(dup, p.Nak) and dup.reason == p.NakReason.BAD_VALUE
+    (dup,) = bench.send(p.Sort(1, 0, 0, 200_000, 0))  # queued already: its fate, PENDING
+    assert dup == p.FateReply(dup.acked_seq, 1, p.Fate.PENDING, 0, 0)  # type: ignore[attr-defined]
+    assert len(bench.sim.state.queue) == p.QUEUE_SIZE - 1
 
 
 def test_duplicate_seq_is_answered_again_not_executed_again() -> None:
@@ -165,15 +182,34 @@ def test_duplicate_seq_is_answered_again_not_executed_again() -> None:
     bench.configure()
     first = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)
     again = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)
+    other_seq = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=90)
     assert isinstance(first[0], p.Ack) and events(first, p.Fired)
-    assert again == [p.Ack(40, p.MsgType.SORT)]
+    assert again == [p.FateReply(40, 5, p.Fate.FIRED, 0, 0)]  # a SORT: answered with its fate
+    assert other_seq == [p.FateReply(90, 5, p.Fate.FIRED, 0, 0)]
     assert [r.item for r in bench.sim.fire_log] == [5]
     # a NAK is replayed too, and HELLO clears the window
     (nak,) = bench.send(p.Cancel(77), seq=41)
     assert bench.send(p.Cancel(77), seq=41) == [nak]
-    bench.send(p.Hello())
-    out = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)
+    bench.send(p.Hello(epoch=3))
+    (stale,) = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0), seq=40)  # an older epoch's
+    assert stale == p.Nak(40, p.MsgType.SORT, p.NakReason.STALE_EPOCH)
+    out = bench.send(p.Sort(5, 0, p.SortMode.NOW, 0, 0, epoch=3), seq=40)  # a new item
     assert isinstance(out[0], p.Ack) and len(bench.sim.fire_log) == 2
+    (old,) = bench.send(p.Query(5, epoch=0))  # an older epoch's fates are still known
+    assert isinstance(old, p.FateReply) and old.fate == p.Fate.FIRED and old.epoch == 0
+
+
+def test_window_entries_expire() -> None:
+    bench = Bench()
+    bench.configure(heartbeat_ms=60_000)
+    (nak,) = bench.send(p.Cancel(77), seq=41)
+    bench.at(p.DEDUP_TTL_MS * 1000)
+    executed = len(bench.sim.executed)
+    assert bench.send(p.Cancel(77), seq=41) == [nak]  # replayed, within the time to live
+    assert len(bench.sim.executed) == executed
+    bench.at(p.DEDUP_TTL_MS * 1000 + 1)
+    bench.send(p.Cancel(77), seq=41)  # a wrapped seq after a quiet stretch: run afresh
+    assert len(bench.sim.executed) == executed + 1
 
 
 def test_window_holds_sixteen_commands() -> None:
@@ -216,7 +252,22 @@ def test_heartbeat_loss_enters_safe_state_and_drops_the_queue() -> None:
     out = bench.send(p.Resume())
     assert out == [p.Ack(out[0].acked_seq, p.MsgType.RESUME), p.SafeState(0, 4, 0)]  # type: ignore[attr-defined]
     assert not bench.sim.belt_stop
-    assert isinstance(bench.send(p.Sort(3, 0, 0, 2_000_000, 0))[0], p.Ack)
+    assert isinstance(bench.send(p.Sort(4, 0, 0, 2_000_000, 0))[0], p.Ack)
+
+
+def test_belt_runs_only_while_permitted() -> None:
+    bench = Bench()
+    assert bench.sim.belt_stop  # boot: no permit until a host CONFIGs and RESUMEs
+    bench.send(p.Resume())
+    assert bench.sim.belt_stop  # not configured yet
+    bench.configure(heartbeat_ms=60_000)
+    assert bench.sim.belt_stop
+    bench.send(p.Resume())
+    assert not bench.sim.belt_stop
+    status = events(bench.at(2_000_000), p.Status)[-1]
+    assert isinstance(status, p.Status) and status.flags & p.FLAG_RUN
+    bench.send(p.Safe())
+    assert bench.sim.belt_stop
 
 
 def test_heartbeats_keep_it_out_of_the_safe_state() -> None:

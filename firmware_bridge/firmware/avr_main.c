@@ -38,13 +38,13 @@ static void hal_gate(void *user, uint8_t gate, uint8_t on)
     board_gate(gate, on);
 }
 
-static void hal_belt_stop(void *user, uint8_t on)
+static void hal_belt_run(void *user, uint8_t on)
 {
     (void)user;
-    board_belt_stop(on);
+    board_belt_run(on);
 }
 
-static const core_hal_t hal = {hal_send, hal_gate, hal_belt_stop, 0};
+static const core_hal_t hal = {hal_send, hal_gate, hal_belt_run, 0};
 
 /* Sleeps (idle mode) until an interrupt has run, unless there is work (a received byte,
  * bytes still to send, a tick). Every ISR sets `wake_flag`.

@@ -8,7 +8,10 @@
  *   0..3  D4..D7   PD4..PD7
  *   4..8  D8..D12  PB0..PB4
  *   9..11 A0..A2   PC0..PC2
- * Belt stop: A3 (PC3), active high. Status LED: D13 (PB5).
+ * Belt-run permit: A3 (PC3), high = the belt may run; low (also when the chip is in reset,
+ * unpowered or in its bootloader: the pin floats and the external pull-down holds it low)
+ * stops it. Fail-safe: wire the belt contactor to run only while the permit is high.
+ * Status LED: D13 (PB5).
  * Encoder: A on D2 (INT0, any edge), B on D3 (PD3). */
 
 static volatile int32_t position;
@@ -67,7 +70,7 @@ void board_gate(uint8_t gate, uint8_t on)
     }
 }
 
-void board_belt_stop(uint8_t on)
+void board_belt_run(uint8_t on)
 {
     if (on) {
         PORTC |= (uint8_t)(1u << PC3);

@@ -11,7 +11,7 @@
 
 void board_init(void);
 void board_gate(uint8_t gate, uint8_t on);
-void board_belt_stop(uint8_t on);
+void board_belt_run(uint8_t on);
 void board_led(uint8_t on);
 /* Encoder ticks (0 without an encoder). */
 int32_t board_position(void);

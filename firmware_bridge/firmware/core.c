@@ -69,6 +69,9 @@ static uint8_t flags(const core_t *c)
     if (c->safe) {
         f |= FLAG_SAFE;
     }
+    if (c->run) {
+        f |= FLAG_RUN;
+    }
     return f;
 }
 
@@ -103,10 +106,11 @@ void core_fault(core_t *c, uint8_t code, uint16_t detail)
 
 /* ---- fates, dedup window ---------------------------------------------------------------- */
 
-static void record_fate(core_t *c, uint32_t item, uint8_t fate)
+static void record_fate(core_t *c, uint32_t item, uint16_t epoch, uint8_t fate)
 {
     fate_t *f = &c->fates[c->fates_next];
     f->item = item;
+    f->epoch = epoch;
     f->fate = fate;
     f->time = c->now;
     c->fates_next = (uint8_t)((c->fates_next + 1u) % FATES_SIZE);
@@ -115,11 +119,11 @@ static void record_fate(core_t *c, uint32_t item, uint8_t fate)
     }
 }
 
-static const fate_t *find_fate(const core_t *c, uint32_t item)
+static const fate_t *find_fate(const core_t *c, uint32_t item, uint16_t epoch)
 {
     for (uint8_t i = 1; i <= c->fates_count; i++) {
         uint8_t at = (uint8_t)((c->fates_next + FATES_SIZE - i) % FATES_SIZE);
-        if (c->fates[at].item == item) {
+        if (c->fates[at].item == item && c->fates[at].epoch == epoch) {
             return &c->fates[at];
         }
     }
@@ -129,8 +133,10 @@ static const fate_t *find_fate(const core_t *c, uint32_t item)
 static const dedup_t *find_dedup(const core_t *c, uint16_t seq, uint8_t type)
 {
     for (uint8_t i = 0; i < c->dedup_count; i++) {
-        if (c->dedup[i].seq == seq && c->dedup[i].type == type) {
-            return &c->dedup[i];
+        const dedup_t *d = &c->dedup[i];
+        uint32_t age = c->now - d->time;
+        if (d->seq == seq && d->type == type && age <= (uint32_t)DEDUP_TTL_MS * 1000u) {
+            return d;
         }
     }
     return 0;
@@ -139,6 +145,7 @@ static const dedup_t *find_dedup(const core_t *c, uint16_t seq, uint8_t type)
 static void remember(core_t *c, uint16_t seq, uint8_t type, uint8_t nak)
 {
     dedup_t *d = &c->dedup[c->dedup_next];
+    d->time = c->now;
     d->seq = seq;
     d->type = type;
     d->nak = nak;
@@ -165,6 +172,13 @@ static void all_gates_low(core_t *c)
     }
 }
 
+/* The belt may run only while this permit is driven high (de-energise to stop). */
+static void set_run(core_t *c, uint8_t on)
+{
+    c->run = on ? 1u : 0u;
+    c->hal->belt_run(c->hal->user, c->run);
+}
+
 static void remove_at(core_t *c, uint8_t i)
 {
     for (uint8_t j = i; j + 1u < c->queue_len; j++) {
@@ -173,10 +187,10 @@ static void remove_at(core_t *c, uint8_t i)
     c->queue_len--;
 }
 
-static int find_pending(const core_t *c, uint32_t item)
+static int find_pending(const core_t *c, uint32_t item, uint16_t epoch)
 {
-    for (uint8_t i = 0; i < c->queue_len; i++) {
-        if (c->queue[i].item == item) {
+    for (uint8_t i = 0; i < c->queue_len && i < QUEUE_SIZE; i++) {
+        if (c->queue[i].item == item && c->queue[i].epoch == epoch) {
             return i;
         }
     }
@@ -190,9 +204,9 @@ void core_enter_safe(core_t *c, uint8_t reason)
     }
     uint8_t dropped = 0;
     all_gates_low(c);
-    c->hal->belt_stop(c->hal->user, 1);
+    set_run(c, 0);
     for (uint8_t i = 0; i < c->queue_len && i < QUEUE_SIZE; i++) {
-        record_fate(c, c->queue[i].item, FATE_DROPPED);
+        record_fate(c, c->queue[i].item, c->queue[i].epoch, FATE_DROPPED);
         dropped++;
     }
     c->queue_len = 0;
@@ -203,22 +217,23 @@ void core_enter_safe(core_t *c, uint8_t reason)
     send_safe_state(c, 1, reason, dropped);
 }
 
-static void leave_safe(core_t *c)
+/* RESUME: leave the safe state (if in it) and assert the belt-run permit (if configured). */
+static void do_resume(core_t *c)
 {
-    if (!c->safe) {
-        return;
-    }
+    uint8_t was_safe = c->safe;
     c->safe = 0;
     c->safe_renotify = 0;
     c->last_rx = c->now;
-    c->hal->belt_stop(c->hal->user, 0);
-    send_safe_state(c, 0, SAFE_RESUMED, 0);
+    set_run(c, c->configured);
+    if (was_safe) {
+        send_safe_state(c, 0, SAFE_RESUMED, 0);
+    }
 }
 
 /* Fires what is due, reports LATE what can no longer fire. */
 static void service_queue(core_t *c)
 {
-    uint8_t p[13];
+    uint8_t p[15];
     if (c->queue_len > QUEUE_SIZE) {
         c->queue_len = 0;
         core_fault(c, FAULT_QUEUE_CORRUPT, 0);
@@ -244,17 +259,18 @@ static void service_queue(core_t *c)
         put_u32(p, e.item);
         p[4] = e.gate;
         put_u32(p + 5, c->now);
+        put_u16(p + 13, e.epoch);
         if (past <= (int32_t)e.window) {
             fire_gate(c, e.gate);
             put_u32(p + 9, (uint32_t)c->position);
-            record_fate(c, e.item, FATE_FIRED);
+            record_fate(c, e.item, e.epoch, FATE_FIRED);
             c->fired = sat_inc(c->fired);
-            send_msg(c, MSG_FIRED, p, 13);
+            send_msg(c, MSG_FIRED, p, 15);
         } else {
             put_u32(p + 9, e.target);
-            record_fate(c, e.item, FATE_LATE);
+            record_fate(c, e.item, e.epoch, FATE_LATE);
             c->late = sat_inc(c->late);
-            send_msg(c, MSG_LATE, p, 13);
+            send_msg(c, MSG_LATE, p, 15);
         }
     }
 }
@@ -265,29 +281,59 @@ static uint8_t do_config(core_t *c, const frame_t *f)
 {
     uint16_t heartbeat_ms = get_u16(f->payload);
     uint16_t status_ms = get_u16(f->payload + 2);
-    uint8_t n = f->payload[4];
+    uint16_t max_lead_ms = get_u16(f->payload + 4);
+    uint8_t n = f->payload[6];
     if (n == 0 || n > c->hw_gates) {
         return NAK_BAD_GATE;
     }
-    if (heartbeat_ms < 50u || status_ms < 100u) {
+    if (heartbeat_ms < 50u || status_ms < 100u || max_lead_ms < MIN_MAX_LEAD_MS) {
         return NAK_BAD_VALUE;
     }
     for (uint8_t g = 0; g < n; g++) {
-        if (f->payload[5 + g] == 0) {
+        if (f->payload[7 + g] == 0) {
             return NAK_BAD_VALUE;
         }
     }
     c->heartbeat_ms = heartbeat_ms;
     c->status_ms = status_ms;
+    c->max_lead_ms = max_lead_ms;
     c->n_gates = n;
     for (uint8_t g = 0; g < n; g++) {
-        c->pulse_ms[g] = f->payload[5 + g];
+        c->pulse_ms[g] = f->payload[7 + g];
     }
     c->configured = 1;
     return 0;
 }
 
-static uint8_t do_sort(core_t *c, const frame_t *f)
+/* The fate of (item, epoch): PENDING while queued, else the latest recorded, else UNKNOWN. */
+static uint8_t fate_of(const core_t *c, uint32_t item, uint16_t epoch, uint32_t *when)
+{
+    *when = 0;
+    if (find_pending(c, item, epoch) >= 0) {
+        return FATE_PENDING;
+    }
+    const fate_t *r = find_fate(c, item, epoch);
+    if (r == 0) {
+        return FATE_UNKNOWN;
+    }
+    *when = r->time;
+    return r->fate;
+}
+
+static void send_fate(core_t *c, uint16_t seq, uint32_t item, uint16_t epoch, uint8_t fate,
+                      uint32_t when)
+{
+    uint8_t p[13];
+    put_u16(p, seq);
+    put_u32(p + 2, item);
+    p[6] = fate;
+    put_u32(p + 7, when);
+    put_u16(p + 11, epoch);
+    send_msg(c, MSG_FATE, p, 13);
+}
+
+/* 0 if a new SORT may be queued, else the NAK reason. */
+static uint8_t check_sort(const core_t *c, const pending_t *e)
 {
     if (!c->configured) {
         return NAK_NOT_CONFIGURED;
@@ -295,43 +341,68 @@ static uint8_t do_sort(core_t *c, const frame_t *f)
     if (c->safe) {
         return NAK_SAFE_STATE;
     }
-    pending_t e;
-    e.item = get_u32(f->payload);
-    e.gate = f->payload[4];
-    e.mode = f->payload[5];
-    e.target = get_u32(f->payload + 6);
-    e.window = get_u16(f->payload + 10);
-    if (e.gate >= c->n_gates) {
+    if (e->gate >= c->n_gates) {
         return NAK_BAD_GATE;
     }
-    if (e.mode > MODE_NOW || (e.mode == MODE_POSITION && !c->has_encoder)) {
+    if (e->mode > MODE_NOW || (e->mode == MODE_POSITION && !c->has_encoder)) {
         return NAK_BAD_VALUE;
     }
-    if (find_pending(c, e.item) >= 0) {
-        return NAK_BAD_VALUE; /* the item is already pending: never fire it twice */
-    }
-    if (e.mode == MODE_TIME && (int32_t)(e.target - c->now) > MAX_AHEAD) {
+    if (e->mode == MODE_TIME &&
+        (int32_t)(e->target - c->now) > (int32_t)((uint32_t)c->max_lead_ms * 1000u)) {
         return NAK_BAD_TARGET;
     }
-    if (e.mode == MODE_POSITION && (int32_t)(e.target - (uint32_t)c->position) > MAX_AHEAD) {
+    if (e->mode == MODE_POSITION && (int32_t)(e->target - (uint32_t)c->position) > MAX_AHEAD) {
         return NAK_BAD_TARGET;
     }
     if (c->queue_len >= QUEUE_SIZE) {
         return NAK_QUEUE_FULL;
     }
-    c->queue[c->queue_len++] = e;
     return 0;
+}
+
+/* SORT is idempotent per (epoch, item): a SORT of an older epoch is NAKed STALE_EPOCH, a
+ * repeated one is answered with the item's fate (FATE) and never run again, and a refused
+ * one is remembered as REFUSED. */
+static void do_sort(core_t *c, const frame_t *f)
+{
+    pending_t e;
+    uint32_t when;
+    e.item = get_u32(f->payload);
+    e.gate = f->payload[4];
+    e.mode = f->payload[5];
+    e.target = get_u32(f->payload + 6);
+    e.window = get_u16(f->payload + 10);
+    e.epoch = get_u16(f->payload + 12);
+    if (e.epoch != c->epoch) {
+        send_answer(c, f->seq, f->type, NAK_STALE_EPOCH);
+        return;
+    }
+    uint8_t fate = fate_of(c, e.item, e.epoch, &when);
+    if (fate != FATE_UNKNOWN) {
+        send_fate(c, f->seq, e.item, e.epoch, fate, when);
+        return;
+    }
+    uint8_t nak = check_sort(c, &e);
+    if (nak != 0) {
+        record_fate(c, e.item, e.epoch, FATE_REFUSED);
+        send_answer(c, f->seq, f->type, nak);
+        return;
+    }
+    c->queue[c->queue_len++] = e;
+    send_answer(c, f->seq, f->type, 0);
+    service_queue(c); /* NOW, or already due / already late */
 }
 
 static uint8_t do_cancel(core_t *c, const frame_t *f)
 {
     uint32_t item = get_u32(f->payload);
-    int i = find_pending(c, item);
+    uint16_t epoch = get_u16(f->payload + 4);
+    int i = find_pending(c, item, epoch);
     if (i < 0) {
         return NAK_NOT_FOUND;
     }
     remove_at(c, (uint8_t)i);
-    record_fate(c, item, FATE_CANCELLED);
+    record_fate(c, item, epoch, FATE_CANCELLED);
     return 0;
 }
 
@@ -340,6 +411,7 @@ static void do_hello(core_t *c, const frame_t *f)
     uint8_t p[14];
     c->dedup_count = 0;
     c->dedup_next = 0;
+    c->epoch = get_u16(f->payload);
     put_u16(p, f->seq);
     p[2] = FW_VERSION_MAJOR;
     p[3] = FW_VERSION_MINOR;
@@ -367,24 +439,11 @@ static void do_sync(core_t *c, const frame_t *f)
 
 static void do_query(core_t *c, const frame_t *f)
 {
-    uint8_t p[11];
+    uint32_t when;
     uint32_t item = get_u32(f->payload);
-    uint8_t fate = FATE_UNKNOWN;
-    uint32_t when = 0;
-    if (find_pending(c, item) >= 0) {
-        fate = FATE_PENDING;
-    } else {
-        const fate_t *r = find_fate(c, item);
-        if (r != 0) {
-            fate = r->fate;
-            when = r->time;
-        }
-    }
-    put_u16(p, f->seq);
-    put_u32(p + 2, item);
-    p[6] = fate;
-    put_u32(p + 7, when);
-    send_msg(c, MSG_FATE, p, 11);
+    uint16_t epoch = get_u16(f->payload + 4);
+    uint8_t fate = fate_of(c, item, epoch, &when);
+    send_fate(c, f->seq, item, epoch, fate, when);
 }
 
 /* The payload length a command with side effects must have (CONFIG: 5 + n_gates). */
@@ -392,18 +451,17 @@ static uint8_t length_ok(const frame_t *f)
 {
     switch (f->type) {
     case MSG_CONFIG:
-        return f->len >= 5u && f->len == 5u + f->payload[4];
-    case MSG_SORT:
-        return f->len == 12u;
+        return f->len >= 7u && f->len == 7u + f->payload[6];
     case MSG_CANCEL:
-        return f->len == 4u;
+        return f->len == 6u;
     default: /* RESUME, SAFE */
         return f->len == 0;
     }
 }
 
-/* Commands with side effects: answered from the dedup window when repeated. A wrong
- * length is NAKed without being remembered (PROTOCOL_CHANGES.md, 4). */
+/* CONFIG, CANCEL, RESUME, SAFE: answered from the dedup window when repeated (SORT has
+ * its own rule, do_sort). A wrong length is NAKed without being remembered
+ * (PROTOCOL_CHANGES.md, 4). */
 static void do_remembered(core_t *c, const frame_t *f)
 {
     if (!length_ok(f)) {
@@ -420,9 +478,6 @@ static void do_remembered(core_t *c, const frame_t *f)
     case MSG_CONFIG:
         nak = do_config(c, f);
         break;
-    case MSG_SORT:
-        nak = do_sort(c, f);
-        break;
     case MSG_CANCEL:
         nak = do_cancel(c, f);
         break;
@@ -434,12 +489,10 @@ static void do_remembered(core_t *c, const frame_t *f)
     if (nak != 0) {
         return;
     }
-    if (f->type == MSG_SORT) {
-        service_queue(c); /* NOW, or already due / already late */
-    } else if (f->type == MSG_SAFE) {
+    if (f->type == MSG_SAFE) {
         core_enter_safe(c, SAFE_COMMAND);
     } else if (f->type == MSG_RESUME) {
-        leave_safe(c);
+        do_resume(c);
     } else if (f->type == MSG_CONFIG) {
         c->last_rx = c->now;
     }
@@ -458,7 +511,7 @@ static void handle_frame(core_t *c, const frame_t *f)
     }
     switch (f->type) {
     case MSG_HELLO:
-        if (f->len != 0) {
+        if (f->len != 2u) {
             send_answer(c, f->seq, f->type, NAK_BAD_LENGTH);
         } else {
             do_hello(c, f);
@@ -469,9 +522,16 @@ static void handle_frame(core_t *c, const frame_t *f)
             send_answer(c, f->seq, f->type, NAK_BAD_LENGTH);
         }
         break;
+    case MSG_SORT:
+        if (f->len != 14u) {
+            send_answer(c, f->seq, f->type, NAK_BAD_LENGTH);
+        } else {
+            do_sort(c, f);
+        }
+        break;
     case MSG_SYNC:
     case MSG_QUERY:
-        if (f->len != 4u) {
+        if (f->len != (f->type == MSG_SYNC ? 4u : 6u)) {
             send_answer(c, f->seq, f->type, NAK_BAD_LENGTH);
         } else if (f->type == MSG_SYNC) {
             do_sync(c, f);
@@ -480,7 +540,6 @@ static void handle_frame(core_t *c, const frame_t *f)
         }
         break;
     case MSG_CONFIG:
-    case MSG_SORT:
     case MSG_CANCEL:
     case MSG_RESUME:
     case MSG_SAFE:
@@ -507,10 +566,11 @@ void core_init(core_t *c, const core_hal_t *hal, uint8_t hw_gates, uint8_t has_e
     c->has_encoder = has_encoder ? 1 : 0;
     c->heartbeat_ms = DEFAULT_HEARTBEAT_MS;
     c->status_ms = DEFAULT_STATUS_MS;
+    c->max_lead_ms = DEFAULT_MAX_LEAD_MS;
     c->now = now;
     c->last_rx = now;
     all_gates_low(c);
-    c->hal->belt_stop(c->hal->user, 0);
+    set_run(c, 0); /* the belt stays stopped until a host CONFIGs and RESUMEs */
     if (boot_fault != 0) {
         core_fault(c, boot_fault, 0);
         core_enter_safe(c, SAFE_FAULT);

@@ -15,7 +15,7 @@
 typedef struct {
     void (*send)(void *user, const uint8_t *wire, uint8_t len); /* queue bytes for the UART */
     void (*gate)(void *user, uint8_t gate, uint8_t on);         /* drive one gate output */
-    void (*belt_stop)(void *user, uint8_t on);                  /* assert/release belt stop */
+    void (*belt_run)(void *user, uint8_t on);   /* belt-run permit: 1 may run, 0 stop */
     void *user;
 } core_hal_t;
 
@@ -23,6 +23,7 @@ typedef struct {
     uint32_t item;
     uint32_t target;   /* time (us) or position (ticks) */
     uint16_t window;   /* us or ticks after target still allowed */
+    uint16_t epoch;    /* link epoch the item belongs to */
     uint8_t gate;
     uint8_t mode;
 } pending_t;
@@ -30,10 +31,12 @@ typedef struct {
 typedef struct {
     uint32_t item;
     uint32_t time;
+    uint16_t epoch;
     uint8_t fate;
 } fate_t;
 
 typedef struct {
+    uint32_t time;     /* when it was answered: entries expire after DEDUP_TTL_MS */
     uint16_t seq;
     uint8_t type;
     uint8_t nak;       /* 0: answered ACK; else the NAK reason given */
@@ -50,6 +53,8 @@ typedef struct {
     uint8_t has_encoder;
     uint8_t configured;
     uint8_t safe;
+    uint8_t run;             /* belt-run permit asserted (RESUMEd, configured, not safe) */
+    uint16_t epoch;          /* link epoch of the last HELLO (0 before any) */
     uint8_t safe_renotify;   /* re-send SAFE_STATE(entered) on the next valid frame */
     uint8_t safe_reason;
     uint8_t safe_dropped;
@@ -57,6 +62,7 @@ typedef struct {
     uint8_t pulse_ms[MAX_GATES];
     uint16_t heartbeat_ms;
     uint16_t status_ms;
+    uint16_t max_lead_ms;
     uint32_t last_rx;        /* time of the last valid frame */
     uint32_t last_status;
     uint8_t gate_on[MAX_GATES];
@@ -91,7 +97,7 @@ void core_poll(core_t *c, uint32_t now, int32_t position);
 uint8_t core_due_soon(const core_t *c, uint32_t now, uint32_t horizon_us);
 /* Reports a fault (e.g. FAULT_RX_OVERFLOW from the UART driver). */
 void core_fault(core_t *c, uint8_t code, uint16_t detail);
-/* Enters the safe state now (gates low, belt stop, queue dropped). */
+/* Enters the safe state now (gates low, belt-run permit off, queue dropped). */
 void core_enter_safe(core_t *c, uint8_t reason);
 
 #endif

@@ -3,7 +3,7 @@
 #define FW_CONFIG_H
 
 #define FW_VERSION_MAJOR 1
-#define FW_VERSION_MINOR 0
+#define FW_VERSION_MINOR 1
 #define FW_VERSION_PATCH 0
 
 #define PROTO_VERSION 1u
@@ -21,6 +21,10 @@
 /* A TIME target more than this many us ahead (or a POSITION target this many ticks
  * ahead) is NAKed BAD_TARGET: 2^30, 17.9 minutes. */
 #define MAX_AHEAD 0x40000000L
+/* A duplicate-window entry older than this is forgotten (ms). */
+#define DEDUP_TTL_MS 5000u
+#define MIN_MAX_LEAD_MS 100u
+#define DEFAULT_MAX_LEAD_MS 10000u
 
 /* Host -> controller message types. */
 #define MSG_HELLO 0x01u
@@ -56,6 +60,7 @@
 #define NAK_NOT_FOUND 8u
 #define NAK_SAFE_STATE 9u
 #define NAK_NOT_CONFIGURED 10u
+#define NAK_STALE_EPOCH 11u
 
 /* SORT modes. */
 #define MODE_TIME 0u
@@ -69,6 +74,7 @@
 #define FATE_LATE 3u
 #define FATE_CANCELLED 4u
 #define FATE_DROPPED 5u
+#define FATE_REFUSED 6u
 
 /* SAFE_STATE reasons. */
 #define SAFE_HEARTBEAT 1u
@@ -85,6 +91,7 @@
 #define FLAG_ENCODER 0x01u
 #define FLAG_CONFIGURED 0x02u
 #define FLAG_SAFE 0x04u
+#define FLAG_RUN 0x08u
 
 #define DEFAULT_STATUS_MS 1000u
 #define DEFAULT_HEARTBEAT_MS 500u

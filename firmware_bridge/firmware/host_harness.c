@@ -27,9 +27,9 @@ static void h_gate(void *user, uint8_t gate, uint8_t on)
     h->gate_level[gate] = on ? 1 : 0;
 }
 
-static void h_belt_stop(void *user, uint8_t on)
+static void h_belt_run(void *user, uint8_t on)
 {
-    ((fwh_t *)user)->belt_stop = on ? 1 : 0;
+    ((fwh_t *)user)->belt_run = on ? 1 : 0;
 }
 
 size_t fwh_sizeof(void)
@@ -41,11 +41,11 @@ void fwh_init(fwh_t *h, uint8_t hw_gates, uint8_t encoder, uint32_t now, uint8_t
 {
     h->hal.send = h_send;
     h->hal.gate = h_gate;
-    h->hal.belt_stop = h_belt_stop;
+    h->hal.belt_run = h_belt_run;
     h->hal.user = h;
     h->out_len = 0;
     h->out_dropped = 0;
-    h->belt_stop = 0;
+    h->belt_run = 0;
     for (uint8_t g = 0; g < MAX_GATES; g++) {
         h->gate_level[g] = 0;
         h->gate_rises[g] = 0;
@@ -90,7 +90,7 @@ uint8_t fwh_gate_level(const fwh_t *h, uint8_t gate)
 
 uint8_t fwh_belt_stop(const fwh_t *h)
 {
-    return h->belt_stop;
+    return (uint8_t)(h->belt_run ? 0u : 1u);
 }
 
 uint32_t fwh_out_dropped(const fwh_t *h)

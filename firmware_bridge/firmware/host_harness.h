@@ -17,7 +17,7 @@ typedef struct {
     uint32_t out_dropped;            /* bytes lost because out was full */
     uint8_t gate_level[MAX_GATES];
     uint32_t gate_rises[MAX_GATES];  /* rising edges seen per gate */
-    uint8_t belt_stop;
+    uint8_t belt_run;                /* belt-run permit output */
 } fwh_t;
 
 size_t fwh_sizeof(void);
@@ -28,6 +28,7 @@ void fwh_poll(fwh_t *h, uint32_t now, int32_t position);
 size_t fwh_take(fwh_t *h, uint8_t *buf, size_t cap);
 uint32_t fwh_gate_rises(const fwh_t *h, uint8_t gate);
 uint8_t fwh_gate_level(const fwh_t *h, uint8_t gate);
+/* The belt is stopped (the run permit is not asserted). */
 uint8_t fwh_belt_stop(const fwh_t *h);
 uint32_t fwh_out_dropped(const fwh_t *h);
 uint8_t fwh_queue_len(const fwh_t *h);

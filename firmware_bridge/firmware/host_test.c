@@ -194,8 +194,10 @@ static int count_type(const frame_t *f, int n, uint8_t type)
 static void test_sort_fires_on_time(void)
 {
     frame_t out[32];
-    uint8_t config[] = {0x88, 0x13, 0xE8, 0x03, 2, 40, 40}; /* 5 s, 1 s, 2 gates */
-    uint8_t sort[12] = {7, 0, 0, 0, 1, MODE_TIME, 0x40, 0x42, 0x0F, 0x00, 0x88, 0x13};
+    /* 5 s heartbeat, 1 s status, 10 s max lead, 2 gates */
+    uint8_t config[] = {0x88, 0x13, 0xE8, 0x03, 0x10, 0x27, 2, 40, 40};
+    /* epoch 0: no HELLO yet */
+    uint8_t sort[14] = {7, 0, 0, 0, 1, MODE_TIME, 0x40, 0x42, 0x0F, 0x00, 0x88, 0x13, 0, 0};
     fwh_init(&harness, MAX_GATES, 0, 0, 0);
     send_cmd(MSG_CONFIG, config, sizeof config, 100);
     send_cmd(MSG_SORT, sort, sizeof sort, 200); /* item 7, gate 1, at 1 s, window 5 ms */
@@ -210,18 +212,79 @@ static void test_sort_fires_on_time(void)
           "fired at the target");
     fwh_poll(&harness, 1040100, 0);
     CHECK(fwh_gate_level(&harness, 1) == 0, "pulse ended after 40 ms");
-    /* The same SORT again (same seq): answered, never executed twice. */
+    /* The same SORT again, same seq and a new seq: answered with its fate (FATE FIRED),
+     * never executed twice. */
+    take_frames(out, 32);
     host_seq--;
-    send_cmd(MSG_HEARTBEAT, NULL, 0, 1040100);
+    send_cmd(MSG_SORT, sort, sizeof sort, 1040100);
+    send_cmd(MSG_SORT, sort, sizeof sort, 1040200);
+    n = take_frames(out, 32);
     CHECK(fwh_gate_rises(&harness, 1) == 1, "fired once");
+    CHECK(count_type(out, n, MSG_FATE) == 2 && count_type(out, n, MSG_ACK) == 0 &&
+              out[0].payload[6] == FATE_FIRED,
+          "a repeated SORT is answered with FATE FIRED");
+}
+
+static void test_epochs_and_lead(void)
+{
+    frame_t out[32];
+    uint8_t hello[2] = {0x34, 0x12}; /* epoch 0x1234 */
+    uint8_t config[] = {0x88, 0x13, 0xE8, 0x03, 0xE8, 0x03, 1, 40}; /* max lead 1 s */
+    uint8_t sort[14] = {9, 0, 0, 0, 0, MODE_TIME, 0x40, 0x42, 0x0F, 0x00, 0x88, 0x13, 0, 0};
+    fwh_init(&harness, MAX_GATES, 0, 0, 0);
+    send_cmd(MSG_CONFIG, config, sizeof config, 100);
+    send_cmd(MSG_HELLO, hello, sizeof hello, 100);
+    take_frames(out, 32);
+    send_cmd(MSG_SORT, sort, sizeof sort, 200); /* epoch 0: an older session's SORT */
+    int n = take_frames(out, 32);
+    CHECK(n == 1 && out[0].type == MSG_NAK && out[0].payload[3] == NAK_STALE_EPOCH,
+          "SORT of another epoch NAKed STALE_EPOCH");
+    sort[12] = 0x34;
+    sort[13] = 0x12;
+    sort[6] = 0x80; /* target 0x0F4280 + 0x40 = 1000000 + 64 us: ok; now 2 s ahead: */
+    sort[8] = 0x1F; /* 0x1F4280 = 2048640 us ahead of 200 us: beyond the 1 s lead */
+    send_cmd(MSG_SORT, sort, sizeof sort, 200);
+    n = take_frames(out, 32);
+    CHECK(n == 1 && out[0].type == MSG_NAK && out[0].payload[3] == NAK_BAD_TARGET,
+          "a target beyond the max lead NAKed BAD_TARGET");
+    send_cmd(MSG_SORT, sort, sizeof sort, 300); /* the same item again: its fate, REFUSED */
+    n = take_frames(out, 32);
+    CHECK(n == 1 && out[0].type == MSG_FATE && out[0].payload[6] == FATE_REFUSED,
+          "a refused item stays refused");
+    CHECK(fwh_belt_stop(&harness) == 1, "belt stopped until RESUME");
+    send_cmd(MSG_RESUME, NULL, 0, 400);
+    CHECK(fwh_belt_stop(&harness) == 0, "belt may run after CONFIG and RESUME");
+}
+
+static void test_dedup_expires(void)
+{
+    frame_t out[32];
+    uint8_t config[] = {0x88, 0x13, 0xE8, 0x03, 0x10, 0x27, 1, 40};
+    fwh_init(&harness, MAX_GATES, 0, 0, 0);
+    send_cmd(MSG_CONFIG, config, sizeof config, 100);
+    send_cmd(MSG_RESUME, NULL, 0, 100);
+    send_cmd(MSG_SAFE, NULL, 0, 200);
+    take_frames(out, 32);
+    host_seq--; /* the SAFE's seq again, soon: a replay */
+    send_cmd(MSG_SAFE, NULL, 0, 300);
+    send_cmd(MSG_RESUME, NULL, 0, 400);
+    host_seq = (uint16_t)(host_seq - 2u);
+    send_cmd(MSG_RESUME, NULL, 0, 500); /* same seq as the SAFE, other type: runs */
+    int n = take_frames(out, 32);
+    CHECK(count_type(out, n, MSG_ACK) == 3 && fwh_belt_stop(&harness) == 0, "RESUME ran");
+    host_seq--;
+    /* the RESUME's seq comes back after DEDUP_TTL_MS: an old entry, not a replay */
+    send_cmd(MSG_SAFE, NULL, 0, 200 + DEDUP_TTL_MS * 1000u + 1000u);
+    CHECK(fwh_belt_stop(&harness) == 1, "expired window entry: SAFE executed");
 }
 
 static void test_heartbeat_loss(void)
 {
     frame_t out[32];
-    uint8_t config[] = {100, 0, 0xE8, 0x03, 1, 10}; /* 100 ms heartbeat */
+    uint8_t config[] = {100, 0, 0xE8, 0x03, 0x10, 0x27, 1, 10}; /* 100 ms heartbeat */
     fwh_init(&harness, MAX_GATES, 0, 0, 0);
     send_cmd(MSG_CONFIG, config, sizeof config, 0);
+    send_cmd(MSG_RESUME, NULL, 0, 0);
     take_frames(out, 32);
     fwh_poll(&harness, 100000, 0);
     CHECK(fwh_belt_stop(&harness) == 0, "not safe at exactly the timeout");
@@ -248,6 +311,8 @@ int main(int argc, char **argv)
     }
     test_sort_fires_on_time();
     test_heartbeat_loss();
+    test_epochs_and_lead();
+    test_dedup_expires();
     printf("host-test: %d vectors, %d checks, %d failures\n", n, checks, failures);
     return failures == 0 ? 0 : 1;
 }

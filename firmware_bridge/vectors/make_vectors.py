@@ -10,7 +10,7 @@ spaces, '#' starts a comment line, hex in upper case without 0x, '-' for empty h
     cobs     NAME RAW_HEX ENCODED_HEX                  (ENCODED has no delimiter)
     msg      NAME TYPE_HEX2 SEQ_HEX4 PAYLOAD_HEX BODY_HEX WIRE_HEX V1 V2 ...
              a valid frame: WIRE = COBS(BODY) 00; V1.. are the payload fields in wire
-             order, decimal (CONFIG: heartbeat_ms status_ms n_gates pulse_ms...)
+             order, decimal (CONFIG: heartbeat_ms status_ms max_lead_ms n_gates pulse_ms...)
     stream   NAME WIRE_HEX FRAMES CRC_ERRORS FRAME_ERRORS
              feed WIRE to a fresh deframer: it yields FRAMES frames and counts the errors
     nak      NAME WIRE_HEX ACKED_SEQ_HEX4 ACKED_TYPE_HEX2 REASON
@@ -46,7 +46,7 @@ def _hex(data: bytes) -> str:
 
 def _values(msg: p.Message) -> list[int]:
     if isinstance(msg, p.Config):
-        return [msg.heartbeat_ms, msg.status_ms, len(msg.pulse_ms), *msg.pulse_ms]
+        return [msg.heartbeat_ms, msg.status_ms, msg.max_lead_ms, len(msg.pulse_ms), *msg.pulse_ms]
     return [int(v) for v in msg.fields().values()]
 
 
@@ -56,6 +56,7 @@ def _json_fields(msg: p.Message) -> dict[str, Any]:
         out = {
             "heartbeat_ms": msg.heartbeat_ms,
             "status_ms": msg.status_ms,
+            "max_lead_ms": msg.max_lead_ms,
             "n_gates": len(msg.pulse_ms),
             "pulse_ms": list(msg.pulse_ms),
         }
@@ -63,29 +64,38 @@ def _json_fields(msg: p.Message) -> dict[str, Any]:
 
 
 MESSAGES: list[tuple[str, p.Message, int]] = [
-    ("hello", p.Hello(), 0x0001),
-    ("config_9_gates", p.Config(500, 1000, (40,) * 9), 0x0002),
-    ("config_1_gate", p.Config(50, 100, (1,)), 0x0003),
+    ("hello", p.Hello(epoch=0x1234), 0x0001),
+    ("config_9_gates", p.Config(500, 1000, (40,) * 9, max_lead_ms=10_000), 0x0002),
+    ("config_1_gate", p.Config(50, 100, (1,), max_lead_ms=100), 0x0003),
     (
         "sort_time",
-        p.Sort(item=7, gate=2, mode=p.SortMode.TIME, target=1_500_000, window_us=5000),
+        p.Sort(
+            item=7, gate=2, mode=p.SortMode.TIME, target=1_500_000, window_us=5000, epoch=0x1234
+        ),
         4,
     ),
     (
         "sort_position",
-        p.Sort(item=0x01020304, gate=0, mode=p.SortMode.POSITION, target=0xFFFFFF00, window_us=20),
+        p.Sort(
+            item=0x01020304,
+            gate=0,
+            mode=p.SortMode.POSITION,
+            target=0xFFFFFF00,
+            window_us=20,
+            epoch=0xFFFF,
+        ),
         0x0100,
     ),
     (
         "sort_now",
-        p.Sort(item=0xFFFFFFFF, gate=8, mode=p.SortMode.NOW, target=0, window_us=0),
+        p.Sort(item=0xFFFFFFFF, gate=8, mode=p.SortMode.NOW, target=0, window_us=0, epoch=1),
         0xFFFF,
     ),
-    ("cancel", p.Cancel(item=7), 0x0005),
+    ("cancel", p.Cancel(item=7, epoch=0x1234), 0x0005),
     ("heartbeat", p.Heartbeat(), 0x0006),
     ("sync", p.Sync(echo=0xDEADBEEF), 0x0007),
     ("resume", p.Resume(), 0x0008),
-    ("query", p.Query(item=7), 0x0009),
+    ("query", p.Query(item=7, epoch=0x1234), 0x0009),
     ("safe", p.Safe(), 0x000A),
     ("ack", p.Ack(acked_seq=4, acked_type=p.MsgType.SORT), 0x0000),
     ("nak_queue_full", p.Nak(acked_seq=4, acked_type=p.MsgType.SORT, reason=7), 0x0001),
@@ -104,8 +114,8 @@ MESSAGES: list[tuple[str, p.Message, int]] = [
         ),
         0x0002,
     ),
-    ("fired", p.Fired(item=7, gate=2, time=1_500_123, position=-5), 0x0003),
-    ("late", p.Late(item=8, gate=1, time=2_000_000, target=1_990_000), 0x0004),
+    ("fired", p.Fired(item=7, gate=2, time=1_500_123, position=-5, epoch=0x1234), 0x0003),
+    ("late", p.Late(item=8, gate=1, time=2_000_000, target=1_990_000, epoch=0x1234), 0x0004),
     ("safe_state_heartbeat", p.SafeState(entered=1, reason=p.SafeReason.HEARTBEAT, dropped=3), 5),
     ("safe_state_resumed", p.SafeState(entered=0, reason=p.SafeReason.RESUMED, dropped=0), 6),
     ("sync_reply", p.SyncReply(acked_seq=7, echo=0xDEADBEEF, time=0xFFFFFFF0, position=0), 7),
@@ -124,8 +134,17 @@ MESSAGES: list[tuple[str, p.Message, int]] = [
         ),
         0x0009,
     ),
-    ("fate_fired", p.FateReply(acked_seq=9, item=7, fate=p.Fate.FIRED, time=1_500_123), 0x000A),
+    (
+        "fate_fired",
+        p.FateReply(acked_seq=9, item=7, fate=p.Fate.FIRED, time=1_500_123, epoch=0x1234),
+        0x000A,
+    ),
     ("fate_unknown", p.FateReply(acked_seq=10, item=99, fate=p.Fate.UNKNOWN, time=0), 0x000B),
+    (
+        "fate_refused",
+        p.FateReply(acked_seq=11, item=9, fate=p.Fate.REFUSED, time=300, epoch=0x1234),
+        0x000C,
+    ),
 ]
 
 
@@ -184,20 +203,30 @@ def _naks() -> list[tuple[str, bytes, int, int, int]]:
             0x80,
             1,
         ),
-        ("sort_payload_short", encode_frame(p.MsgType.SORT, 0x0014, bytes(11)), 0x0014, 0x03, 2),
-        ("sort_payload_long", encode_frame(p.MsgType.SORT, 0x0015, bytes(13)), 0x0015, 0x03, 2),
-        ("hello_with_payload", encode_frame(p.MsgType.HELLO, 0x0016, b"\x01"), 0x0016, 0x01, 2),
+        ("sort_payload_short", encode_frame(p.MsgType.SORT, 0x0014, bytes(13)), 0x0014, 0x03, 2),
+        ("sort_payload_long", encode_frame(p.MsgType.SORT, 0x0015, bytes(15)), 0x0015, 0x03, 2),
+        ("sort_payload_v1_0", encode_frame(p.MsgType.SORT, 0x001E, bytes(12)), 0x001E, 0x03, 2),
+        ("hello_payload_short", encode_frame(p.MsgType.HELLO, 0x0016, b"\x01"), 0x0016, 0x01, 2),
+        ("hello_without_epoch", encode_frame(p.MsgType.HELLO, 0x001F, b""), 0x001F, 0x01, 2),
+        ("query_payload_4", encode_frame(p.MsgType.QUERY, 0x0020, bytes(4)), 0x0020, 0x08, 2),
         ("cancel_payload_3", encode_frame(p.MsgType.CANCEL, 0x0017, b"\x01\x02\x03"), 0x17, 4, 2),
         ("sync_empty", encode_frame(p.MsgType.SYNC, 0x0018, b""), 0x0018, 0x06, 2),
         ("config_too_short", encode_frame(p.MsgType.CONFIG, 0x0019, b"\xf4\x01\xe8"), 0x19, 2, 2),
         (
             "config_n_gates_mismatch",
-            encode_frame(p.MsgType.CONFIG, 0x001A, b"\xf4\x01\xe8\x03\x03\x28\x28"),
+            encode_frame(p.MsgType.CONFIG, 0x001A, b"\xf4\x01\xe8\x03\x10\x27\x03\x28\x28"),
             0x001A,
             0x02,
             2,
         ),
         ("heartbeat_with_payload", encode_frame(p.MsgType.HEARTBEAT, 0x1B, b"\x00"), 0x1B, 5, 2),
+        (
+            "sort_stale_epoch",
+            encode_frame(p.MsgType.SORT, 0x001D, p.Sort(1, 0, 0, 0, 0, epoch=5).payload()),
+            0x001D,
+            0x03,
+            11,
+        ),
     ]
 
 
