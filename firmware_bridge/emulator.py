@@ -116,3 +116,54 @@ def qemu_controller(elf: Path | None = None, port: int | None = None) -> Iterato
         yield f"socket://127.0.0.1:{tcp_port}"
     finally:
         _stop(proc)
+
+
+class QemuController:
+    """The firmware under QEMU as an object that can be restarted on the same port (a
+    controller reset or power cut, for fault-injection runs): `start()`, `restart()`,
+    `stop()`; `url` is `socket://127.0.0.1:PORT`."""
+
+    def __init__(self, elf: Path | None = None, port: int | None = None) -> None:
+        self.elf = build_firmware() if elf is None else Path(elf)
+        if not self.elf.is_file():
+            raise QemuError(f"firmware {self.elf} does not exist; run make -C {FIRMWARE_DIR}")
+        self.port = free_port() if port is None else port
+        self.restarts = 0
+        """Restarts so far."""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The pyserial URL of the emulated controller's serial port."""
+        return f"socket://127.0.0.1:{self.port}"
+
+    def start(self) -> QemuController:
+        """Start QEMU and wait until its serial socket listens."""
+        cmd = qemu_command(self.elf, self.port)
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            _wait_listening(self._proc, self.port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def restart(self) -> None:
+        """End QEMU and start it again: the controller boots with nothing remembered."""
+        self.stop()
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        """End QEMU (if running)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+
+    def __enter__(self) -> QemuController:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

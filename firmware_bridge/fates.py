@@ -41,6 +41,9 @@ RECHECKS_IN_FLIGHT = 4
 """At most this many QUERYs outstanding when re-checking timeouts (after a long loss
 hundreds of SORTs can time out at once: asking about all of them together would flood a
 115200-baud line)."""
+RESET_MARGIN_S = 0.05
+"""A SORT due this close after a controller reset may have fired on the old controller
+(clock mapping error): its fate is unknown, never assumed "late"."""
 TIMED_OUT_KEPT = 512
 """SORTs reported "timeout" remembered so a late FIRED/LATE can still correct them."""
 
@@ -280,12 +283,13 @@ class SortFates:
         elif fate == p.Fate.REFUSED:
             self._resolve_sort(cmd, NAK, detail="refused (fate from the controller)")
         else:
-            if not cmd.acked and _epoch_of(cmd) != self._epoch:
+            remembered = self._remembered(cmd)  # else UNKNOWN may just mean forgotten
+            if not cmd.acked and remembered and _epoch_of(cmd) != self._epoch:
                 # asked in its old epoch after a handshake: it never arrived, and a late
                 # copy is now refused (STALE_EPOCH): re-time it or report it late
                 self._retime_or_late(cmd, "never reached the controller")
                 return
-            if not cmd.acked and self._can_resend(cmd):
+            if not cmd.acked and remembered and self._can_resend(cmd):
                 self._resend_sort(cmd)
                 return
             # UNKNOWN: never arrived, forgotten, or still on its way (a copy written before
@@ -304,21 +308,26 @@ class SortFates:
         an earlier copy did arrive, so a copy cannot run twice."""
         if cmd.fire_at is None:
             return False
-        if _epoch_of(cmd) == self._epoch and not self._remembered(cmd):
-            return False
         return self.clock.now() < cmd.fire_at - self.ack_timeout_s
 
-    def _retime_or_late(self, cmd: Command, why: str) -> None:
-        """A SORT the controller does not hold (reset, or it never arrived) whose epoch is
-        over: re-timed in the current epoch on the current clock mapping if still in time,
-        else reported "late" (it did not fire). Never resent as stored bytes."""
+    def _retime_or_late(self, cmd: Command, why: str, ran_until: float | None = None) -> None:
+        """A SORT the controller does not hold whose epoch is over (it never arrived, or
+        the controller was reset, having run its old queue until at most `ran_until`):
+        re-timed in the current epoch on the current clock mapping if still in time, else
+        reported "late" when it surely did not fire, "timeout" when it may have fired
+        before a reset. Never resent as stored bytes."""
         assert isinstance(cmd.msg, p.Sort)
         mode = cmd.msg.mode
+        reset = ran_until is not None
         in_time = mode == p.SortMode.TIME and self._can_resend(cmd)
         # a belt position survives a lost cable, not a controller reset (counts from 0)
-        same_belt = mode == p.SortMode.POSITION and why != "controller was reset"
+        same_belt = mode == p.SortMode.POSITION and not reset
         if in_time or same_belt:
             self._resend_sort(cmd)
+        elif ran_until is not None and (
+            cmd.fire_at is None or cmd.fire_at - RESET_MARGIN_S <= ran_until
+        ):
+            self._resolve_sort(cmd, TIMEOUT, detail=f"{why}: it may have fired before")
         else:
             self._resolve_sort(cmd, LATE, detail=f"{why}; too late to send again: not fired")
 

@@ -167,8 +167,11 @@ class ControllerLink(SortFates):
         self._effects = 0
         self._epoch = 0
         """Link epoch of the current session (chosen at each handshake, never 0)."""
-        self._epoch_sorts = 0
-        """SORTs written in the current epoch (to bound what the fates ring remembers)."""
+        self._sorts_written = 0
+        """SORTs written so far, all epochs (to bound what the fates ring remembers)."""
+        self._reset_seen_at: float | None = None
+        """Host time the controller was first seen reset (unconfigured STATUS, a NAK
+        STALE_EPOCH in our epoch, a watchdog FAULT): it ran its old queue until then."""
         self._epoch_items: set[int] = set()
         """Items sent in the current epoch: an item id never repeats within an epoch."""
         self._last_auto_resume = -1e9
@@ -286,6 +289,13 @@ class ControllerLink(SortFates):
         link epoch (a new epoch starts at every handshake)."""
         if not 0 <= item <= 0xFFFFFFFF or not 0 <= gate <= 0xFF:
             raise ValueError(f"item {item} must be a u32 and gate {gate} a u8")
+        if self._stop.is_set() or self._state == "closed":
+            raise LinkError(f"{self.url}: the link is closed")
+        if self._state != "connected":  # no target is computed, nothing is queued
+            cmd = Command(p.Sort(item, gate, p.SortMode.TIME, 0, 0), 0, fire_at, window_s)
+            self.stats.timeouts += 1
+            cmd._finish(TIMEOUT, self.clock.now(), f"link {self._state}: not sent")
+            return cmd
         if position is not None:
             msg = p.Sort(item, gate, p.SortMode.POSITION, position & 0xFFFFFFFF, window_ticks)
         elif fire_at is not None:
@@ -297,12 +307,6 @@ class ControllerLink(SortFates):
         else:
             msg = p.Sort(item, gate, p.SortMode.NOW, 0, 0)
         cmd = Command(replace(msg, epoch=self._epoch), 0, fire_at=fire_at, window_s=window_s)
-        if self._stop.is_set() or self._state == "closed":
-            raise LinkError(f"{self.url}: the link is closed")
-        if self._state != "connected":
-            self.stats.timeouts += 1
-            cmd._finish(TIMEOUT, self.clock.now(), f"link {self._state}: not sent")
-            return cmd
         with self._lock:
             old = self._sorts.get(item)
             if old is not None and not old.done():
@@ -503,9 +507,9 @@ class ControllerLink(SortFates):
         if not had_port:
             return
         log.warning("%s: link lost (%s)", self.url, err)
-        self._close_port()
         self._state = "lost"
         self._lost_since = time.monotonic()
+        self._close_port()
 
     def _write(self, data: bytes) -> None:
         with self._write_lock:
@@ -648,7 +652,6 @@ class ControllerLink(SortFates):
             while epoch in (0, self._epoch):
                 epoch = self._rng.randrange(1, 0x10000)
             self._epoch = epoch
-            self._epoch_sorts = 0
             self._epoch_items = set()
 
     def _shake_hands(self) -> None:
@@ -776,7 +779,7 @@ class ControllerLink(SortFates):
         if msg.reason == p.NakReason.STALE_EPOCH:
             assert isinstance(cmd.msg, p.Sort)
             if cmd.msg.epoch == self._epoch:  # the controller is in another epoch than ours
-                self._resync_wanted = "the controller is in another session (was it reset?)"
+                self._note_reset("the controller is in another session (was it reset?)")
             return
         if msg.reason == p.NakReason.SAFE_STATE:
             self._saw_safe()
@@ -805,11 +808,18 @@ class ControllerLink(SortFates):
                 self._saw_safe()
             lost_config = not msg.flags & p.FLAG_CONFIGURED
             if lost_config and self.handshake and self._state == "connected":
-                self._resync_wanted = "the controller lost its CONFIG (was it reset?)"
+                self._note_reset("the controller lost its CONFIG (was it reset?)")
         elif isinstance(msg, p.Fault):
             log.warning("%s: controller fault %s", self.url, p.describe(msg))
             if msg.code == p.FaultCode.WATCHDOG_RESET and self._state == "connected":
-                self._resync_wanted = "the controller restarted (watchdog)"
+                self._note_reset("the controller restarted (watchdog)")
+
+    def _note_reset(self, why: str) -> None:
+        """Evidence the controller was reset: handshake again; remember when (it may have
+        fired queued SORTs until then)."""
+        if self._reset_seen_at is None:
+            self._reset_seen_at = self.clock.now()
+        self._resync_wanted = why
 
     def _on_safe_state(self, msg: p.SafeState) -> None:
         """SAFE_STATE: the controller says how many SORTs it dropped; which ones is its
@@ -963,22 +973,21 @@ class ControllerLink(SortFates):
         SORTs unresolved now (they may leave the queue later) plus those written later."""
         open_now = sum(1 for c in self._sorts.values() if not c.done() and c is not cmd)
         open_now += len(self._rechecks)
-        cmd.ring_mark = (self._epoch, self._epoch_sorts, open_now)
-        self._epoch_sorts += 1
+        cmd.ring_mark = (self._epoch, self._sorts_written, open_now)
+        self._sorts_written += 1
         assert isinstance(cmd.msg, p.Sort)
         self._epoch_items.add(cmd.msg.item)
 
     def _remembered(self, cmd: Command) -> bool:
         """The controller surely still knows this SORT's item (queued or in its fates
-        ring), so a copy of it is answered with its fate, never run again."""
+        ring, whatever the epoch): a copy of it is answered with its fate, never run
+        again, and a QUERY's UNKNOWN means it never arrived."""
         mark = cmd.ring_mark
         if mark is None:
             return False
-        epoch, index, open_then = mark
+        _epoch, index, open_then = mark
         with self._lock:
-            if epoch != self._epoch:
-                return False
-            later = self._epoch_sorts - index - 1
+            later = self._sorts_written - index - 1
         return open_then + later < p.FATES_SIZE - 1
 
     def _resync(self) -> None:
@@ -1073,13 +1082,15 @@ class ControllerLink(SortFates):
         UNKNOWN (it never arrived; a late copy is now refused as STALE_EPOCH) re-times it."""
         self._end_stale(stale)
         reset = self.info is not None and not self.info.flags & p.FLAG_CONFIGURED
+        seen_at, self._reset_seen_at = self._reset_seen_at, None
         with self._lock:
             sorts = [c for c in self._sorts.values() if not c.done()]
             if reset:
                 self._rechecks.clear()
         for cmd in sorts:
-            if reset:
-                self._retime_or_late(cmd, "controller was reset")
+            if reset:  # it ran its old queue until at most then
+                ran_until = self.clock.now() if seen_at is None else seen_at
+                self._retime_or_late(cmd, "controller was reset", ran_until=ran_until)
             else:
                 self._query(cmd)
 

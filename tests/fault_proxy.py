@@ -10,7 +10,11 @@ bit flipped), dropped, duplicated or delayed (the rest of the chunk held back fo
 `max_delay_s`), chosen with a seeded `random.Random`, so a run is repeatable in what it
 does to the stream (timing on a real machine still varies). The upstream connection
 (the controller) stays open across client reconnects: a disconnect is the host's cable,
-not a controller reset. `stats` counts what was done.
+not a controller reset; `reconnect_upstream()` follows a controller that was restarted
+(QEMU started again on the same port). `tap(data, generation)`, if given, sees every
+byte the controller sent, before any damage, with the number of upstream reconnects
+before the connection it came on: a test counts firings on the controller's side.
+`stats` counts what was done.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -43,6 +48,8 @@ class FaultStats:
     """Client connections closed by `disconnect()`."""
     connections: int = 0
     """Client connections accepted."""
+    upstream_reconnects: int = 0
+    """Times the proxy connected to a restarted controller."""
 
 
 class FaultProxy:
@@ -55,6 +62,7 @@ class FaultProxy:
         seed: int = 0,
         max_delay_s: float = 0.02,
         kinds: tuple[str, ...] = KINDS,
+        tap: Callable[[bytes, int], None] | None = None,
     ) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate {rate} must be within 0..1")
@@ -65,6 +73,10 @@ class FaultProxy:
         self.rate = rate
         self.max_delay_s = max_delay_s
         self.kinds = kinds
+        self.tap = tap
+        """Called with each chunk the controller sent, undamaged, and its upstream
+        connection's generation (proxy thread)."""
+        self._up_generation = 0
         self.stats = FaultStats()
         self.enabled = True
         """Set False to pass bytes through untouched (e.g. while checking results)."""
@@ -123,6 +135,30 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def reconnect_upstream(self, timeout_s: float = 10.0) -> None:
+        """Connect to the controller again (it was restarted); bytes sent meanwhile are
+        lost, as on a UART whose far end was resetting."""
+        old = self._up
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                up = socket.create_connection(self.upstream, timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        up.settimeout(None)
+        self._up = up
+        self.stats.upstream_reconnects += 1
+        self._up_generation = self.stats.upstream_reconnects
+        if old is not None:
+            try:
+                old.close()
+            except OSError as err:
+                log.debug("closing the old upstream: %s", err)
 
     def disconnect(self, count: bool = True) -> None:
         """Close the current client connection (the link sees its port vanish)."""
@@ -199,23 +235,27 @@ class FaultProxy:
                 return
             try:
                 self._send(self._up, self.mangle(data, "up"))
-            except OSError as err:
+            except OSError as err:  # the controller restarting: these bytes are lost
                 log.debug("proxy upstream write failed: %s", err)
-                return
 
     def _down_loop(self) -> None:
         """Controller -> host; bytes are discarded while no client is connected."""
         assert self._up is not None
         while not self._stop.is_set():
+            up, generation = self._up, self._up_generation
             try:
-                ready, _, _ = select.select([self._up], [], [], 0.1)
+                ready, _, _ = select.select([up], [], [], 0.1)
                 if not ready:
                     continue
-                data = self._up.recv(4096)
+                data = up.recv(4096)
             except (OSError, ValueError):
-                return
-            if not data:
-                return
+                data = b""
+            if not data:  # the controller went away: wait for reconnect_upstream()
+                while up is self._up and not self._stop.is_set():
+                    time.sleep(0.02)
+                continue
+            if self.tap is not None:
+                self.tap(data, generation)
             pieces = self.mangle(data, "down")
             with self._client_lock:
                 client = self._client
