@@ -914,7 +914,11 @@ class ControllerLink(SortFates):
 
     def _sync_interval(self) -> float:
         """Re-SYNC every sync_interval_s; 4x as often until the drift rate is known, so the
-        offset stays fresh and the baseline fills with samples sooner."""
+        offset stays fresh and the baseline fills with samples sooner; at once (every
+        50 ms) while the last sample disagreed with the mapping, so a controller clock that
+        jumped is followed within a few round trips, not a few intervals."""
+        if self.sync.unconfirmed:
+            return min(self.sync_interval_s, 0.05)
         if self.sync.rate_known:
             return self.sync_interval_s
         return self.sync_interval_s / 4

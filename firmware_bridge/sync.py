@@ -153,6 +153,13 @@ class SyncEstimator:
             return self._hist[-1].mid - self._hist[0].mid if self._hist else 0.0
 
     @property
+    def unconfirmed(self) -> bool:
+        """The latest sample disagreed with the mapping (an outlier, or the controller's
+        clock jumped): a few more SYNCs soon will tell which."""
+        with self._lock:
+            return bool(self._suspects)
+
+    @property
     def samples(self) -> int:
         """Samples in use."""
         with self._lock:

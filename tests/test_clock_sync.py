@@ -8,6 +8,7 @@ seconds ahead, against the truth."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -205,6 +206,9 @@ def test_a_controller_reset_is_followed_after_a_few_samples() -> None:
         assert abs(after.error_us(est, now + LEAD_S)) < 1000, f"sample {k} after the reset"
     est.add(before.sample(later[-1] + 1.0, 0.001, 0.001))  # one stray sample of the old clock
     assert est.steps == 1 and abs(after.error_us(est, later[-1] + 2.0)) < 1000
+    assert est.unconfirmed  # the link SYNCs again at once
+    est.add(after.sample(later[-1] + 1.1, 0.001, 0.001))
+    assert not est.unconfirmed and est.steps == 1
 
 
 def test_wrap_around_and_a_fast_resonator() -> None:
@@ -273,3 +277,25 @@ def test_the_link_does_not_use_the_reply_to_a_resent_sync() -> None:
         assert link.sync.samples == used
         link.sync_once(timeout=2.0)
         assert link.sync.samples == used + 1
+
+
+def test_the_link_follows_a_controller_clock_jump_within_a_few_round_trips() -> None:
+    """The controller's clock jumps back one Timer1 overflow (4.194 s: seen on the firmware
+    under QEMU on a loaded machine) without a reset: the first SYNC that disagrees makes
+    the link ask again at once, so the mapping follows well before two more SYNC intervals
+    (2 s each here, until the drift rate is known)."""
+    with ControllerLink("sim://?gates=2", sync_interval_s=8.0) as link:
+        sim = link._port.sim
+        deadline = time.monotonic() + 3.0
+        while link.sync.unconfirmed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with sim._lock:
+            sim._t0 += 4.194304  # its clock now reads 4.194 s less
+        jumped = time.monotonic()
+        while link.sync.steps == 0 and time.monotonic() < jumped + 8.0:
+            time.sleep(0.005)
+        took = time.monotonic() - jumped
+        assert link.sync.steps == 1
+        assert took < 3.0, f"followed after {took:.2f} s"  # next SYNC + 2 quick ones, not 4 s+
+        error = p.time_diff(link.to_controller_time(link.clock.now()), sim.now_us())
+        assert abs(error) < 5000
