@@ -133,6 +133,9 @@ def train(
     ),
     mixed_precision: bool = typer.Option(False, "--mixed-precision", help="float16 compute."),
     multi_gpu: bool = typer.Option(False, "--multi-gpu", help="tf.distribute.MirroredStrategy."),
+    multi_worker: bool = typer.Option(
+        False, "--multi-worker", help="Several machines: MultiWorkerMirroredStrategy (TF_CONFIG)."
+    ),
     no_reports: bool = typer.Option(False, "--no-reports", help="Skip the report pictures."),
     quiet: bool = typer.Option(False, "--quiet", help="One line per epoch, no progress bar."),
     verbose: bool = typer.Option(
@@ -170,6 +173,7 @@ def train(
         teachers=tuple(teacher),
         mixed_precision=mixed_precision,
         multi_gpu=multi_gpu,
+        multi_worker=multi_worker,
         field_of_view_mm=_fov(field_of_view_mm),
         reports=not no_reports,
         verbose=2 if quiet else 1,

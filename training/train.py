@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -109,6 +111,9 @@ class TrainConfig:
     """Compute in float16 (output layer stays float32); for GPUs."""
     multi_gpu: bool = False
     """Train under tf.distribute.MirroredStrategy across all visible GPUs."""
+    multi_worker: bool = False
+    """Train on several machines at once under tf.distribute.MultiWorkerMirroredStrategy
+    (TF_CONFIG names the cluster; training.multiworker)."""
     field_of_view_mm: tuple[float, float] = (250.0, 250.0)
     """(width, height) of belt, in mm, that one training image shows; the device crops this."""
     min_per_grade: int = D.MIN_IMAGES_PER_GRADE
@@ -437,6 +442,7 @@ def train(cfg: TrainConfig) -> RunResult:
     """Check the data, fit, and write the run folder. Returns the run's summary."""
     t0 = time.monotonic()
     _validate(cfg)
+    cfg, worker = _multi_worker(cfg)  # the strategy comes before any other TensorFlow op
     p = _prepare(cfg)
     keras.utils.set_random_seed(cfg.seed)
     lr = cfg.learning_rate or DEFAULT_LEARNING_RATE[cfg.arch]
@@ -444,26 +450,30 @@ def train(cfg: TrainConfig) -> RunResult:
     budget_s = None if cfg.time_budget_min is None else 60 * cfg.time_budget_min
     with _precision(cfg.mixed_precision):
         train_ds, val_ds, soft = _train_data(cfg, p, t0)
-        with _strategy(cfg.multi_gpu).scope():
+        strategy = worker[0] if worker else _strategy(cfg.multi_gpu)
+        with strategy.scope():
             model = _model(cfg, p, lr, soft)
         device = check_device(inference_model(model, batch_size=1))
         # Budget: what is left after loading and rendering, minus ~10% for the reports.
         budget = EpochBudget(cfg.epochs, budget_s and 0.9 * budget_s, time.monotonic() - t0)
         plan = _Plan(budget, lr if cfg.schedule == "cosine" else None)
-        hist = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            class_weight=p.weights if not cfg.teachers else None,
-            shuffle=False,  # the tf.data pipelines shuffle (seeded) themselves
-            callbacks=_callbacks(p.run_dir, cfg, best, val_ds is not None, plan),
-            verbose=cfg.verbose,
-        )
+        if worker:
+            history = _fit_multi_worker(cfg, p, model, train_ds, lr, soft, strategy)
+        else:
+            hist = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                class_weight=p.weights if not cfg.teachers else None,
+                shuffle=False,  # the tf.data pipelines shuffle (seeded) themselves
+                callbacks=_callbacks(p.run_dir, cfg, best, val_ds is not None, plan),
+                verbose=cfg.verbose,
+            )
+            history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         if best.exists():
             model.load_weights(str(best))
             best.unlink()
     model.save(p.run_dir / "model.keras")
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     (p.run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     metrics, probs, robust = _score(cfg, p, model)
     epochs_run = len(history.get("loss", []))
@@ -473,7 +483,7 @@ def train(cfg: TrainConfig) -> RunResult:
     if cfg.reports:
         _reports(p, model, history, metrics, probs, scored)
     sm = metrics.get(scored, {}) if scored else {}
-    return RunResult(
+    result = RunResult(
         run_dir=p.run_dir,
         val_accuracy=float(metrics["val"]["accuracy"]) if "val" in metrics else None,
         test_accuracy=float(metrics["test"]["accuracy"]) if "test" in metrics else None,
@@ -483,6 +493,67 @@ def train(cfg: TrainConfig) -> RunResult:
         params=int(model.count_params()),
         balanced_accuracy=sm.get("balanced_accuracy"),
         mean_corruption=None if robust is None else float(robust["mean_corruption"]),
+    )
+    if worker:
+        from training.multiworker import barrier
+
+        barrier(worker[0])  # every worker waits for the chief's run folder
+        if not worker[1]:  # a worker's copy of the run is not kept
+            shutil.rmtree(p.run_dir.parent, ignore_errors=True)
+    return result
+
+
+def _multi_worker(cfg: TrainConfig) -> tuple[TrainConfig, tuple[Any, bool] | None]:
+    """For --multi-worker: the config this worker runs (a worker that is not the chief
+    writes to a temporary folder, without reports; no time budget or early stopping on any:
+    every worker must run the same epochs) and (strategy, is_chief); else (cfg, None)."""
+    if not cfg.multi_worker:
+        return cfg, None
+    from dataclasses import replace
+
+    from training import multiworker
+
+    if cfg.multi_gpu:
+        raise ConfigError("--multi-worker and --multi-gpu exclude each other (it uses all GPUs)")
+    if cfg.early_stopping or cfg.teachers:
+        raise ConfigError(
+            "--multi-worker trains a fixed number of epochs on one network: drop "
+            "--early-stopping and --teacher/--ensemble"
+        )
+    cluster = multiworker.cluster_from_env()
+    strategy = multiworker.make_strategy()
+    if cfg.time_budget_min is not None:
+        log.info("--multi-worker: no time budget (every worker runs all %d epochs)", cfg.epochs)
+    cfg = replace(cfg, time_budget_min=None)
+    if not cluster.is_chief:
+        tmp = Path(tempfile.mkdtemp(prefix=f"sorter-train-worker{cluster.index}-"))
+        cfg = replace(cfg, out=tmp / "run", reports=False, robustness=False)
+    log.info("--multi-worker: %s %d of %d tasks", cluster.task, cluster.index, cluster.workers)
+    return cfg, (strategy, cluster.is_chief)
+
+
+def _fit_multi_worker(
+    cfg: TrainConfig,
+    p: _Prepared,
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    lr: float,
+    soft: bool,
+    strategy: Any,
+) -> dict[str, list[float]]:
+    from training import multiworker
+
+    return multiworker.fit(
+        strategy,
+        model,
+        train_ds,
+        epochs=cfg.epochs,
+        global_batch=cfg.batch_size,
+        learning_rate=lr,
+        cosine=cfg.schedule == "cosine",
+        class_weight=p.weights,
+        soft=soft,
+        label_smoothing=cfg.label_smoothing,
     )
 
 
@@ -556,6 +627,7 @@ def _config_doc(
         "non_image_ignored": len(p.scan.ignored),
         "mixed_precision": cfg.mixed_precision,
         "multi_gpu": cfg.multi_gpu,
+        "multi_worker": cfg.multi_worker,
         "params": int(model.count_params()),
         "device_estimate": device,
         "tensorflow": tf.__version__,
