@@ -6,6 +6,7 @@ sorting."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -122,7 +123,8 @@ def test_reload_between_two_frames_loses_no_item_and_sends_no_sort_twice(
     tmp_path: Path, belt: tuple[Path, Path]
 ) -> None:
     """In-process: a fast replay against sim://, the model promoted after 80 frames (and
-    reloaded), then a file with other labels put in place and reloaded (refused)."""
+    reloaded), rolled back after 120, then a file with other labels put in place and
+    reloaded (refused)."""
     video, truth_path = belt
     cfg, target = _farm(tmp_path)
     truth = load_truth(truth_path)
@@ -141,6 +143,11 @@ def test_reload_between_two_frames_loses_no_item_and_sends_no_sort_twice(
 
                 promote(cand, config)
                 runner.request_reload()
+            if runner.frames == 120:  # and rolled back
+                from sorter.ops.model_install import rollback
+
+                rollback(config)
+                runner.request_reload()
             if runner.frames == 160:  # a bad file slipped in: refused, old model kept
                 renamed_model(tmp_path / "bad.tflite")
                 os.replace(tmp_path / "bad.tflite", target)
@@ -155,13 +162,14 @@ def test_reload_between_two_frames_loses_no_item_and_sends_no_sort_twice(
     assert result.summary["items"] == 18 and result.summary["lost"] == 0
     assert len(fired) == len(set(fired)) == result.summary["statuses"].get("fired")
     reloads = result.summary["model"]["reloads"]
-    assert [r["ok"] for r in reloads] == [True, False]
+    assert [r["ok"] for r in reloads] == [True, True, False]
     new_id = model_id(cand)
-    assert reloads[0]["model_id"] == new_id and result.summary["model"]["id"] == new_id
+    assert [r.get("model_id") for r in reloads[:2]] == [new_id, old_id]
+    assert result.summary["model"]["id"] == old_id  # the refused file changed nothing
     rows = read_decisions(tmp_path / "r.db")
     ids = [r["model_id"] for r in rows]
-    assert set(ids) == {old_id, new_id} and ids.index(new_id) > 0
-    assert all(ids[i] == new_id for i in range(ids.index(new_id), len(ids)))
+    runs = [ids[0]] + [b for a, b in itertools.pairwise(ids) if b != a]
+    assert runs == [old_id, new_id, old_id], ids  # old, promoted, rolled back
 
 
 def test_sighup_to_a_running_replay_switches_and_a_bad_file_is_refused(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
 from sorter.cli import app
@@ -121,7 +122,8 @@ def test_replay_logs_both_verdicts_and_the_report_scores_each_model(
         handle_signals=False,
     )
     db = tmp_path / "d.db"
-    result = run_with_truth(config, opts, DecisionLog(db), Status(), truth)
+    status = Status()
+    result = run_with_truth(config, opts, DecisionLog(db), status, truth)
     card = result.scorecard
     assert (card.items, card.missed, card.duplicated) == (18, 0, 0)
     rows = read_decisions(db)
@@ -131,6 +133,10 @@ def test_replay_logs_both_verdicts_and_the_report_scores_each_model(
         assert json.loads(r["shadow_scores"]) == pytest.approx(r["scores"], abs=1e-5)
         assert r["shadow_model"] == "swapped stand-in" and r["shadow_views"] == r["views"]
     assert result.summary["shadow"]["items"] == 18 and result.summary["shadow"]["agree"] == 14
+    assert status.snapshot()["shadow"] == {"items": 18, "agree": 14, "dropped": 0}
+    metrics = generate_latest(status.registry).decode()
+    assert 'sorter_shadow_items_total{agree="yes"} 14.0' in metrics
+    assert 'sorter_shadow_items_total{agree="no"} 4.0' in metrics
 
     rep = shadow_report(db, truth=truth)
     d = rep.as_dict()

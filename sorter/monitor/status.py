@@ -132,6 +132,19 @@ class Status:
         self._m_log_backlog = Gauge(
             "sorter_decision_log_backlog", "Decision-log writes queued, not yet done", registry=r
         )
+        self.shadow_counts: dict[str, int] = {"items": 0, "agree": 0, "dropped": 0}
+        """Shadow mode (`sorter run --shadow`): items with a shadow verdict, of which the
+        candidate chose the active model's grade, views it dropped."""
+        self._m_shadow = Counter(
+            "sorter_shadow_items",
+            "Items graded by the shadow model, by agreement with the active one",
+            ["agree"],
+            registry=r,
+        )
+        self._m_shadow_dropped = Counter(
+            "sorter_shadow_views_dropped", "Views the shadow model dropped (its queue full)",
+            registry=r,
+        )  # fmt: skip
 
     # -- updates from the loop ------------------------------------------------------
     def frame_in(self) -> None:
@@ -261,6 +274,18 @@ class Status:
         self._m_log_dropped.inc(new_dropped)
         self._m_log_backlog.set(int(health.backlog))
 
+    def shadow(self, agree: bool, dropped_total: int) -> None:
+        """An item got a shadow verdict (`agree`: same grade as the active model's);
+        `dropped_total`: the views the shadow has dropped so far."""
+        with self._lock:
+            self.shadow_counts["items"] += 1
+            self.shadow_counts["agree"] += int(agree)
+            new = max(0, dropped_total - self.shadow_counts["dropped"])
+            self.shadow_counts["dropped"] += new
+        self._m_shadow.labels(agree="yes" if agree else "no").inc()
+        if new:
+            self._m_shadow_dropped.inc(new)
+
     def alarm(self, kind: str, text: str | None) -> None:
         """Raise (text) or clear (None) an alarm: camera_stalled, controller_lost, safe_state."""
         with self._lock:
@@ -332,6 +357,7 @@ class Status:
                 "alarms": [{"kind": k, "text": v} for k, v in self._alarms.items()],
                 "stages": dict(self.stages),
                 "decision_log": dict(self.log_health),
+                "shadow": dict(self.shadow_counts),
             }
 
     # -- helpers --------------------------------------------------------------------

@@ -216,6 +216,7 @@ class SortingLoop:
                 t0 = time.perf_counter()
                 out.update(shadow.verdict(item, label))
                 self.status.add_stage("shadow_wait", time.perf_counter() - t0)
+                self.status.shadow(out["shadow_label"] == label, shadow.dropped)
             return out
 
         return fields
