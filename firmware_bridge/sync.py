@@ -10,21 +10,25 @@ a loaded emulator, a USB hub) is what makes an offset wrong. `SyncEstimator` the
   offset is the sample with the least error bound, half its round trip plus `drift_bound`
   times its age; after, a line is fitted through the quick samples (round trip up to twice
   the quickest, plus 1 ms), the quickest of each stretch of time, each weighted by its
-  round trip, with outliers (damaged, or not this clock) dropped.
-  On the firmware under QEMU most round trips are ~45 ms with the controller reading its
-  clock near the end (offset +22 ms), a few are ~1.5 ms: only those may count;
+  round trip, with outliers (damaged, or not this clock) dropped. On the firmware under
+  QEMU most round trips are ~45 ms with the controller reading its clock near the end
+  (offset +22 ms), a few are ~1.5 ms: only those may count;
 - estimates the controller's drift rate (an Uno's ceramic resonator: up to a few 1000 ppm)
   only once the quick samples span `min_baseline_s`: a rate from samples close in time (the
   handshake's burst) is noise divided by a tiny interval, and once made the gates fire
   early or late by up to the rate clamp (10 ms per second) times the lead;
 - treats a sample that disagrees with the mapping by more than its round trip allows as
-  an outlier, and a run of `step_confirm` such samples that agree with each other as a new
-  controller clock (a reset nobody reported): it starts over from them, keeping the rate.
+  an outlier, and a run of `step_confirm` such samples that agree with each other as a
+  change of drift when they miss by less than `jump_s` (refit on the last baseline's
+  samples), else as a new controller clock (a reset nobody reported, a lost timer
+  overflow): it starts over from them, keeping the rate. The line weighs recent samples
+  most (over a third of `history_s`), so a drift that changes slowly is simply followed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import threading
 from collections import deque
@@ -82,7 +86,7 @@ class SyncEstimator:
         self,
         *,
         min_baseline_s: float = 10.0,
-        history_s: float = 300.0,
+        history_s: float = 60.0,
         max_samples: int = 512,
         drift_bound: float = 0.002,
         bins: int = 16,
@@ -91,6 +95,7 @@ class SyncEstimator:
         step_confirm: int = 3,
         max_delay_s: float = 0.5,
         quick_slack_s: float = 0.001,
+        jump_s: float = 0.05,
     ) -> None:
         self.min_baseline_s = min_baseline_s
         """A drift rate is estimated only from samples spanning at least this (s)."""
@@ -110,6 +115,9 @@ class SyncEstimator:
         """This many outliers in a row that agree with each other are a new clock."""
         self.max_delay_s = max_delay_s
         """Round trips slower than this (s) are not used at all."""
+        self.jump_s = jump_s
+        """Outliers that agree with each other and miss the mapping by less than this (s)
+        are a change of drift; by more, a clock that jumped."""
         self.quick_slack_s = quick_slack_s
         """The drift line goes through round trips up to twice the quickest plus this (s)
         only, and waits until those span `min_baseline_s`."""
@@ -125,6 +133,9 @@ class SyncEstimator:
         started over."""
         self.rejected = 0
         """Samples not used (too slow, or disagreeing with the mapping)."""
+        self.drift_changes = 0
+        """Times the drift changed enough to leave the mapping (refitted on the last
+        baseline's samples)."""
 
     # ------------------------------------------------------------ state
     @property
@@ -197,16 +208,31 @@ class SyncEstimator:
                 return True
             self._suspects = [*self._suspects, sample][-self.step_confirm :]
             if len(self._suspects) == self.step_confirm and self._agree(self._suspects):
-                log.warning(
-                    "controller clock jumped by %.3f s (reset?); re-estimating",
-                    (self._rel(sample) - self._line.at(sample.mid)) / 1e6,
-                )
-                self.steps += 1
-                self._prior_rate = self._line.rate
-                self._restart(self._suspects)
+                self._follow(self._suspects)
                 return True
             self.rejected += 1
             return False
+
+    def _follow(self, run: list[SyncSample]) -> None:
+        """Samples that agree with each other but not with the mapping: a small miss is
+        a change of drift (keep the last baseline's samples and refit), a large one a
+        clock that jumped (start over from them, keeping the rate)."""
+        assert self._line is not None
+        miss_s = statistics.median(self._rel(s) - self._line.at(s.mid) for s in run) / 1e6
+        self._prior_rate = self._line.rate
+        if abs(miss_s) < self.jump_s:
+            log.info("controller clock drift changed (%.1f ms off); refitting", miss_s * 1e3)
+            self.drift_changes += 1
+            keep = [s for s in self._hist if s.mid >= run[0].mid - self.min_baseline_s]
+            self._hist.clear()
+            self._hist.extend([*keep, *run])
+            self._suspects = []
+            self._rate_known = False
+            self._refit()
+            return
+        log.warning("controller clock jumped by %.3f s (reset?); re-estimating", miss_s)
+        self.steps += 1
+        self._restart(run)
 
     def _rel(self, s: SyncSample) -> float:
         return float(_i32(s.offset_us - self._base))
@@ -256,10 +282,11 @@ class SyncEstimator:
 
     def _fit_line(self, points: list[SyncSample], newest: float) -> _Line | None:
         """Weighted least squares through the quickest sample of each stretch of time
-        (weight 1 / (0.5 ms + half the round trip)^2), dropping outliers; None when too
-        few are left."""
+        (weight 1 / (0.5 ms + half the round trip)^2, decaying with age over a third of
+        `history_s`), dropping outliers; None when too few are left."""
         first = points[0].mid
         width = (newest - first) / self.bins
+        tau = self.history_s / 3  # older points count less: a drift that changes is followed
         quickest: dict[int, SyncSample] = {}
         for s in points:
             k = min(self.bins - 1, int((s.mid - first) / width))
@@ -273,7 +300,7 @@ class SyncEstimator:
             scale = [500.0 + s.delay * 0.5e6 for s in cands]  # us
             fit = _least_squares(
                 [
-                    (s.mid - newest, self._rel(s), 1 / u**2)
+                    (s.mid - newest, self._rel(s), math.exp((s.mid - newest) / tau) / u**2)
                     for s, u in zip(cands, scale, strict=True)
                 ]
             )

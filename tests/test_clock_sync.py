@@ -299,3 +299,22 @@ def test_the_link_follows_a_controller_clock_jump_within_a_few_round_trips() -> 
         assert took < 3.0, f"followed after {took:.2f} s"  # next SYNC + 2 quick ones, not 4 s+
         error = p.time_diff(link.to_controller_time(link.clock.now()), sim.now_us())
         assert abs(error) < 5000
+
+
+def test_a_change_of_drift_is_followed_not_taken_for_a_reset() -> None:
+    """The controller's rate changes from 0 to -600 ppm at t=60 s (the firmware under QEMU
+    drifts by a load-dependent few 100 ppm; a resonator warming up): the estimate follows
+    within the step tolerance and no clock jump is reported."""
+    rng = random.Random(9)
+    first = Truth(rate=0.0)
+    times = link_times(60.0)
+    est = SyncEstimator(min_baseline_s=10.0)
+    list(feed(est, first, times, clean_delays(rng)))
+    t_change = times[-1] + 1.0
+    second = Truth(rate=-600e-6, base=first.ctrl_us(t_change), t0=t_change)
+    later = [times[-1] + 2.0 * k for k in range(1, 91)]
+    stream = feed(est, second, later, clean_delays(rng))
+    errors = [abs(second.error_us(est, now + LEAD_S)) for _k, now in stream]
+    assert est.steps == 0
+    assert max(errors) < 8000  # never more than the outlier tolerance (5 ms) and a lead's drift
+    assert max(errors[-30:]) < 600 and est.rate == pytest.approx(-600e-6, abs=30e-6)
