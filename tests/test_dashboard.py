@@ -403,7 +403,7 @@ def test_in_a_real_browser_counts_move_the_frame_shows_and_the_token_is_enforced
     tmp_path: Path, short_video: Path
 ) -> None:
     assert CHROMIUM, "chromium is missing: `make sysdeps-test` installs it (apt install chromium)"
-    status = Status(url="sim://")
+    status = Status(url="sim://", lane="4")  # a packhouse lane: its id in the heading
     status.set_link("connected", safe=False)
     browser = _Browser(tmp_path / "profile")
     try:
@@ -417,6 +417,10 @@ def test_in_a_real_browser_counts_move_the_frame_shows_and_the_token_is_enforced
             assert browser.js("document.querySelectorAll('#bins .row').length") >= 2
             assert browser.wait_for("document.querySelectorAll('#decisions tr').length") >= 1
             assert browser.js("document.getElementById('link').textContent") == "link: connected"
+            assert browser.js("document.getElementById('title').textContent") == (
+                "produce-sorter lane 4"
+            )
+            assert browser.js("document.title") == "lane 4 - produce-sorter"
             assert browser.js("document.querySelectorAll('#hist div').length") == 9
             assert (
                 browser.wait_for(

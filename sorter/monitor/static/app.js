@@ -59,6 +59,10 @@
     pill.textContent = "link: " + (link.state || "?") + (link.safe ? " (SAFE)" : "");
     pill.className = "pill " + (link.safe ? "warn" : ["connected", "ready", "up"].includes(link.state) ? "ok" : link.state === "none" ? "" : "bad");
     $("uptime").textContent = "up " + fmt(s.uptime_s) + " s";
+    if (s.lane) {  // a packhouse lane ([lane] id): say which one in the heading and the tab
+      $("title").textContent = "produce-sorter lane " + s.lane;
+      document.title = "lane " + s.lane + " - produce-sorter";
+    }
     const alarms = s.alarms || [];
     const ab = $("alarms");
     ab.hidden = !alarms.length;
