@@ -224,3 +224,42 @@ def test_cli_refuses_a_candidate_with_other_labels_in_one_line(
     assert res.exit_code == 2
     lines = [x for x in res.stderr.splitlines() if x.startswith("error: ")]
     assert len(lines) == 1 and "labels do not match" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_report_reads_the_review_pages_log(tmp_path: Path, belt: tuple[Path, Path]) -> None:
+    """The review page's DIR/_review_log.jsonl: a confirmed grade counts (even for a crop that
+    did not move), "_not_produce" is counted apart, "_skip" and torn lines tell nothing; the
+    last answer for an item wins."""
+    video, truth = belt
+    config = apply_overrides(Config(), {"serial.url": "sim://?gates=9"})
+    opts = RunOptions(
+        video=video,
+        classifier=ColourClassifier(),
+        shadow_classifier=SwappedColour(),
+        handle_signals=False,
+    )
+    db, crops = tmp_path / "d.db", tmp_path / "crops"
+    run_with_truth(config, opts, DecisionLog(db, crops_dir=crops), Status(), truth)
+    rows = {r["item"]: r for r in read_decisions(db)}
+    two_l = next(r for r in rows.values() if r["label"] == "2L")  # the shadow says BM
+    m = next(r for r in rows.values() if r["label"] == "M")
+    others = [r for r in rows.values() if r["item"] not in (two_l["item"], m["item"])]
+
+    def entry(r: dict[str, object], answer: str) -> str:
+        name = Path(str(r["crop"])).name
+        return json.dumps({"crop": name, "run": r["run"], "item": r["item"], "answer": answer})
+
+    (crops / "_review_log.jsonl").write_text(
+        "\n".join([
+            entry(two_l, "BM"),  # changed their mind: the last answer wins
+            entry(two_l, "2L"),
+            entry(m, "M"),
+            entry(others[0], "_not_produce"),
+            entry(others[1], "_skip"),
+            '{"crop": "torn',
+        ]) + "\n"
+    )  # fmt: skip
+    rep = shadow_report(db)
+    assert rep.known == 2 and rep.not_produce == 1
+    assert rep.active.correct == 2 and rep.shadow.correct == 1 and rep.only_active_right == 1
+    assert "review log" in rep.truth_source

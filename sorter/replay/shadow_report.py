@@ -7,11 +7,16 @@ true grade is known, each model's accuracy. The true grade comes from, in order:
 
 - a belt truth file (`--truth belt.json`, a replay of a simulated belt): decisions are matched
   to its items by line-crossing time, as the scorecard does (`sorter.replay.scorecard`);
-- the crops tree (`--crops DIR`, default the folder the log's crops were saved in): a crop a
-  person moved is reviewed. The sorter saved each crop as DIR/<grade>/<run>_<item>.png, or
-  DIR/_review/<grade>/... when unsure; a crop that now sits in a grade folder DIR/<g>/ after
-  being saved in _review/, or in another grade's folder than the one it was saved in, has
-  the true grade g. A crop still where the sorter put it tells nothing (nobody looked).
+- the review log DIR/_review_log.jsonl the dashboard's review page appends to (one JSON
+  object a line: crop, run, item, answer, ...; the last answer for an item wins): an answer
+  that is a grade is the true grade (a confirmation counts too); "_not_produce" is counted
+  apart (neither model can be right) and "_skip" tells nothing;
+- the crops tree (`--crops DIR`, default the folder the log's crops were saved in), for
+  items the review log does not name: a crop a person moved by hand is reviewed. The sorter
+  saved each crop as DIR/<grade>/<run>_<item>.png, or DIR/_review/<grade>/... when unsure; a
+  crop that now sits in a grade folder DIR/<g>/ after being saved in _review/, or in another
+  grade's folder than the one it was saved in, has the true grade g. A crop still where the
+  sorter put it tells nothing (nobody looked).
 
 Only items in the selected run (default: the latest) with a shadow verdict are counted.
 """
@@ -29,6 +34,14 @@ from sorter.errors import SorterError
 from sorter.monitor.audit import read_decisions
 from sorter.replay.scorecard import match_to_truth
 from sorter.replay.truth import load_truth
+
+REVIEW_LOG = "_review_log.jsonl"
+"""The review page's log in the crops folder (sorter.monitor.review)."""
+REVIEW_DIR = "_review"
+NOT_PRODUCE = "_not_produce"
+"""A reviewer's answer for a crop that is not produce."""
+SKIP = "_skip"
+"""A reviewer's answer that leaves the crop unreviewed."""
 
 
 @dataclass
@@ -65,7 +78,10 @@ class ShadowReport:
     disagreements: list[dict[str, Any]] = field(default_factory=list)
     """One entry per item graded differently: item, both grades, confidences, bins, crop."""
     truth_source: str = ""
-    """Where the true grades came from: a truth file, the crops tree, or "" (none)."""
+    """Where the true grades came from: a truth file, the review log and/or the crops tree,
+    or "" (none)."""
+    not_produce: int = 0
+    """Shadowed items a reviewer marked as not produce (not in the accuracies)."""
     known: int = 0
     """Shadowed items whose true grade is known."""
     active: ModelScore = field(default_factory=ModelScore)
@@ -117,6 +133,14 @@ def shadow_report(
         known, rep.truth_source = _truth_from_file(shadowed, Path(truth)), f"truth {truth}"
     else:
         known, rep.truth_source = _truth_from_crops(shadowed, crops)
+        reviewed, logs = _truth_from_review_logs(shadowed, crops)
+        rep.not_produce = sum(1 for g in reviewed.values() if g == NOT_PRODUCE)
+        known.update({i: g for i, g in reviewed.items() if g != NOT_PRODUCE})
+        for i in reviewed:
+            if reviewed[i] == NOT_PRODUCE:
+                known.pop(i, None)
+        if logs:
+            rep.truth_source = ", ".join([*logs, *([rep.truth_source] if rep.truth_source else [])])
     _score(rep, shadowed, known, _bins_of(rows))
     return rep
 
@@ -180,20 +204,77 @@ def _truth_from_crops(
         if not saved:
             continue
         saved_p = Path(saved)
-        base = root
-        if base is None:  # the tree the crop was saved in: DIR/<g>/ or DIR/_review/<g>/
-            parent = saved_p.parent.parent
-            base = parent.parent if parent.name == "_review" else parent
+        base = root if root is not None else _crops_root(saved_p)
         graded = sorted(base.glob(f"*/{saved_p.name}"))
         now = next((p for p in graded if not p.parent.name.startswith("_")), None)
         if now is None:
             continue
-        was_review = saved_p.parent.parent.name == "_review"
+        was_review = saved_p.parent.parent.name == REVIEW_DIR
         if was_review or now.parent.name != saved_p.parent.name:
             known[int(r["item"])] = now.parent.name
     if root is None and not known:
         return known, ""
     return known, f"crops {root if root is not None else 'tree of the log'}"
+
+
+def _crops_root(saved: Path) -> Path:
+    """The crops folder a crop was saved in: DIR/<g>/x.png or DIR/_review/<g>/x.png -> DIR."""
+    parent = saved.parent.parent
+    return parent.parent if parent.name == REVIEW_DIR else parent
+
+
+def _truth_from_review_logs(
+    rows: list[dict[str, Any]], crops: str | Path | None
+) -> tuple[dict[int, str], list[str]]:
+    """item -> the reviewer's last answer (a grade or NOT_PRODUCE; skips left out), from the
+    review log of the crops folder(s); and the logs read."""
+    roots = {Path(crops)} if crops is not None else set()
+    if crops is None:
+        roots = {_crops_root(Path(r["crop"])) for r in rows if r.get("crop")}
+    by_name = {Path(r["crop"]).name: int(r["item"]) for r in rows if r.get("crop")}
+    by_run_item = {(str(r["run"]), int(r["item"])) for r in rows}
+    out: dict[int, str] = {}
+    used: list[str] = []
+    for root in sorted(roots):
+        entries = _read_review_log(root / REVIEW_LOG)
+        if entries:
+            used.append(f"review log {root / REVIEW_LOG}")
+        for e in entries:
+            item = _entry_item(e, by_name, by_run_item)
+            answer = e.get("answer")
+            if item is None or not isinstance(answer, str) or answer == SKIP:
+                continue
+            out[item] = answer
+    return out, used
+
+
+def _entry_item(
+    e: dict[str, Any], by_name: dict[str, int], by_run_item: set[tuple[str, int]]
+) -> int | None:
+    run, item = e.get("run"), e.get("item")
+    if isinstance(item, int) and (str(run), item) in by_run_item:
+        return item
+    name = e.get("crop")
+    return by_name.get(name) if isinstance(name, str) else None
+
+
+def _read_review_log(path: Path) -> list[dict[str, Any]]:
+    """The review log's entries, oldest first (a torn or foreign line is skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise SorterError(f"{path}: cannot read the review log ({err})") from err
+    out = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
 
 
 def _bins_of(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -243,6 +324,8 @@ def render_report(rep: ShadowReport, limit: int = 20) -> list[Table]:
                   f"{rep.only_active_right} / {rep.only_shadow_right}")  # fmt: skip
     else:
         t.add_row("true grade known", "none (review crops, or give --truth for a replay)")
+    if rep.not_produce:
+        t.add_row("marked not produce", str(rep.not_produce))
     out = [t]
     if rep.disagreements:
         dt = Table(title="Where they disagree")
