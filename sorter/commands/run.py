@@ -220,6 +220,13 @@ def start_dashboard(config: Config, status: Status, flag: str | None) -> Any:
         host, port = dashboard.parse_bind(flag, config.dashboard.port)
     else:
         host, port = config.dashboard.host, config.dashboard.port
-    server = dashboard.serve(status, host, port, token=config.dashboard.token or None)
+    review = None
+    if config.logging.crops_dir:
+        from sorter.monitor.review import ReviewQueue
+
+        review = ReviewQueue(config.logging.crops_dir, config.logging.db, list(config.bins.grades))
+    server = dashboard.serve(
+        status, host, port, token=config.dashboard.token or None, review=review
+    )
     log.info("dashboard at %s", getattr(server, "url", f"http://{host}:{port}/"))
     return server

@@ -5,13 +5,15 @@ returns a `DashboardServer` you stop with `.stop()` (or use as a context manager
 reads the status object the pipeline updates (`sorter.monitor.status.Status`; the read interface is
 in docs/INTERFACES.md): `snapshot()`, `registry`, `latest_frame()`, `crop(item)`.
 
-Routes (GET/HEAD only; anything else is 405 — nothing here changes the machine):
+Routes (GET/HEAD only; anything else is 405 — nothing here changes the machine, except
+filing a review answer, POST /api/review, guarded as sorter.monitor.review_web says):
     /                 the page (static/index.html + app.js + style.css, no build step)
     /api/status       the status snapshot as JSON, with alarms derived when the loop set none
     /metrics          Prometheus text format from `status.registry`
     /frame.jpg        the latest processed frame with item boxes, ids, grades and the line
     /crop/<item>.jpg  the crop of a recent decision
     /healthz          "ok"
+    /review           the review page for saved crops (with `review=ReviewQueue(...)`)
 
 Broken or hostile clients: each connection has a socket timeout (`timeout_s`, 10 s: a
 client that sends its request slower than that is dropped), and at most `max_clients` (16)
@@ -34,6 +36,7 @@ import logging
 import math
 import re
 import socket
+import secrets
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -49,6 +52,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sorter.errors import ConfigError
+from sorter.monitor.review_web import ReviewRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,11 @@ _STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
+    "review.css": "text/css; charset=utf-8",
 }
+_PAGES = ("review.html",)
+"""Page files read at start but served by their route (they carry per-session values)."""
 _COOKIE = "sorter_token"
 _CSP = (
     "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
@@ -102,6 +110,10 @@ class _Settings:
     """The page's files, read once at start."""
     frame_cache: _FrameCache = field(default_factory=lambda: _FrameCache())
     """The last encoded live view, so several viewers cost one encode."""
+    review: Any = None
+    """The review queue (sorter.monitor.review.ReviewQueue), or None: no review page."""
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    """Key of the review page's CSRF tokens, drawn at start."""
 
 
 class _FrameCache:
@@ -265,16 +277,26 @@ class SnapshotCollector(Collector):
 # HTTP
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReviewRoutes, BaseHTTPRequestHandler):
     server_version = "produce-sorter-dashboard"
     sys_version = ""
     settings: _Settings  # set on the subclass made per server
 
-    # Read-only: refuse every method that could change anything.
+    # Read-only: refuse every method that could change anything (but filing a review).
     def do_POST(self) -> None:
+        if urlsplit(self.path).path == "/api/review":
+            self._head = False
+            try:
+                self.review_answer()
+            except (BrokenPipeError, ConnectionResetError):
+                logger.debug("client went away during a review answer")
+            return
         self._refuse()
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+    def do_PUT(self) -> None:
+        self._refuse()
+
+    do_DELETE = do_PATCH = do_OPTIONS = do_PUT
 
     def _refuse(self) -> None:
         self._send(
@@ -307,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": 'Bearer realm="produce-sorter"'},
             )
             return
-        extra = {"Set-Cookie": set_cookie} if set_cookie else {}
+        extra = [("Set-Cookie", set_cookie)] if set_cookie else []
         path = parts.path
         try:
             if path in ("/", "/index.html"):
@@ -322,6 +344,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._frame()
             elif path.startswith("/crop/") and path.endswith(".jpg"):
                 self._crop(path[len("/crop/") : -len(".jpg")])
+            elif path == "/review":
+                self.review_page(extra)
+            elif path == "/api/review":
+                self.review_list()
+            elif path.startswith("/review/crop/") and path.endswith(".png"):
+                self.review_crop(path[len("/review/crop/") : -len(".png")])
             elif path == "/healthz":
                 self._send(HTTPStatus.OK, b"ok\n", "text/plain")
             else:
@@ -355,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
         code: HTTPStatus,
         body: bytes,
         ctype: str,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
     ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -364,13 +392,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Security-Policy", _CSP)
-        for k, v in (headers or {}).items():
+        pairs = headers.items() if isinstance(headers, dict) else headers or []
+        for k, v in pairs:
             self.send_header(k, v)
         self.end_headers()
         if not getattr(self, "_head", False):
             self.wfile.write(body)
 
-    def _static(self, name: str, headers: dict[str, str]) -> None:
+    def _static(self, name: str, headers: list[tuple[str, str]]) -> None:
         self._send(HTTPStatus.OK, self.settings.static[name], _STATIC_FILES[name], headers)
 
     def _status_json(self) -> None:
@@ -506,7 +535,7 @@ def _is_loopback(host: str) -> bool:
 def _load_static() -> dict[str, bytes]:
     root = resources.files("sorter.monitor") / "static"
     try:
-        return {name: (root / name).read_bytes() for name in _STATIC_FILES}
+        return {name: (root / name).read_bytes() for name in (*_STATIC_FILES, *_PAGES)}
     except OSError as err:
         raise ConfigError(
             f"dashboard page files missing under {root} ({err}); reinstall produce-sorter"
@@ -525,13 +554,16 @@ class DashboardServer:
         *,
         timeout_s: float = TIMEOUT_S,
         max_clients: int = MAX_CLIENTS,
+        review: Any = None,
     ) -> None:
         if not _is_loopback(host) and not token:
             raise ConfigError(
                 f"dashboard: binding to {host or 'all addresses'} needs a token; set "
                 "[dashboard] token in the config (install.sh generates one) or bind 127.0.0.1"
             )
-        settings = _Settings(status=status, token=token or None, static=_load_static())
+        settings = _Settings(
+            status=status, token=token or None, static=_load_static(), review=review
+        )
         handler = type(
             "DashboardHandler", (_Handler,), {"settings": settings, "timeout": timeout_s}
         )
@@ -593,14 +625,18 @@ def serve(
     token: str | None = None,
     timeout_s: float = TIMEOUT_S,
     max_clients: int = MAX_CLIENTS,
+    review: Any = None,
 ) -> DashboardServer:
     """Serve the dashboard for `status` in a background thread; returns the running server.
 
     `timeout_s`: socket timeout per connection; `max_clients`: connections served at once
-    (more get 503 at once). Raises ConfigError when binding off localhost without a token
+    (more get 503 at once); `review` (a sorter.monitor.review.ReviewQueue) adds the /review
+    page for saved crops. Raises ConfigError when binding off localhost without a token
     or when the port is taken.
     """
-    return DashboardServer(status, host, port, token, timeout_s=timeout_s, max_clients=max_clients)
+    return DashboardServer(
+        status, host, port, token, timeout_s=timeout_s, max_clients=max_clients, review=review
+    )
 
 
 def parse_bind(text: str, default_port: int = 8080) -> tuple[str, int]:

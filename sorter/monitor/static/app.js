@@ -18,6 +18,7 @@
   };
   $("metrics").href = "metrics" + q();
   $("api").href = "api/status" + q();
+  $("review").href = "review" + q();
 
   function bars(id, counts) {
     const box = $(id);
