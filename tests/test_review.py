@@ -288,3 +288,22 @@ def test_in_a_real_browser_tap_and_keys_file_answers(tmp_path: Path, crops: Path
         assert [(e["answer"], e["who"]) for e in log] == [("2L", "Ana"), (NOT_PRODUCE, "Ana")]
     finally:
         browser.close()
+
+
+def test_sorter_run_serves_the_review_page_when_it_saves_crops(crops: Path) -> None:
+    import dataclasses
+
+    from sorter.commands.run import start_dashboard
+    from sorter.config import Config
+
+    config = Config()
+    logging_ = dataclasses.replace(
+        config.logging, crops_dir=str(crops), db=str(crops.parent / "d.db")
+    )
+    config = dataclasses.replace(config, logging=logging_)
+    server = start_dashboard(config, Status(), "127.0.0.1:0")
+    try:
+        status, body, _ = _request(server, "GET", "/api/review")
+        assert status == 200 and json.loads(body)["waiting"] == 3
+    finally:
+        server.stop()
