@@ -35,8 +35,8 @@ import json
 import logging
 import math
 import re
-import socket
 import secrets
+import socket
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
