@@ -15,9 +15,11 @@ from sorter.perception.measure import (
     centre_of,
     coverage,
     crop_at,
+    item_view,
     measure,
     shape_of,
 )
+from sorter.fields import FieldError
 from sorter.perception.sources import VideoSource
 from sorter.perception.vision import Locator, LocatorConfig, crop_window
 from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
@@ -168,3 +170,28 @@ def test_crop_centre_on_a_simulated_belt_within_half_a_pixel(tmp_path: Path) -> 
     assert len(refined) == len(box) > 8 * 10
     assert refined.mean() <= 0.5, refined.mean()
     assert refined.mean() < box.mean()
+
+
+def test_item_view_fills_a_cups_rim_and_the_belt_but_not_the_produce() -> None:
+    cx, cy, opening, rim = 160.0, 120.0, 50.0, 5.0  # a 100 px cup opening, 5 px dark rim
+
+    def draw(big: np.ndarray, k: int) -> None:
+        centre = (round(cx * k), round(cy * k))
+        cv2.circle(big, centre, round((opening + rim) * k), (30, 30, 32), -1)
+        cv2.circle(big, centre, round(opening * k), (200, 205, 225), -1)
+        cv2.ellipse(big, centre, (48 * k, 6 * k), 0.0, 0, 360, (40, 110, 35), -1)
+
+    frame = supersampled(draw, (320, 240))
+    locator = Locator(LocatorConfig(min_area_px=2000))
+    (det,) = locator.locate(frame)
+    plain, m = item_view(frame, det, locator, (100, 100))
+    filled, m2 = item_view(frame, det, locator, (100, 100), rim_px=rim)
+    assert m == m2 and np.array_equal(plain, crop_at(frame, m.cx, m.cy, (100, 100)))
+    tray = np.array([200, 205, 225], np.float32)
+    corner = filled[:6, :6].reshape(-1, 3).astype(np.float32)
+    assert np.abs(corner - tray).max() < 30  # belt and rim there became tray
+    assert np.abs(plain[:6, :6].astype(np.float32) - tray).max() > 100
+    # The cucumber's tips reach the rim: they are kept (as are the window's middle rows).
+    assert np.array_equal(filled[45:55, 3:97], plain[45:55, 3:97])
+    with pytest.raises(FieldError):
+        LocatorConfig(rim_mm=-1.0)

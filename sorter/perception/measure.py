@@ -266,7 +266,13 @@ def measure(
     The centre is the moment centre of the blob around the detection, holes filled;
     when no blob is found there, the detection's own centre with `refined` False.
     """
-    cfg = config or MeasureConfig()
+    return _measure(image, detection, locator, config or MeasureConfig())[0]
+
+
+def _measure(
+    image: np.ndarray, detection: Detection, locator: FullMasker, cfg: MeasureConfig
+) -> tuple[Measurement, np.ndarray | None, tuple[int, int]]:
+    """`measure`, plus the item's filled blob (0/255, None if none) and its (x0, y0)."""
     m = cfg.margin_px
     x0, y0 = max(0, detection.x - m), max(0, detection.y - m)
     box = (x0, y0, detection.x + detection.w + m, detection.y + detection.h + m)
@@ -275,7 +281,8 @@ def measure(
     blob = _largest_filled(coarse) if coarse.size else None
     centre = centre_of(coverage(roi, blob, cfg.band_px)) if blob is not None else None
     if blob is None or centre is None:
-        return Measurement(detection.cx, detection.cy, 0.0, EMPTY_SHAPE, "item", refined=False)
+        unrefined = Measurement(detection.cx, detection.cy, 0.0, EMPTY_SHAPE, "item", False)
+        return unrefined, None, (x0, y0)
     area = float(np.count_nonzero(blob))
     green = produce_mask(roi, blob, cfg.green_min)
     produce = _largest_filled(green) if np.count_nonzero(green) else None
@@ -283,7 +290,46 @@ def measure(
         shape, source = shape_of(produce), "produce"
     else:
         shape, source = shape_of(blob), "item"
-    return Measurement(centre[0] + x0, centre[1] + y0, area, shape, source)
+    return Measurement(centre[0] + x0, centre[1] + y0, area, shape, source), blob, (x0, y0)
+
+
+def item_view(
+    image: np.ndarray,
+    detection: Detection,
+    locator: FullMasker,
+    window_px: tuple[int, int],
+    *,
+    rim_px: float = 0.0,
+    config: MeasureConfig | None = None,
+) -> tuple[np.ndarray, Measurement]:
+    """The model's window of one item, centred by `measure`, and the measurement.
+
+    With `rim_px` > 0 (the carrier's rim width, `[locate] rim_mm` at the camera's scale),
+    the window's pixels outside the carrier's interior (the item's blob, which is the
+    carrier with its rim, shrunk by exactly the rim) are filled in from the interior
+    (`cv2.inpaint`), except produce pixels (excess green, as for the shape): a cup's rim
+    and the belt in the window's corners, or a tray's rim reaching into the view, then look
+    like the tray the model saw in training, and a long item's tips stay.
+    """
+    cfg = config or MeasureConfig()
+    measured, blob, (x0, y0) = _measure(image, detection, locator, cfg)
+    crop = crop_at(image, measured.cx, measured.cy, window_px)
+    r = round(rim_px)
+    if r <= 0 or blob is None:
+        return crop, measured
+    # Shrink the whole blob (it may reach beyond the window), then cut the window from it.
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    blob = cv2.erode(blob, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    centre = (measured.cx - x0 - 0.5, measured.cy - y0 - 0.5)
+    inside = cv2.getRectSubPix(blob.astype(np.float32), (crop.shape[1], crop.shape[0]), centre)
+    interior = (inside > 127).astype(np.uint8)
+    # Never paint over the produce: a long cucumber reaches the window's edge.
+    whole = np.full(crop.shape[:2], 255, np.uint8)
+    produce = produce_mask(crop, whole, cfg.green_min) > 0
+    hole = ((interior == 0) & ~produce).astype(np.uint8)
+    if not hole.any() or not interior.any():
+        return crop, measured
+    return cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA), measured
 
 
 def crop_at(image: np.ndarray, cx: float, cy: float, window_px: tuple[int, int]) -> np.ndarray:

@@ -95,6 +95,10 @@ class LocatorConfig:
     refine: bool = True
     """Centre each crop to a fraction of a pixel from the item's full-resolution mask
     (sorter.perception.measure); false = the half-scale bounding box's centre."""
+    rim_mm: float = field(default=0.0, metadata=rng(0.0, 1000.0))
+    """Width of the rim of the trays or cups items ride in, in mm (0: none, or the picture
+    fills the view). With refine, the crop's pixels outside the carrier's interior (a cup's
+    rim and the belt in the window's corners) are filled in from the interior."""
 
     def __post_init__(self) -> None:
         check_fields(self, "locate")

@@ -3,7 +3,8 @@
 Per frame:
     locate -> track -> crop a fixed window of belt around each item in full view
     (window_px = the model's crop window_mm * px_per_mm), centred to a fraction of a pixel
-    from the item's full-resolution mask ([locate] refine; sorter.perception.measure);
+    from the item's full-resolution mask ([locate] refine; sorter.perception.measure), a
+    tray's or cup's rim filled in ([locate] rim_mm);
     with a lens calibration ([lens], `sorter calibrate-camera`) the detections are moved
     into the undistorted image before tracking and each crop is cut from it
     (sorter.perception.lens: only the points and the crop windows, never a whole frame)
@@ -32,7 +33,7 @@ from sorter.grading.shadow import ShadowGrader
 from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Overlay, Status
 from sorter.perception.lens import Lens
-from sorter.perception.measure import Measurement, crop_at, measure
+from sorter.perception.measure import Measurement, item_view, measure
 from sorter.perception.preprocess import to_model_input
 from sorter.perception.sources import Frame
 from sorter.perception.tracking import Track, Tracker
@@ -90,6 +91,9 @@ class SortingLoop:
             locator, "mask_full"
         )
         """Crops centred by sorter.perception.measure (the locator's [locate] refine)."""
+        rim_mm = float(getattr(getattr(locator, "config", None), "rim_mm", 0.0))
+        self.rim_px = rim_mm * config.belt.px_per_mm
+        """The carriers' rim at the camera's scale ([locate] rim_mm; item_view fills it)."""
         self.lens = lens
         """The lens calibration, or None: detections and crops are taken as the camera saw."""
         self._raw: dict[int, tuple[Detection, Detection]] = {}
@@ -194,8 +198,7 @@ class SortingLoop:
             cx, cy = self.lens.undistort_point(m.cx, m.cy) if m is not None else (d.cx, d.cy)
             return self.lens.crop(image, cx, cy, self.window), m
         if self.refine:
-            m = measure(image, d, self.locator)
-            return crop_at(image, m.cx, m.cy, self.window), m
+            return item_view(image, d, self.locator, self.window, rim_px=self.rim_px)
         return crop_window(image, d.cx, d.cy, self.window), None
 
     def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
