@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from sorter.fields import FieldError
 from sorter.perception.measure import (
     MeasureConfig,
     centre_of,
@@ -19,7 +20,6 @@ from sorter.perception.measure import (
     measure,
     shape_of,
 )
-from sorter.fields import FieldError
 from sorter.perception.sources import VideoSource
 from sorter.perception.vision import Locator, LocatorConfig, crop_window
 from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
