@@ -263,3 +263,61 @@ def test_report_reads_the_review_pages_log(tmp_path: Path, belt: tuple[Path, Pat
     assert rep.known == 2 and rep.not_produce == 1
     assert rep.active.correct == 2 and rep.shadow.correct == 1 and rep.only_active_right == 1
     assert "review log" in rep.truth_source
+
+
+def test_realtime_replay_grades_off_the_loops_path_and_logs_every_item(
+    tmp_path: Path, belt: tuple[Path, Path]
+) -> None:
+    """Paced at the video's fps: the shadow does not block (drops would be counted); every
+    decided item still carries a verdict from at most its own views."""
+    video, truth = belt
+    config = apply_overrides(Config(), {"serial.url": "sim://?gates=9"})
+    opts = RunOptions(
+        video=video,
+        mode="realtime",
+        classifier=ColourClassifier(),
+        shadow_classifier=SwappedColour(),
+        handle_signals=False,
+    )
+    db = tmp_path / "rt.db"
+    result = run_with_truth(config, opts, DecisionLog(db), Status(), truth)
+    sh = result.summary["shadow"]
+    rows = read_decisions(db)
+    assert len(rows) == result.summary["items"] == sh["items"] > 0
+    assert all(r["shadow_label"] is not None and r["shadow_views"] <= r["views"] for r in rows)
+    assert sh["views"] + sh["dropped"] >= sum(r["shadow_views"] for r in rows)
+    assert sh["errors"] == 0 and sh["wait_ms_per_item"] is not None
+
+
+def test_still_images_are_graded_by_both(tmp_path: Path) -> None:
+    from sorter.runtime.runner import run
+    from tests.test_pipeline_standins import make_dataset
+
+    data = make_dataset(tmp_path / "imgs", per_grade=1)
+    images = tmp_path / "flat"
+    images.mkdir()
+    for p in sorted(data.rglob("*.png")):
+        shutil.copyfile(p, images / p.name)
+    opts = RunOptions(
+        images=images,
+        dry_run=True,
+        classifier=ColourClassifier(),
+        shadow_classifier=SwappedColour(),
+        handle_signals=False,
+    )
+    db = tmp_path / "s.db"
+    run(Config(), opts, DecisionLog(db), Status())
+    rows = read_decisions(db)
+    assert len(rows) == 9
+    assert all(r["shadow_label"] == SWAP.get(r["label"], r["label"]) for r in rows)
+
+
+def test_doctor_checks_the_shadow_model(tmp_path: Path) -> None:
+    from sorter.ops import diagnostics as d
+
+    good = d.check_shadow(str(swapped_model(tmp_path / "cand.tflite")), Config())
+    assert good.state == d.OK and "9 grades" in good.detail
+    bad = d.check_shadow(str(renamed_model(tmp_path / "bad.tflite")), Config())
+    assert bad.state == d.FAIL and "labels do not match" in bad.detail and bad.blocking
+    gone = d.check_shadow(str(tmp_path / "absent.tflite"), Config())
+    assert gone.state == d.FAIL

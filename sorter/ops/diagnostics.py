@@ -214,6 +214,21 @@ def check_model(path: str | Path | None, threads: int = 1) -> Check:
     )
 
 
+def check_shadow(path: str, config: Any) -> Check:
+    """The [model] shadow candidate may grade beside the model (`sorter run` refuses to
+    start otherwise): it loads, its labels are the bins' grades, one inference works."""
+    from sorter.grading.model_check import check_model as fit_to_sort
+
+    try:
+        clf = fit_to_sort(path, config)
+    except SorterError as err:
+        return Check(
+            "shadow model", FAIL, str(err), "fix or empty [model] shadow (shadow mode is optional)"
+        )
+    h, w = clf.input_size
+    return Check("shadow model", OK, f"{path}: {len(clf.labels)} grades, input {h}x{w}")
+
+
 def check_camera(
     open_source: Callable[[], AbstractContextManager[Iterable[Any]]],
     fps: float,
@@ -446,6 +461,8 @@ def run_checks(opts: DoctorOptions) -> Iterator[Check]:
     yield check_litert()
     yield config_check
     yield check_model(opts.model or (config.model.path or None), config.model.threads)
+    if config.model.shadow:
+        yield check_shadow(config.model.shadow, config)
     if opts.skip_camera:
         yield Check("camera", SKIP, "skipped (--no-camera)")
     else:
