@@ -321,3 +321,39 @@ def test_doctor_checks_the_shadow_model(tmp_path: Path) -> None:
     assert bad.state == d.FAIL and "labels do not match" in bad.detail and bad.blocking
     gone = d.check_shadow(str(tmp_path / "absent.tflite"), Config())
     assert gone.state == d.FAIL
+
+
+class SmallColour(ColourClassifier):
+    """A candidate with another input size (16x16): it gets the crops, resized for it."""
+
+    input_size = (16, 16)
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        assert batch.shape[1:] == (16, 16, 3), batch.shape
+        import cv2
+
+        return super().classify(np.stack([cv2.resize(b, (32, 32)) for b in batch]))
+
+
+class BrokenColour(ColourClassifier):
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("tensor arena too small")
+
+
+def test_a_candidate_of_another_input_size_gets_the_crops_resized() -> None:
+    import cv2
+
+    crop = cv2.resize(_batch(4)[0], (64, 64), interpolation=cv2.INTER_NEAREST)  # S's colour
+    with ShadowGrader(SmallColour(), Config(), block=True) as sh:
+        active = _batch(4)  # the active model's 32x32 batch of the same crop
+        work = sh.batch_for([crop], active)
+        assert isinstance(work, list)  # resized on the worker, not here
+        sh.submit([3], work)
+        assert sh.verdict(3, "S")["shadow_label"] == "S"
+
+
+def test_a_failing_candidate_is_counted_and_never_raises() -> None:
+    with ShadowGrader(BrokenColour(), Config(), block=True) as sh:
+        sh.submit([1, 2], _batch(0, 2))
+        v = sh.verdict(1, "2L")
+    assert sh.errors == 1 and v["shadow_views"] == 0 and v["shadow_reason"] == "too-few-views"

@@ -70,7 +70,9 @@ class ShadowGrader:
         self.block = block
         self.wait_s = wait_s
         """Longest wait for an item's queued views when it is decided (non-blocking mode)."""
-        self._q: queue.Queue[tuple[list[int], np.ndarray] | None] = queue.Queue(maxsize=queue_views)
+        self._q: queue.Queue[tuple[list[int], np.ndarray | list[np.ndarray]] | None] = queue.Queue(
+            maxsize=queue_views
+        )
         self._cond = threading.Condition()
         self._scores: dict[int, list[np.ndarray]] = {}
         self._queued: dict[int, int] = {}
@@ -124,14 +126,18 @@ class ShadowGrader:
         self.close()
 
     # -- the loop's side ----------------------------------------------------------------
-    def batch_for(self, crops: Sequence[np.ndarray], active_batch: np.ndarray) -> np.ndarray:
-        """The candidate's input for these crops: the active batch when the sizes agree."""
+    def batch_for(
+        self, crops: Sequence[np.ndarray], active_batch: np.ndarray
+    ) -> np.ndarray | list[np.ndarray]:
+        """What to submit for these crops: the active batch when the input sizes agree, else
+        the crops themselves (resized on the worker, off the loop's path)."""
         if tuple(active_batch.shape[1:3]) == self.input_size:
             return active_batch
-        return np.stack([to_model_input(c, self.input_size) for c in crops])
+        return list(crops)
 
-    def submit(self, items: Sequence[int], batch: np.ndarray) -> None:
-        """Queue one frame's views (item ids in batch order) for the candidate."""
+    def submit(self, items: Sequence[int], batch: np.ndarray | list[np.ndarray]) -> None:
+        """Queue one frame's views (item ids in batch order) for the candidate: a batch at
+        its input size, or the crops to resize."""
         ids = list(items)
         with self._cond:
             for i in ids:
@@ -204,10 +210,13 @@ class ShadowGrader:
             job = self._q.get()
             if job is None:
                 return
-            ids, batch = job
+            ids, work = job
             t0 = time.perf_counter()
             try:
+                batch = work if isinstance(work, np.ndarray) else self._resize(work)
                 scores = np.asarray(self.classifier.classify(batch), dtype=np.float32)
+                if scores.shape[0] != len(ids):
+                    raise ValueError(f"{scores.shape[0]} score rows for {len(ids)} views")
             except Exception as err:  # a broken candidate never stops the sorter
                 log.error("shadow model %s failed on a batch: %s", self.model, err)
                 with self._cond:
@@ -222,6 +231,10 @@ class ShadowGrader:
                     if i in self._queued:  # not forgotten meanwhile
                         self._scores.setdefault(i, []).append(s)
                 self._done(ids)
+
+    def _resize(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """The candidate's input for crops (its input size differs from the active's)."""
+        return np.stack([to_model_input(c, self.input_size) for c in crops])
 
     def _done(self, ids: Sequence[int]) -> None:
         """Views of these items are no longer queued (call with the condition held)."""
