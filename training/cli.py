@@ -5,6 +5,7 @@ delegate to training.train / training.cucumber9 / training.evaluate.
     sorter-train import-cucumber9 SRC DEST                     batches -> folder-per-grade PNGs
     sorter-train evaluate RUN_DIR DATA_DIR [--robustness]      score a run on another tree
     sorter-train cv DATA_DIR --folds 5 --recipe camera         cross-validate (int8)
+    sorter-train finetune RUN_DIR DATA_DIR [--out DIR]         teach a run the belt's crops
 
 Typer cannot mix a default command with sub-commands, so `main` dispatches: a known
 sub-command name as the first argument goes to the sub-app, anything else to `train`.
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 # Quiet TensorFlow's C++ start-up chatter before anything imports it (set by the user wins).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SUBCOMMANDS = ("import-cucumber9", "evaluate", "cv")
+SUBCOMMANDS = ("import-cucumber9", "evaluate", "cv", "finetune")
 _TRAIN_EXTRA_MODULES = frozenset({"tensorflow", "keras", "matplotlib", "tensorboard"})
 
 train_app = typer.Typer(
@@ -37,14 +38,14 @@ train_app = typer.Typer(
     help=(
         "Train a produce-grading CNN on a folder-per-grade image tree. Other commands: "
         "'sorter-train import-cucumber9 SRC DEST', 'sorter-train evaluate RUN_DIR DATA_DIR', "
-        "'sorter-train cv DATA_DIR'."
+        "'sorter-train cv DATA_DIR', 'sorter-train finetune RUN_DIR DATA_DIR'."
     ),
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 tools_app = typer.Typer(
     name="sorter-train",
-    help="sorter-train helpers: import-cucumber9, evaluate, cv.",
+    help="sorter-train helpers: import-cucumber9, evaluate, cv, finetune.",
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
@@ -285,6 +286,58 @@ def cross_validate(
     if unknown:
         raise SorterError(f"--recipe {unknown[0]}: unknown; choose from {', '.join(cv.CV_RECIPES)}")
     cv.run(data_dir, out, list(recipe), folds, list(fold) or list(range(folds)), epochs)
+
+
+@tools_app.command("finetune")
+def finetune(
+    run_dir: Path = typer.Argument(..., help="The sorter-train run folder to start from."),
+    data_dir: Path = typer.Argument(..., help="Reviewed belt crops, one folder per grade."),
+    out: Path | None = typer.Option(None, help="Run folder (default: runs/<time>-finetune)."),
+    epochs: int = typer.Option(20, help="Planned epochs (the time budget may cut them)."),
+    time_budget_min: float = typer.Option(5.0, help="Minutes for the whole run (0: none)."),
+    learning_rate: float = typer.Option(3e-4, help="Adam rate at the start (cosine decay)."),
+    old_per_grade: int = typer.Option(60, help="Original training images mixed in per grade."),
+    belt_share: float = typer.Option(0.5, help="Share of the sample weight on belt crops."),
+    belt_val_fraction: float = typer.Option(0.2, help="Belt crops held out per grade."),
+    seed: int = typer.Option(0, help="Seed for the samples, the hold-out and the shuffle."),
+    no_reports: bool = typer.Option(False, "--no-reports", help="Skip the report pictures."),
+    quiet: bool = typer.Option(False, "--quiet", help="One line per epoch, no progress bar."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging, and TensorFlow's own notices."
+    ),
+) -> None:
+    """Start from RUN_DIR's weights and train on DATA_DIR's belt crops mixed with a sample of
+    the original training images; writes a normal run folder (sorter-export exports it)."""
+    _setup_logging(verbose)
+    with native.native_notices_captured():
+        from training.finetune import FinetuneConfig
+        from training.finetune import finetune as do_finetune
+
+    r = do_finetune(
+        FinetuneConfig(
+            run_dir=run_dir,
+            data_dir=data_dir,
+            out=out,
+            epochs=epochs,
+            time_budget_min=time_budget_min or None,
+            learning_rate=learning_rate,
+            old_per_grade=old_per_grade,
+            belt_share=belt_share,
+            belt_val_fraction=belt_val_fraction,
+            seed=seed,
+            reports=not no_reports,
+            verbose=2 if quiet else 1,
+        )
+    )
+    typer.echo(f"run: {r.run_dir}")
+    typer.echo(
+        f"{r.belt_train} belt crops (+{r.belt_held_out} held out) and {r.old_sample} original "
+        f"images, {r.epochs_run} epochs, {r.fit_seconds:.0f} s training, {r.seconds:.0f} s in all"
+    )
+    for key, what in (("val", "original validation"), ("test", "held-out belt crops")):
+        now, was = r.accuracy.get(key), r.before.get(key)
+        if now is not None and was is not None:
+            typer.echo(f"{what}: {now:.1%} (base model {was:.1%})")
 
 
 def run(argv: list[str]) -> int:
