@@ -393,6 +393,8 @@ class ControllerLink(SortFates):
         self._send_command(cmd, on_reply)
         self._wait_or_raise(cmd, timeout)
         self._last_sync_clock = self.clock.now()
+        if not sample:
+            raise LinkError(f"{self.url}: SYNC answered without a time ({cmd.reply})")
         return sample[0]
 
     def request(
@@ -619,30 +621,38 @@ class ControllerLink(SortFates):
         limit = self.open_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         self._new_epoch()
-        info: p.HelloInfo | None = None
         self._status_seen.clear()
         answered_status = False
-        while info is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stop.is_set():
-                raise LinkError(
-                    f"{self.url}: no answer to HELLO within {limit:.1f} s; {_hint(self.url)}"
-                )
-            cmd = Command(p.Hello(self._epoch), 0)
-            self._send_command(cmd)
-            until = time.monotonic() + min(self.hello_resend_s, remaining)
-            while not cmd.done() and time.monotonic() < until:
-                if not answered_status and self._status_seen.is_set():
-                    answered_status = True  # the controller is up: HELLO again right now
-                    break
-                cmd._event.wait(0.005)
+        # one HELLO, resent with its seq: a slow controller's answer to any copy counts
+        cmd = Command(p.Hello(self._epoch), 0)
+        self._send_command(cmd)
+        try:
+            while not isinstance(cmd.reply, p.HelloInfo):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    raise LinkError(
+                        f"{self.url}: no answer to HELLO within {limit:.1f} s; {_hint(self.url)}"
+                    )
+                until = time.monotonic() + min(self.hello_resend_s, remaining)
+                while not cmd.done() and time.monotonic() < until:
+                    if not answered_status and self._status_seen.is_set():
+                        answered_status = True  # the controller is up: HELLO again now
+                        break
+                    cmd._event.wait(0.005)
+                if self._port is None:
+                    raise LinkError(f"{self.url}: the port closed during the handshake")
+                if not isinstance(cmd.reply, p.HelloInfo):
+                    with self._lock:
+                        if cmd.seq not in self._outstanding:  # a NAK or a stray: again
+                            cmd = Command(p.Hello(self._epoch), 0)
+                            self._send_command(cmd)
+                            continue
+                    cmd.attempts += 1
+                    self._write(p.encode(cmd.msg, cmd.seq))
+        finally:
             with self._lock:
                 self._outstanding.pop(cmd.seq, None)
-            if isinstance(cmd.reply, p.HelloInfo):
-                info = cmd.reply
-            if self._port is None:
-                raise LinkError(f"{self.url}: the port closed during the handshake")
-        return info
+        return cmd.reply
 
     def _new_epoch(self) -> None:
         """A new link epoch for the next HELLO: random (a restarted host does not reuse
@@ -1010,9 +1020,12 @@ class ControllerLink(SortFates):
         stale = self._take_outstanding()
         try:
             self._shake_hands()
-        except LinkError as err:
+        except Exception as err:  # whatever went wrong, never stay "connecting"
             self._end_stale(stale)
+            self._state = "connected"  # so that _lost closes the port and goes "lost"
             self._lost(err)
+            if self._state != "lost":
+                self._state, self._lost_since = "lost", time.monotonic()
             return
         if not self._set_connected():
             self._end_stale(stale)
@@ -1031,7 +1044,7 @@ class ControllerLink(SortFates):
                 self._shake_hands()
             else:
                 self.info = self.wait_hello()
-        except LinkError as err:
+        except Exception as err:  # LinkError, or anything else: try again later
             log.info("%s: reconnect failed: %s", self.url, err)
             self._close_port()
             self._state = "lost"

@@ -86,6 +86,8 @@ class FaultRunResult:
     queries: int
     corrections: int
     controller_fired: int
+    controller_late: int
+    """Items the controller reported LATE (under load QEMU's timer runs late)."""
     double_fired: list[int]
     wrong_gate: list[int]
     outside_window: list[int]
@@ -119,6 +121,7 @@ class FaultRunResult:
             ("link reconnects + resyncs", self.reconnects),
             ("host fates", dict(sorted(self.statuses.items()))),
             ("fired on the controller's side", self.controller_fired),
+            ("reported LATE by the controller", self.controller_late),
             ("items fired twice", len(self.double_fired)),
             ("fired at a wrong gate", len(self.wrong_gate)),
             ("fired outside their window", len(self.outside_window)),
@@ -279,6 +282,7 @@ def _judge(
         queries=getattr(stats, "queries", 0),
         corrections=getattr(stats, "corrections", 0),
         controller_fired=len(tap.fired),
+        controller_late=len({msg.item for _, msg in tap.late}),
         double_fired=double,
         wrong_gate=sorted(set(wrong_gate)),
         outside_window=sorted(set(outside)),
