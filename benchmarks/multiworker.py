@@ -51,6 +51,16 @@ def _val_accuracy(run: Path) -> float:
     return float(json.loads((run / "metrics.json").read_text())["val"]["accuracy"])
 
 
+def _eval_accuracy(run: Path, data: Path | None) -> float | None:
+    """Accuracy on a separate folder-per-grade tree (`sorter-train evaluate`), or None."""
+    if data is None:
+        return None
+    cmd = [sys.executable, "-m", "training.cli", "evaluate", str(run), str(data),
+           "--out", str(run / "eval")]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=REPO, timeout=1800, capture_output=True)
+    return float(json.loads((run / "eval" / "metrics.json").read_text())["test"]["accuracy"])
+
+
 def _single(data: Path, out: Path, seed: int, epochs: int, batch: int) -> tuple[float, float]:
     t0 = time.monotonic()
     subprocess.run(_cmd(data, out, seed, epochs, batch), check=True, cwd=REPO, timeout=3600,
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--per-grade", type=int, default=None)
+    ap.add_argument("--eval", type=Path, default=None, help="also score every run on this tree")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
         data = _subset(a.data, a.per_grade, Path(tmp) / "data")
@@ -92,23 +103,34 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             one, t1 = _single(data, Path(tmp) / f"single-{seed}", seed, a.epochs, a.batch_size)
             two, t2 = _two_workers(data, Path(tmp) / f"multi-{seed}", seed, a.epochs, a.batch_size)
-            rows.append((seed, one, two, t1, t2))
-            print(f"seed {seed}: single {one:.3f} ({t1:.0f} s), two workers {two:.3f} ({t2:.0f} s)",
-                  flush=True)  # fmt: skip
+            e1 = _eval_accuracy(Path(tmp) / f"single-{seed}", a.eval)
+            e2 = _eval_accuracy(Path(tmp) / f"multi-{seed}", a.eval)
+            rows.append((seed, one, two, t1, t2, e1, e2))
+            print(f"seed {seed}: single {one:.3f} ({t1:.0f} s), two workers {two:.3f} ({t2:.0f} s)"
+                  f", on --eval: {e1} / {e2}", flush=True)  # fmt: skip
     singles = [r[1] for r in rows]
     diffs = [r[2] - r[1] for r in rows]
     m = machine.describe()
     print(f"\nmachine: {m.get('cpu', '')}; load average {os.getloadavg()[0]:.1f}")
     print(f"data: {a.data} ({a.per_grade or 'all'} per grade), {a.epochs} epochs, "
           f"batch {a.batch_size} (global), val split 10% seeded per run\n")  # fmt: skip
-    print("| seed | single-worker val acc | two-worker val acc | two - single | s (1w) | s (2w) |")
-    print("|---|---|---|---|---|---|")
-    for seed, one, two, t1, t2 in rows:
-        print(f"| {seed} | {one:.3f} | {two:.3f} | {two - one:+.3f} | {t1:.0f} | {t2:.0f} |")
+    print("| seed | single-worker val acc | two-worker val acc | two - single | s (1w) | s (2w) "
+          "| --eval acc (1w) | --eval acc (2w) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for seed, one, two, t1, t2, e1, e2 in rows:
+        ev = "| - | - |" if e1 is None or e2 is None else f"| {e1:.3f} | {e2:.3f} |"
+        print(f"| {seed} | {one:.3f} | {two:.3f} | {two - one:+.3f} | {t1:.0f} | {t2:.0f} {ev}")
     sd = statistics.stdev(singles) if len(singles) > 1 else float("nan")
     sd_diff = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
     print(f"\nmean difference {statistics.mean(diffs):+.3f} (sd {sd_diff:.3f}); "
           f"seed-to-seed sd of single-worker runs {sd:.3f}")  # fmt: skip
+    evals = [(r[5], r[6]) for r in rows if r[5] is not None and r[6] is not None]
+    if len(evals) > 1:
+        d = [e2 - e1 for e1, e2 in evals]
+        s1 = statistics.stdev([e1 for e1, _ in evals])
+        sd_d = statistics.stdev(d)
+        print(f"on --eval: mean difference {statistics.mean(d):+.3f} (sd {sd_d:.3f}); "
+              f"seed-to-seed sd of single-worker runs {s1:.3f}")  # fmt: skip
     return 0
 
 
