@@ -31,6 +31,13 @@ def _raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
+def _until(pred: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not pred():
+        time.sleep(0.02)
+    return bool(pred())
+
+
 @pytest.fixture
 def status() -> Status:
     st = Status()
@@ -84,7 +91,7 @@ def test_clients_beyond_the_limit_are_refused_at_once_not_queued(status: Status)
     with serve(status, "127.0.0.1", 0, token="s3cret", timeout_s=1.0, max_clients=3) as srv:
         slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
         try:
-            time.sleep(0.2)  # all three accepted and waiting for their request lines
+            assert _until(lambda: srv.active == 3)  # all three waiting for a request line
             answer = _raw(srv.port, b"GET /healthz?token=s3cret HTTP/1.0\r\n\r\n")
             assert answer.startswith(b"HTTP/1.0 503"), answer[:80]
             assert srv.refused >= 1
@@ -105,11 +112,13 @@ def test_clients_beyond_the_limit_are_refused_at_once_not_queued(status: Status)
 def test_slow_clients_hold_no_more_threads_than_the_limit(status: Status) -> None:
     import threading
 
-    with serve(status, "127.0.0.1", 0, timeout_s=2.0, max_clients=4) as srv:
+    with serve(status, "127.0.0.1", 0, timeout_s=30.0, max_clients=4) as srv:
         before = threading.active_count()
         socks: list[Any] = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(20)]
         try:
-            time.sleep(0.3)
+            # 4 served (waiting for their request lines), the other 16 refused, never a thread
+            assert _until(lambda: srv.refused == 16)
+            assert srv.active == 4
             assert threading.active_count() - before <= 4
         finally:
             for s in socks:

@@ -215,17 +215,18 @@ def test_a_hung_loop_puts_the_controller_safe_and_starves_the_watchdog(
         assert "loop_stalled" in kinds
         stalled_for = time.monotonic() - hung_at[0]
         assert stalled_for >= 1.0  # not before the loop timeout
-        # systemd heard nothing from the hung loop
-        assert [x for x in wd.pings if x > hung_at[0] + 0.05] == []
-        time.sleep(0.5)
-        assert [x for x in wd.pings if x > hung_at[0] + 0.05] == []
+        # systemd hears nothing from the hung loop (a ping sent just before the hang has
+        # long been read by now: the stall took over a second to be noticed)
+        heard = len(wd.pings)
+        time.sleep(1.0)
+        assert len(wd.pings) == heard
         release.set()
         # progress again: alarm cleared, link speaking, controller resumed, watchdog fed
         assert wait_for(
             lambda: "loop_stalled" not in [a["kind"] for a in status.snapshot()["alarms"]]
         )
         assert wait_for(lambda: not ctrl.state.safe, timeout=20.0)
-        assert wait_for(lambda: any(x > hung_at[0] + 0.05 for x in wd.pings))
+        assert wait_for(lambda: len(wd.pings) > heard)
     finally:
         release.set()
         opts.stop.set()
