@@ -100,6 +100,15 @@ class BeltConfig:
     """Camera scale at the belt surface, in pixels per mm."""
     decision_line: float = field(default=0.5, metadata=rng(0.05, 0.95))
     """Where items are decided, as a fraction of the frame width (0.5: the centre)."""
+    timing: str = field(default="configured", metadata=choices("configured", "measured"))
+    """Without an encoder, how gates are timed: configured = from speed_mm_s; measured = from
+    the belt speed the tracker measures, integrated frame by frame (each SORT is sent
+    send_ahead_ms before its gate, so a belt that slows or speeds up is followed)."""
+    speed_tolerance: float = field(default=0.05, metadata=rng(0.001, 1.0))
+    """Alarm when the measured belt speed is off speed_mm_s by more than this fraction."""
+    send_ahead_ms: float = field(default=100.0, metadata=rng(1.0, 10000.0))
+    """timing = measured: how long before its gate an item's SORT is sent (more than
+    serial.safety_margin_ms plus a frame)."""
 
 
 @dataclass
@@ -447,6 +456,14 @@ def _check_consistency(config: Config, loader: _Loader) -> None:
             raise loader.fail(f"gates.{key}.bin", "every gate needs the bin it diverts into")
         if gate.bin == config.bins.reject:
             raise loader.fail(f"gates.{key}.bin", "the reject bin has no gate (items ride on)")
+    if config.belt.timing == "measured" and (
+        config.belt.send_ahead_ms <= config.serial.safety_margin_ms
+    ):
+        raise loader.fail(
+            "belt.send_ahead_ms",
+            f"must be above serial.safety_margin_ms ({config.serial.safety_margin_ms:g} ms), "
+            "or every SORT would be late",
+        )
     bins_with_gates = [g.bin for g in config.gates.values()]
     dupes = {b for b in bins_with_gates if bins_with_gates.count(b) > 1}
     if dupes:

@@ -7,7 +7,15 @@ Times here are on two timelines:
   controller microseconds with SYNC. `Timeline` converts between the two (a camera's frames
   are already on the host clock: offset 0; a realtime replay starts the video at a host time).
 
-Fire time = t_line + distance_mm / speed_mm_s + the gate's offset_ms. With an encoder
+Fire time = t_line + distance_mm / speed_mm_s + the gate's offset_ms (`[belt] timing =
+"configured"`). With `timing = "measured"` the belt itself times the gates: the loop feeds
+the tracker's belt odometer every frame (`observe_travel`: the matched items' median
+velocity integrated, `Tracker.travel_px`), a `BeltOdometer` fits the belt's position and
+speed to the latest readings, an item's gate is `distance_mm` of travel past where the
+belt was when it crossed the line, and its SORT is held back (`tick`) until its predicted
+arrival is `send_ahead_ms` away, so a belt that slows down or speeds up after the item
+was decided is still followed; the record's `fire_at` is the estimate at decision time,
+the command carries the final one. With an encoder
 (belt.encoder_ticks_per_mm) and a link that maps time to belt position, the SORT is sent
 in POSITION mode instead: position at t_line + distance_mm * ticks_per_mm. A command whose fire
 time is less than the safety margin ahead of the clock now is NOT sent: the item is logged
@@ -17,9 +25,12 @@ time is less than the safety margin ahead of the clock now is NOT sent: the item
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from firmware_bridge.command import Fate
 from firmware_bridge.errors import BridgeError
@@ -33,6 +44,74 @@ def travel_s(config: Config, gate: int) -> float:
     """Seconds from the decision line to `gate`: distance / belt speed + its offset_ms."""
     g = config.gates[str(gate)]
     return g.distance_mm / config.belt.speed_mm_s + g.offset_ms / 1000.0
+
+
+class BeltOdometer:
+    """Belt travel in mm on the source timeline, from the tracker's odometer readings.
+
+    `observe(t, travel_mm)` takes one reading a frame; the belt's speed is the slope of the
+    least-squares line through the readings of the last `window_s`, its position at any
+    time the latest reading extrapolated at that speed (the reading itself is sub-pixel;
+    a fitted position would lag a belt that speeds up or slows down); before any reading,
+    the configured speed from t = 0."""
+
+    def __init__(self, speed_mm_s: float, window_s: float = 0.3) -> None:
+        self.speed_mm_s = speed_mm_s
+        """The belt speed: the configured one until measured, then the latest fit's slope."""
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque()
+        self._fit: tuple[float, float] | None = None  # (t, reading) of the latest reading
+
+    def observe(self, t: float, travel_mm: float) -> None:
+        """The odometer read `travel_mm` at time `t` (times increasing)."""
+        q = self._samples
+        if q and t <= q[-1][0]:
+            return
+        q.append((t, travel_mm))
+        while len(q) > 2 and q[0][0] < t - self.window_s:
+            q.popleft()
+        if len(q) < 3 or q[-1][0] - q[0][0] < self.window_s / 3:
+            self._fit = (t, travel_mm)
+            return
+        ts = np.array([p[0] for p in q]) - t
+        xs = np.array([p[1] for p in q])
+        slope = float(np.polyfit(ts, xs, 1)[0])
+        if slope > 0:
+            self.speed_mm_s = slope
+        self._fit = (t, travel_mm)
+
+    def at(self, t: float) -> float:
+        """Belt travel at time `t`."""
+        if self._fit is None:
+            return self.speed_mm_s * t
+        t_ref, pos = self._fit
+        return pos + self.speed_mm_s * (t - t_ref)
+
+    def arrival(self, target_mm: float, t_now: float) -> float:
+        """When the belt will have travelled to `target_mm`, seen from `t_now`."""
+        return t_now + (target_mm - self.at(t_now)) / self.speed_mm_s
+
+
+@dataclass
+class _Held:
+    """A SORT held back until its item is send_ahead_ms from its gate (timing measured)."""
+
+    item: int
+    gate: int
+    target_mm: float
+    """Belt travel at which the item reaches the gate."""
+    offset_s: float
+    """The gate's offset_ms, in s."""
+    on_done: Callable[[Any], None] | None
+
+
+@dataclass
+class NotSent:
+    """The fate of a held SORT that could not be sent in time (what on_done receives)."""
+
+    status: Fate
+    fired_at: float | None = None
+    fire_at: float | None = None
 
 
 @dataclass
@@ -88,14 +167,36 @@ class Scheduler:
         self.margin_s = config.serial.safety_margin_ms / 1000.0
         self.window_s = config.serial.window_ms / 1000.0
         self._warned_position = False
+        self.measured = config.belt.timing == "measured"
+        """Gates timed from the measured belt speed (`observe_speed`, `tick`)."""
+        self.ahead_s = config.belt.send_ahead_ms / 1000.0
+        self.odometer = BeltOdometer(config.belt.speed_mm_s)
+        """Belt travel from the measured speed (configured speed until one is measured)."""
+        self.held: list[_Held] = []
+        """SORTs held back until their item nears its gate (timing measured)."""
+        self.last_fire_host: float | None = None
+        """Host time of the latest fire time commanded (for waiting at the end of a run)."""
 
     def travel_s(self, gate: int) -> float:
         """Seconds from the decision line to `gate` (its calibration offset included)."""
         return travel_s(self.config, gate)
 
     def fire_time(self, gate: int, t_line: float) -> float:
-        """When an item that crossed the line at `t_line` reaches `gate` (source timeline)."""
-        return t_line + self.travel_s(gate)
+        """When an item that crossed the line at `t_line` reaches `gate` (source timeline):
+        from the configured speed, or (timing measured) from the belt travel so far and the
+        latest measured speed."""
+        if not self.measured:
+            return t_line + self.travel_s(gate)
+        target, offset = self._target_mm(gate, t_line)
+        return self.odometer.arrival(target, t_line) + offset
+
+    def _target_mm(self, gate: int, t_line: float) -> tuple[float, float]:
+        g = self.config.gates[str(gate)]
+        return self.odometer.at(t_line) + g.distance_mm, g.offset_ms / 1000.0
+
+    def observe_travel(self, t: float, travel_mm: float) -> None:
+        """The tracker's belt odometer at source time `t`, in mm (the loop, every frame)."""
+        self.odometer.observe(t, travel_mm)
 
     def position_target(self, gate: int, t_line: float) -> tuple[int, int] | None:
         """(target ticks, window ticks) for POSITION mode, or None to schedule by time.
@@ -140,16 +241,40 @@ class Scheduler:
         fire_host = self.timeline.to_host(fire_at)
         ahead = fire_host - self.clock.now()
         if ahead < self.margin_s:
-            log.warning(
-                "item %d: gate %d fire time is %.1f ms ahead, under the %.0f ms margin: "
-                "not sent (late)",
-                item,
-                gate,
-                ahead * 1000.0,
-                self.margin_s * 1000.0,
-            )
+            self._log_late(item, gate, ahead)
             return Scheduled(item, gate, fire_at, Fate.LATE)
+        if self.measured and self._by_time() and ahead > self.ahead_s:
+            target, offset = self._target_mm(gate, t_line)
+            self.held.append(_Held(item, gate, target, offset, on_done))
+            return Scheduled(item, gate, fire_at, Fate.PENDING)
+        return self._send(item, gate, t_line, fire_at, on_done)
+
+    def _by_time(self) -> bool:
+        """True when SORTs go out by time (no encoder, or a link without positions)."""
+        no_encoder = self.config.belt.encoder_ticks_per_mm <= 0
+        return no_encoder or not isinstance(self.link, PositionLink)
+
+    def _log_late(self, item: int, gate: int, ahead: float) -> None:
+        log.warning(
+            "item %d: gate %d fire time is %.1f ms ahead, under the %.0f ms margin: "
+            "not sent (late)",
+            item,
+            gate,
+            ahead * 1000.0,
+            self.margin_s * 1000.0,
+        )
+
+    def _send(
+        self,
+        item: int,
+        gate: int,
+        t_line: float,
+        fire_at: float,
+        on_done: Callable[[Any], None] | None,
+    ) -> Scheduled:
+        """Send the SORT (by position with an encoder, else by time) now."""
         assert self.link is not None
+        fire_host = self.timeline.to_host(fire_at)
         try:
             target = self.position_target(gate, t_line)
             if target is not None:
@@ -159,6 +284,44 @@ class Scheduler:
         except BridgeError as err:  # link lost or not synced: the item rides to reject
             log.error("item %d: SORT not sent: %s", item, err)
             return Scheduled(item, gate, fire_at, Fate.TIMEOUT)
+        last = self.last_fire_host
+        self.last_fire_host = fire_host if last is None else max(last, fire_host)
         if on_done is not None:
             cmd.add_done_callback(on_done)
         return Scheduled(item, gate, fire_at, Fate.PENDING, cmd)
+
+    def tick(self, t: float) -> None:
+        """Send each held SORT whose item is now send_ahead_ms or less from its gate, from
+        the belt travel and speed measured up to source time `t` (the loop, every frame)."""
+        if not self.held:
+            return
+        now = self.clock.now()
+        keep: list[_Held] = []
+        for held in self.held:
+            fire_at = self.odometer.arrival(held.target_mm, t) + held.offset_s
+            ahead = self.timeline.to_host(fire_at) - now
+            if ahead > self.ahead_s:
+                keep.append(held)
+            else:
+                self._release(held, fire_at, ahead)
+        self.held = keep
+
+    def release_all(self) -> None:
+        """Send every held SORT now, at the latest measured speed (the end of a stream: no
+        more speed will be measured)."""
+        t = self.timeline.to_source(self.clock.now())
+        now = self.clock.now()
+        held, self.held = self.held, []
+        for h in held:
+            fire_at = self.odometer.arrival(h.target_mm, t) + h.offset_s
+            self._release(h, fire_at, self.timeline.to_host(fire_at) - now)
+
+    def _release(self, held: _Held, fire_at: float, ahead: float) -> None:
+        if ahead < self.margin_s:  # the belt sped up more than a frame could tell
+            self._log_late(held.item, held.gate, ahead)
+            if held.on_done is not None:
+                held.on_done(NotSent(Fate.LATE, fire_at=fire_at))
+            return
+        sent = self._send(held.item, held.gate, 0.0, fire_at, held.on_done)
+        if sent.status != Fate.PENDING and held.on_done is not None:
+            held.on_done(NotSent(sent.status, fire_at=fire_at))

@@ -44,6 +44,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def parse_distances(text: str) -> tuple[float, ...]:
+    """ "200,300" -> (200.0, 300.0); ConfigError for anything else."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise ConfigError(f"--gate-distances {text!r}: expected mm values, e.g. 200,300") from err
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"--gate-distances {text!r}: distances must be positive")
+    return values
+
+
 def simulate_belt_cmd(
     data_dir: Annotated[
         Path, typer.Argument(help="Folder with one sub-folder of images per grade.")
@@ -102,6 +113,16 @@ def simulate_belt_cmd(
     white_balance_drift: Annotated[
         float, typer.Option(help="Red/blue gain drift amplitude (fraction).")
     ] = 0.0,
+    speed_profile: Annotated[
+        str,
+        typer.Option(
+            help="Belt speed over time, TIME:FACTOR of --speed, e.g. 0:1,4:1,5:0.8,8:0.8,9:1 "
+            "(20% slower from 5 to 8 s); the truth gives each item's gate arrival times."
+        ),
+    ] = "",
+    gate_distances: Annotated[
+        str, typer.Option(help="Gate distances past the line (mm) for the truth's arrivals.")
+    ] = "200,300,400,500,600,700,800,900,1000",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Make a conveyor-belt video from a folder-per-grade tree, with its ground truth JSON."""
@@ -127,6 +148,8 @@ def simulate_belt_cmd(
             lead_in_s=lead_in,
             subpixel=subpixel,
             codec=codec,
+            speed_profile=speed_profile,
+            gate_distances_mm=parse_distances(gate_distances),
             realism=Realism(
                 carrier=carrier,
                 carrier_colours=tuple(c.strip() for c in carrier_colours.split(",") if c.strip()),

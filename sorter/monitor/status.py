@@ -146,7 +146,34 @@ class Status:
             registry=r,
         )  # fmt: skip
 
+        self.belt: dict[str, float | None] = {"speed_mm_s": None, "configured_mm_s": None}
+        """The belt speed the tracker measures and the configured one (`belt_speed`)."""
+        self._m_speed = Gauge(
+            "sorter_belt_speed_mm_s", "Belt speed measured by the tracker, mm/s", registry=r
+        )
+        self._m_speed_cfg = Gauge(
+            "sorter_belt_speed_configured_mm_s", "Belt speed in the config, mm/s", registry=r
+        )
+
     # -- updates from the loop ------------------------------------------------------
+    def belt_speed(self, measured: float, configured: float, tolerance: float) -> None:
+        """The measured belt speed (mm/s); the belt_speed alarm while it is off the
+        configured one by more than `tolerance` (a fraction), cleared below 0.8 of that."""
+        off = abs(measured / configured - 1.0) if configured > 0 else 0.0
+        with self._lock:
+            self.belt = {"speed_mm_s": measured, "configured_mm_s": configured}
+            raised = "belt_speed" in self._alarms
+            if off > tolerance or (raised and off > 0.8 * tolerance):
+                self._alarms["belt_speed"] = (
+                    f"belt at {measured:.0f} mm/s, {100 * off:.0f}% off the configured "
+                    f"{configured:.0f} mm/s; check the belt, or set [belt] speed_mm_s / "
+                    'timing = "measured"'
+                )
+            else:
+                self._alarms.pop("belt_speed", None)
+        self._m_speed.set(measured)
+        self._m_speed_cfg.set(configured)
+
     def frame_in(self) -> None:
         """A frame was captured."""
         now = time.monotonic()
@@ -358,6 +385,7 @@ class Status:
                 "stages": dict(self.stages),
                 "decision_log": dict(self.log_health),
                 "shadow": dict(self.shadow_counts),
+                "belt": dict(self.belt),
             }
 
     # -- helpers --------------------------------------------------------------------

@@ -14,6 +14,7 @@ centre passes the decision line (with the crossing time interpolated), and never
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +146,11 @@ class Tracker:
         self.line = float(line) if line is not None else extent / 2
         self.speed_px_s: float | None = speed_px_s
         """Current belt speed estimate along the direction (px/s, positive)."""
+        self.travel_px = 0.0
+        """How far the belt has moved since the first update (px along the direction): the
+        median velocity of the items matched in each update times the time since the one
+        before (the speed estimate while nothing is matched). Differences of it are the
+        belt's own odometer (gates timed by the measured belt, sorter.actuation.scheduling)."""
         self.active: list[Track] = []
         """Tracks still being followed."""
         self.crossings: list[Track] = []
@@ -222,12 +228,16 @@ class Tracker:
             self._check_crossing(track, prev_view)
 
         if observed and dt > 0:
-            obs = sorted(observed)[len(observed) // 2]
+            obs = statistics.median(observed)  # the mean of the middle two for an even count
+            self.travel_px += obs * dt
             if obs > 0:
                 a = cfg.speed_smoothing
                 self.speed_px_s = (
                     obs if self.speed_px_s is None else (1 - a) * self.speed_px_s + a * obs
                 )
+
+        elif dt > 0:
+            self.travel_px += (self.speed_px_s or 0.0) * dt
 
         still: list[Track] = []
         for ti, track in enumerate(self.active):
@@ -274,3 +284,42 @@ class Tracker:
         self.ended = ended
         self.crossings = []
         return ended
+
+
+class BeltTravel:
+    """The belt's odometer from items' sub-pixel centres (sorter.perception.measure).
+
+    `update(t, centres, fallback_px)` takes this frame's refined centres by track id (px
+    along the belt, growing with the motion); the belt moved the median velocity of the
+    items also measured in an earlier frame (within `keep_s`) times the time since the
+    last update; when no item was measured twice, `fallback_px` (the caller's estimate:
+    its belt speed times the time since the last update). One item followed frame after
+    frame gives its exact displacement (the errors do not add up); a hand-over from one
+    item to the next adds its centres' errors once.
+    """
+
+    def __init__(self, keep_s: float = 0.5) -> None:
+        self.travel_px = 0.0
+        """Belt travel since the first update, px."""
+        self.keep_s = keep_s
+        self._prev: dict[int, tuple[float, float]] = {}
+        self._t: float | None = None
+
+    def update(self, t: float, centres: dict[int, float], fallback_px: float) -> float:
+        """Advance to time `t`; returns travel_px."""
+        dt = 0.0 if self._t is None else t - self._t
+        if dt <= 0 and self._t is not None:
+            return self.travel_px
+        velocities = [
+            (u - self._prev[i][1]) / (t - self._prev[i][0])
+            for i, u in centres.items()
+            if i in self._prev and t > self._prev[i][0]
+        ]
+        if velocities:
+            self.travel_px += statistics.median(velocities) * dt
+        else:
+            self.travel_px += fallback_px
+        self._t = t
+        self._prev.update({i: (t, u) for i, u in centres.items()})
+        self._prev = {i: p for i, p in self._prev.items() if p[0] >= t - self.keep_s}
+        return self.travel_px

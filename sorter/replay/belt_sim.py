@@ -17,6 +17,7 @@ Deterministic for a seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import numpy as np
 from sorter.errors import ConfigError, DatasetError, SourceError
 from sorter.perception.preprocess import IMAGE_SUFFIXES, load_image
 from sorter.replay.realism import CameraModel, Realism, item_sprite, sprite_centre
+from sorter.replay.speed_profile import SpeedProfile, arrivals
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,12 @@ class BeltSimConfig:
     False pastes them at whole pixels."""
     realism: Realism = field(default_factory=Realism)
     """Carriers (trays, cups, bare belt) and camera effects (sorter.replay.realism)."""
+    speed_profile: str = ""
+    """The belt's speed over time as a factor of speed_px_s, "T:F,T:F,..." (linear between;
+    sorter.replay.speed_profile); empty: constant speed."""
+    gate_distances_mm: tuple[float, ...] = tuple(200.0 + 100.0 * i for i in range(9))
+    """Distances past the line (mm) at which the truth gives each item's arrival time (the
+    default config's gates)."""
 
     @property
     def window_px(self) -> tuple[int, int]:
@@ -120,8 +128,13 @@ class BeltSimConfig:
             )
         return spacing
 
+    def profile(self) -> SpeedProfile:
+        """The parsed speed profile (ConfigError for a bad one)."""
+        return _parse_profile(self.speed_profile)
+
     def check(self) -> None:
         """Raise ConfigError for settings that cannot make a video."""
+        self.profile()
         w, h = self.size
         if w < 16 or h < 16:
             raise ConfigError(f"--size {w}x{h} is too small; use at least 16x16")
@@ -138,6 +151,25 @@ class BeltSimConfig:
             raise ConfigError(f"--codec {self.codec!r}: use one of {', '.join(CODECS)}")
         self.realism.check()
         self.resolved_spacing()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_profile(text: str) -> SpeedProfile:
+    return SpeedProfile.parse(text)
+
+
+def travel_px(cfg: BeltSimConfig, t: float) -> float:
+    """How far the belt has moved (px) at time t: speed * t, or along the speed profile."""
+    if not cfg.speed_profile:
+        return cfg.speed_px_s * t
+    return cfg.speed_px_s * cfg.profile().integral(t)
+
+
+def time_at_px(cfg: BeltSimConfig, px: float) -> float:
+    """When the belt has moved `px` (the inverse of travel_px)."""
+    if not cfg.speed_profile:
+        return px / cfg.speed_px_s
+    return cfg.profile().time_at(px / cfg.speed_px_s)
 
 
 @dataclass
@@ -270,7 +302,7 @@ def _schedule(
         rel, label = images[idx]
         x0 = first_x0 - i * spacing + float(rng.uniform(-along, along))
         y = h / 2 + float(rng.uniform(-across, across))
-        t_line = (line_x - x0) / cfg.speed_px_s
+        t_line = time_at_px(cfg, line_x - x0)
         items.append(SimItem(i + 1, label, round(t_line, 6), rel, round(y, 2), x0))
     return items
 
@@ -294,7 +326,7 @@ def placement(item: SimItem, t: float, cfg: BeltSimConfig) -> tuple[float, float
     The sprite is the field of view (window_px) plus the carrier's margin on each side."""
     m = cfg.realism.margin_px()
     win_w, win_h = cfg.window_px
-    left = item.x0 + cfg.speed_px_s * t - win_w / 2 - m
+    left = item.x0 + travel_px(cfg, t) - win_w / 2 - m
     top = item.y - win_h / 2 - m
     if cfg.subpixel:
         return left, top
@@ -357,7 +389,7 @@ def render_frame(
     """
     w = cfg.size[0]
     period = texture.shape[1]
-    offset = round(cfg.speed_px_s * t)
+    offset = round(travel_px(cfg, t))
     cols = (np.arange(w) - offset) % period
     frame = texture[:, cols].copy()
     for item in items:
@@ -454,6 +486,27 @@ def _dumps(doc: dict[str, Any]) -> str:
     return _NUMBER_LIST.sub(one_line, text)
 
 
+def _truth_items(
+    items: list[SimItem], centres: dict[int, list[list[float]]], cfg: BeltSimConfig, line_x: float
+) -> list[dict[str, Any]]:
+    """The truth's items in line order, each with its rendered centres and its true arrival
+    time at each of cfg.gate_distances_mm (sorter.replay.speed_profile.arrivals)."""
+    return [
+        {
+            "id": it.id,
+            "label": it.label,
+            "t_line": it.t_line,
+            "source": it.source,
+            "y": it.y,
+            "centres": centres[it.id],
+            "arrivals": arrivals(
+                cfg.profile(), cfg.speed_px_s, it.x0, line_x, cfg.px_per_mm, cfg.gate_distances_mm
+            ),
+        }
+        for it in sorted(items, key=lambda it: it.t_line)
+    ]
+
+
 def simulate_belt(
     data_dir: str | Path,
     out_mp4: str | Path,
@@ -479,9 +532,9 @@ def simulate_belt(
     win_w = cfg.window_px[0]
     last = min(items, key=lambda it: it.x0)
     first = max(items, key=lambda it: it.x0)
-    t_end = (w + win_w / 2 - last.x0) / cfg.speed_px_s
+    t_end = time_at_px(cfg, w + win_w / 2 - last.x0)
     n_frames = math.ceil(t_end * cfg.fps) + 1
-    t_enter = (-win_w / 2 - first.x0) / cfg.speed_px_s
+    t_enter = time_at_px(cfg, -win_w / 2 - first.x0)
     empty_frames = max(0, math.ceil(t_enter * cfg.fps) - 1)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -502,6 +555,7 @@ def simulate_belt(
 
     truth_path = out.with_suffix(".json")
     centres = centres_by_frame(items, cfg, n_frames)
+    line_x = cfg.line_x if cfg.line_x is not None else w / 2
     truth = {
         "fps": cfg.fps,
         "size": list(cfg.size),
@@ -515,6 +569,7 @@ def simulate_belt(
         "empty_frames": empty_frames,
         "direction": "left-to-right",
         "seed": cfg.seed,
+        "speed_profile": cfg.profile().as_list(),
         "data_dir": str(data_dir),  # as given (relative in the shipped demo truth)
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
@@ -523,17 +578,7 @@ def simulate_belt(
         },
         "attribution": ATTRIBUTION,
         "centre_convention": "pixel i covers [i, i+1); a frame W wide spans [0, W)",
-        "items": [
-            {
-                "id": it.id,
-                "label": it.label,
-                "t_line": it.t_line,
-                "source": it.source,
-                "y": it.y,
-                "centres": centres[it.id],
-            }
-            for it in sorted(items, key=lambda it: it.t_line)
-        ],
+        "items": _truth_items(items, centres, cfg, line_x),
     }
     truth_path.write_text(_dumps(truth) + "\n")
     log.info("%s: %d frames, %d items", out, n_frames, len(items))

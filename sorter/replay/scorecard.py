@@ -13,10 +13,12 @@ one bin per grade: the grade's own name); a reject, a miss or a wrong bin is not
 Percentages are of the items in truth.
 
 Gate timing: the ideal fire time of an item is its true `t_line` plus the travel time from
-the line to its gate (`gate_delay_s`). Without `gate_delay_s` the planned travel time of the
-decision (`fire_at - t_line`) is used, so the error is then that of the line crossing plus
-that of the controller. The actual time is `fired_at` (reported by the controller) when
-present, else the planned `fire_at`.
+the line to its gate (`gate_delay_s`); when the truth gives the item's own arrival times
+(`arrivals`, {distance_mm: t}, a belt whose speed changes) and `gate_distance_mm` names
+the gate's distance, that arrival time is the ideal instead. Without `gate_delay_s` the
+planned travel time of the decision (`fire_at - t_line`) is used, so the error is then
+that of the line crossing plus that of the controller. The actual time is `fired_at`
+(reported by the controller) when present, else the planned `fire_at`.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ def score(
     bin_of: Mapping[str, str] | Callable[[str], str] | None = None,
     gate_delay_s: Mapping[int, float] | Callable[[int], float] | float | None = None,
     reject_bin: str = "reject",
+    gate_distance_mm: Mapping[int, float] | None = None,
 ) -> Scorecard:
     """Score decisions (dicts or objects with `t_line`, `label`, optional `bin`, `status`,
     `gate`, `fire_at`, `fired_at`) against a truth dict (`load_truth`); see module doc."""
@@ -159,6 +162,7 @@ def score(
         _bin_lookup(bin_of),
         None if gate_delay_s is None else _delay_lookup(gate_delay_s),
         reject_bin,
+        dict(gate_distance_mm or {}),
     )
     for ti, it in enumerate(items):
         matched = match_of_truth.get(ti)
@@ -196,7 +200,12 @@ def match_to_truth(
 def _truth_items(truth: Mapping[str, Any]) -> list[dict[str, Any]]:
     try:
         return [
-            {"id": _get(it, "id"), "label": str(it["label"]), "t_line": float(it["t_line"])}
+            {
+                "id": _get(it, "id"),
+                "label": str(it["label"]),
+                "t_line": float(it["t_line"]),
+                "arrivals": dict(it.get("arrivals") or {}),
+            }
             for it in truth["items"]
         ]
     except (KeyError, TypeError, ValueError) as err:
@@ -268,6 +277,8 @@ class _Tally:
     delay_for: Callable[[Any], float | None] | None
     """Gate geometry (ideal fire times), or None: the planned fire_at is the reference."""
     reject_bin: str
+    distance_of: dict[int, float] = field(default_factory=dict)
+    """Gate -> distance from the line (mm), to look up the truth's own arrival times."""
     per_grade: dict[str, GradeScore] = field(default_factory=dict)
     correct_bin: int = 0
     correct_grade: int = 0
@@ -297,11 +308,23 @@ class _Tally:
         self.line_err.append(t_dec - it["t_line"])
         self._gate_error(it, d, status, t_dec)
 
+    def _arrival(self, it: dict[str, Any], gate: Any) -> float | None:
+        """The truth's own arrival time of the item at this gate, when it has one."""
+        if gate is None or not it.get("arrivals"):
+            return None
+        distance = self.distance_of.get(int(gate))
+        value = None if distance is None else it["arrivals"].get(f"{distance:g}")
+        return None if value is None else float(value)
+
     def _gate_error(self, it: dict[str, Any], d: Any, status: Any, t_dec: float) -> None:
         fired_at = _get(d, "fired_at")
         fire_at = _get(d, "fire_at")
         actual = fired_at if fired_at is not None else (None if status in NOT_FIRED else fire_at)
         if actual is None:
+            return
+        arrival = self._arrival(it, _get(d, "gate"))
+        if arrival is not None:
+            self.gate_err.append(float(actual) - arrival)
             return
         if self.delay_for is not None:
             delay = self.delay_for(_get(d, "gate"))

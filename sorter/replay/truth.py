@@ -67,6 +67,7 @@ def score_run(records: list[DecisionRecord], truth: dict[str, Any], config: Conf
         bin_of=lambda grade: config.bins.grades.get(grade, reject),
         gate_delay_s=delays,
         reject_bin=reject,
+        gate_distance_mm={int(k): g.distance_mm for k, g in config.gates.items()},
     )
 
 

@@ -36,7 +36,7 @@ from sorter.perception.lens import Lens
 from sorter.perception.measure import Measurement, item_view, measure
 from sorter.perception.preprocess import to_model_input
 from sorter.perception.sources import Frame
-from sorter.perception.tracking import Track, Tracker
+from sorter.perception.tracking import DIRECTIONS, BeltTravel, Track, Tracker
 from sorter.perception.vision import Detection, crop_window
 from sorter.runtime.reload import reorder
 
@@ -102,6 +102,15 @@ class SortingLoop:
         self.model_id: str | None = None
         """Content id of the model grading now (`model_id` in each record), when known."""
         """The candidate model graded beside this one (`sorter run --shadow`), or None."""
+        self._measuring = False
+        self.travel = BeltTravel()
+        """The belt's odometer from the items' refined centres (timing measured)."""
+        self._centres: dict[int, float] = {}
+        """This frame's refined centres along the belt, by track id."""
+        self._tracker_travel = 0.0
+        self._last_t: float | None = None
+        self._history: dict[int, tuple[tuple[float, float] | None, tuple[float, float]]] = {}
+        """Each item's two latest refined (t, position along the belt): the line crossing."""
         self._items: dict[int, ItemViews] = {}
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
@@ -122,7 +131,9 @@ class SortingLoop:
         t3 = time.perf_counter()
         self.status.add_stages({"locate": t1 - t0, "track": t2 - t1, "classify": t3 - t2})
 
+        self._belt_speed(frame.t)
         made = [self._decide(track, frame.t, received) for track in self.tracker.crossings]
+        self.decider.scheduler.tick(frame.t)
         for track in self.tracker.ended:
             self._forget(track)
         self.status.frame_done(frame.image, [self._overlay(tr) for tr in seen])
@@ -148,6 +159,33 @@ class SortingLoop:
             self._forget(track)
 
     # -- steps ----------------------------------------------------------------------
+    def _belt_speed(self, t: float) -> None:
+        """The tracker's belt odometer, in mm, to the scheduler (timing measured) and the
+        belt speed to the status (configured vs measured, alarm past speed_tolerance)."""
+        belt = self.config.belt
+        scheduler = self.decider.scheduler
+        fallback = self.tracker.travel_px - self._tracker_travel  # from its boxes
+        self._tracker_travel = self.tracker.travel_px
+        if self.refine and self._last_t is not None:  # between refined items: hold the speed
+            fallback = scheduler.odometer.speed_mm_s * belt.px_per_mm * (t - self._last_t)
+        self._last_t = t
+        travel = self.travel.update(t, self._centres, fallback)
+        for i, u in self._centres.items():
+            last = self._history.get(i)
+            self._history[i] = (last[1] if last else None, (t, u))
+        self._centres = {}
+        if not self._speed_seen():
+            return
+        scheduler.observe_travel(t, travel / belt.px_per_mm)
+        measured = scheduler.odometer.speed_mm_s
+        self.status.belt_speed(measured, belt.speed_mm_s, belt.speed_tolerance)
+
+    def _speed_seen(self) -> bool:
+        """True once the tracker has matched an item across two frames (a measurement)."""
+        if not self._measuring:
+            self._measuring = any(len(tr.views) > 1 for tr in self.tracker.active)
+        return self._measuring
+
     def _undistort(self, detections: list[Detection]) -> list[Detection]:
         """The detections in the undistorted image (with a lens), remembering the camera's."""
         if self.lens is None:
@@ -172,7 +210,12 @@ class SortingLoop:
             view = track.last
             if not view.full or self.decider.decided(track.id) is not None:
                 continue
-            todo.append((track.id, *self._crop(frame.image, view.detection)))
+            crop, measured, centre = self._crop(frame.image, view.detection)
+            todo.append((track.id, crop, measured))
+            if centre is not None:
+                self._centres[track.id] = self._along(centre)
+        if not self._centres:
+            self._follow_decided(frame.image, seen)
         if not todo:
             return
         size = self.classifier.input_size
@@ -189,21 +232,47 @@ class SortingLoop:
             if self.keep_crops:
                 views.crops.append(crop)
 
-    def _crop(self, image: np.ndarray, d: Detection) -> tuple[np.ndarray, Measurement | None]:
+    def _crop(
+        self, image: np.ndarray, d: Detection
+    ) -> tuple[np.ndarray, Measurement | None, tuple[float, float] | None]:
         """The model's window around a detection: at the sub-pixel centre of the item's
-        full-resolution mask when [locate] refine is on, else at the box centre."""
+        full-resolution mask when [locate] refine is on, else at the box centre. Also the
+        measurement and its refined centre in the tracker's image (None: not refined)."""
         if self.lens is not None:
             raw = self._camera(d)
             m = measure(image, raw, self.locator) if self.refine else None
             cx, cy = self.lens.undistort_point(m.cx, m.cy) if m is not None else (d.cx, d.cy)
-            return self.lens.crop(image, cx, cy, self.window), m
+            refined = (cx, cy) if m is not None and m.refined else None
+            return self.lens.crop(image, cx, cy, self.window), m, refined
         if self.refine:
-            return item_view(image, d, self.locator, self.window, rim_px=self.rim_px)
-        return crop_window(image, d.cx, d.cy, self.window), None
+            crop, m = item_view(image, d, self.locator, self.window, rim_px=self.rim_px)
+            refined = (m.cx, m.cy) if m.refined else None
+            return crop, m, refined
+        return crop_window(image, d.cx, d.cy, self.window), None, None
+
+    def _follow_decided(self, image: np.ndarray, seen: Sequence[Track]) -> None:
+        """With timing measured and no undecided item measured in this frame, measure one
+        decided item seen whole (its centre only), so the belt's odometer stays sub-pixel."""
+        if not (self.refine and self.decider.scheduler.measured):
+            return
+        for track in seen:
+            if track.last.full:
+                d = self._camera(track.last.detection)
+                m = measure(image, d, self.locator)
+                if m.refined:
+                    c = self.lens.undistort_point(m.cx, m.cy) if self.lens else (m.cx, m.cy)
+                    self._centres[track.id] = self._along(c)
+                return
+
+    def _along(self, centre: tuple[float, float]) -> float:
+        """A point's position along the belt's motion (px)."""
+        axis, sign = DIRECTIONS[self.tracker.direction]
+        return sign * centre[axis]
 
     def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
         views = self._items.pop(track.id, ItemViews())
         t_line = track.t_line if track.t_line is not None else t_frame
+        t_line = self._refined_crossing(track.id, t_line)
         return self.decider.decide(track.id, views, t_line, received, self._extra_of(track.id))
 
     def _extra_of(self, item: int) -> Callable[[str], dict[str, Any]] | None:
@@ -249,7 +318,20 @@ class SortingLoop:
         self.model_id = model
         return dropped
 
+    def _refined_crossing(self, item: int, t_line: float) -> float:
+        """The crossing time from the item's refined centres in the frames either side of
+        the line (sub-pixel, not the half-scale box), when it has both; else `t_line`."""
+        prev, last = self._history.pop(item, (None, None))
+        if prev is None or last is None:
+            return t_line
+        (t0, u0), (t1, u1) = prev, last
+        line_u = self._along((self.tracker.line, self.tracker.line))
+        if not (u0 < line_u <= u1) or t1 <= t0:
+            return t_line
+        return t0 + (line_u - u0) / (u1 - u0) * (t1 - t0)
+
     def _forget(self, track: Track) -> None:
+        self._history.pop(track.id, None)
         views = self._items.pop(track.id, None)
         if self.shadow is not None:
             self.shadow.forget(track.id)

@@ -626,10 +626,13 @@ def _flush_pending(
     config: Config,
 ) -> None:
     """Wait (bounded) for the fates of sent commands; cancel what is left."""
+    scheduler.release_all()  # timing measured: SORTs held back go out now
     pending = decisions.pending()
     if not pending or link is None:
         return
     last_fire = max((r.fire_at or 0.0) for r in pending)
+    if scheduler.last_fire_host is not None:
+        last_fire = max(last_fire, scheduler.timeline.to_source(scheduler.last_fire_host))
     slack = config.serial.window_ms / 1000.0 + config.serial.ack_timeout_ms / 1000.0 * (
         config.serial.retries + 1
     )
