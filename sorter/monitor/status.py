@@ -146,6 +146,10 @@ class Status:
             registry=r,
         )  # fmt: skip
 
+        self._geometry_metrics(r)
+
+    def _geometry_metrics(self, r: CollectorRegistry) -> None:
+        """The belt speed (measured, configured)."""
         self.belt: dict[str, float | None] = {"speed_mm_s": None, "configured_mm_s": None}
         """The belt speed the tracker measures and the configured one (`belt_speed`)."""
         self._m_speed = Gauge(
