@@ -105,10 +105,21 @@ def prometheus_config(targets: dict[str, str], rules: str) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def _lane_toml(out: Path, lane: str, controller_port: int, port: int) -> str:
+def _belt_toml(video: Path) -> str:
+    """The [belt] the replayed video was made with (its truth JSON beside it), so the
+    lanes' measured belt speed matches their config; empty without a truth."""
+    try:
+        truth = json.loads(video.with_suffix(".json").read_text(encoding="utf-8"))
+        px_per_mm, speed_px_s = float(truth["px_per_mm"]), float(truth["speed_px_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"[belt]\npx_per_mm = {px_per_mm!r}\nspeed_mm_s = {speed_px_s / px_per_mm!r}\n"
+
+
+def _lane_toml(out: Path, lane: str, controller_port: int, port: int, belt: str = "") -> str:
     d = out / f"lane{lane}"
     return (
-        f'[lane]\nid = "{lane}"\n'
+        belt + f'[lane]\nid = "{lane}"\n'
         f'[serial]\nurl = "socket://127.0.0.1:{controller_port}"\n'
         f'[logging]\ndb = "{d / "decisions.db"}"\njsonl = "{d / "decisions.jsonl"}"\n'
         f'crops_dir = "{d / "crops"}"\n'
@@ -148,7 +159,9 @@ class Fleet:
                 o.out / f"lane{lane}" / "controller.log",
             )
             config = o.out / f"lane{lane}.toml"
-            config.write_text(_lane_toml(o.out, lane, cport, port), encoding="utf-8")
+            config.write_text(
+                _lane_toml(o.out, lane, cport, port, _belt_toml(o.video)), encoding="utf-8"
+            )
             targets[lane] = f"127.0.0.1:{port}"
         time.sleep(1.0)  # the controllers listen before the lanes connect
         for lane in targets:
