@@ -327,3 +327,21 @@ def test_a_row_sqlite_refuses_is_dropped_and_does_not_hold_up_the_rest(
     log.close()
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
     assert [d["item"] for d in lines] == [1, 2, 3, 4, 5] and lines[0]["probe"] == 0.5
+
+
+def test_a_real_enospc_from_the_os_on_the_json_lines(tmp_path: Path) -> None:
+    """/dev/full answers every write with ENOSPC, like a full SD card: the log counts it,
+    keeps the lines queued, and closing (bounded) reports the loss instead of raising."""
+    full = Path("/dev/full")
+    assert full.exists()
+    link = tmp_path / "d.jsonl"
+    link.symlink_to(full)
+    log = DecisionLog(tmp_path / "d.db", jsonl_path=link, retry_s=(0.01, 0.05))
+    log.open()
+    for i in range(1, 4):
+        log.record(rec(i, status="dry-run"))
+    assert not log.flush(timeout=0.5)
+    h = log.health()
+    assert h.errors >= 1 and "No space left" in (h.last_error or "") and h.backlog >= 3
+    log.close(timeout=0.5)  # does not raise; the SQLite rows were written all the same
+    assert [r["item"] for r in read_decisions(tmp_path / "d.db")] == [1, 2, 3]
