@@ -126,23 +126,26 @@ class ReviewQueue:
         return out
 
     def items(self) -> list[ReviewItem]:
-        """The crops in _review/ (skipped ones last), then a sample of confident crops."""
+        """The crops in _review/ (skipped ones last), then a sample of confident crops, each
+        with the model's top grades."""
+        return self._with_scores(self._listing())
+
+    def _listing(self) -> list[ReviewItem]:
         seen = self._answered()
         unsure = self._scan(self.root / REVIEW_DIR, "review")
         unsure.sort(key=lambda it: (seen.get(it.rel) == SKIP, _natural(Path(it.rel).name)))
         sure = [it for it in self._scan(self.root, "confident") if it.rel not in seen]
         sure.sort(key=lambda it: it.id)  # a stable pseudo-random sample
         n_sure = max(self.min_confident, round(self.confident_share * len(unsure)))
-        chosen = (unsure + sure[:n_sure])[: self.limit]
-        return self._with_scores(chosen)
+        return (unsure + sure[:n_sure])[: self.limit]
 
     def find(self, item_id: str) -> ReviewItem:
         """The listed crop with this id; ReviewError(404) when there is none."""
         if not (len(item_id) == 20 and all(c in "0123456789abcdef" for c in item_id)):
             raise ReviewError(f"bad crop id {item_id[:40]!r}", 404)
-        for it in self.items():
+        for it in self._listing():
             if it.id == item_id:
-                return it
+                return self._with_scores([it])[0]
         raise ReviewError("no such crop to review (already reviewed? reload the page)", 404)
 
     def path(self, item: ReviewItem) -> Path:
