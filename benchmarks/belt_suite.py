@@ -166,8 +166,11 @@ def render(data: Path, work: Path, name: str, options: dict[str, Any], rate: flo
     return video
 
 
-def config_for(truth: dict[str, Any], path: Path, *, bare: bool, refine: bool) -> Path:
-    """The config a user would write for this belt (see the module docstring)."""
+def config_for(
+    truth: dict[str, Any], path: Path, *, bare: bool, refine: bool, rim_px: float = 0.0
+) -> Path:
+    """The config a user would write for this belt (see the module docstring); `rim_px`:
+    the trays' or cups' rim width, which the user knows (their `[locate] rim_mm`)."""
     px_per_mm = float(truth["px_per_mm"])
     speed_mm_s = float(truth["speed_px_s"]) / px_per_mm
     line = float(truth["line_x"]) / float(truth["size"][0])
@@ -184,6 +187,7 @@ def config_for(truth: dict[str, Any], path: Path, *, bare: bool, refine: bool) -
         "",
         "[locate]",
         f"refine = {'true' if refine else 'false'}",
+        f"rim_mm = {rim_px / px_per_mm:.6g}",
     ]
     if bare:  # a cucumber alone is about 1000 px at this scale
         lines.append("min_area_px = 300.0")
@@ -210,12 +214,14 @@ def clean_accuracy(data: Path, rels: list[str], model: Path) -> float:
     return sum(Path(r["path"]).parent.name == r["label"] for r in rows) / len(rows)
 
 
-def replay(video: Path, model: Path, work: Path, *, bare: bool, refine: bool) -> dict[str, Any]:
+def replay(
+    video: Path, model: Path, work: Path, *, bare: bool, refine: bool, rim_px: float
+) -> dict[str, Any]:
     """`sorter run --fast --serial sim:// --truth` on one belt: its scorecard."""
     truth_path = video.with_suffix(".json")
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
     tag = f"{video.stem}-{model.stem}-{'refine' if refine else 'box'}"
-    config = config_for(truth, work / f"{tag}.toml", bare=bare, refine=refine)
+    config = config_for(truth, work / f"{tag}.toml", bare=bare, refine=refine, rim_px=rim_px)
     cmd = _cli("run", "--video", str(video), "--fast", "--serial", "sim://", "--truth")
     cmd += [str(truth_path), "--model", str(model), "--config", str(config), "--json"]
     cmd += ["--db", str(work / f"{tag}.db")]
@@ -236,11 +242,21 @@ def measure(
     clean: float,
     *,
     refine: bool = True,
+    rim_fill: bool = True,
 ) -> Result:
     """Render (cached) and replay one belt with one model."""
     t0 = time.perf_counter()
     video = render(data, work, name, options, rate)
-    card = replay(video, model, work, bare=options.get("carrier") == "bare", refine=refine)
+    carried = options.get("carrier") in ("tray", "cup")
+    rim_px = float(options.get("rim", 6.0)) + float(options.get("rim-inside", 0.0))
+    card = replay(
+        video,
+        model,
+        work,
+        bare=options.get("carrier") == "bare",
+        refine=refine,
+        rim_px=rim_px if carried and rim_fill else 0.0,
+    )
     return Result(
         belt=name,
         rate=rate,
@@ -253,7 +269,7 @@ def measure(
         spurious=int(card["spurious"]),
         clean=clean,
         seconds=time.perf_counter() - t0,
-        extra={"refine": refine},
+        extra={"refine": refine, "rim_fill": rim_fill and carried},
     )
 
 
@@ -268,12 +284,22 @@ def table(results: list[Result], trained_on: dict[str, str]) -> str:
     for r in results:
         gap = 100 * (r.correct_bin - r.clean)
         refine = "" if r.extra.get("refine", True) else " (refine off)"
+        if r.extra.get("refine", True) and not r.extra.get("rim_fill", True):
+            refine = " (rim fill off)"
         rows.append(
             f"| {r.belt}{refine} | {r.rate:g} | {r.model} ({trained_on.get(r.model, '?')}) | "
             f"{r.items} | {100 * r.clean:.1f}% | {100 * r.correct_bin:.1f}% | {gap:+.1f} | "
             f"{r.missed} | {r.duplicated} | {r.spurious} |"
         )
     return "\n".join(rows)
+
+
+def _cache_name(options: dict[str, Any]) -> str:
+    """A file name for a belt made with these options (the same options, the same video)."""
+    if not options:
+        return "plain"
+    text = "-".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return "abl-" + "".join(c if c.isalnum() or c in "=.-" else "_" for c in text)
 
 
 def _describe_belts(names: list[str], belts: dict[str, dict[str, Any]]) -> str:
@@ -300,7 +326,9 @@ def main(
     rates: str = typer.Option("10,20", help="Items per second, comma-separated."),
     belts: str = typer.Option(",".join(BELTS), help="Belts of the suite to run."),
     ablation: bool = typer.Option(False, help="Instead: one realism option at a time."),
-    no_refine: bool = typer.Option(False, help="Also replay with [locate] refine = false."),
+    no_refine: bool = typer.Option(
+        False, help="Also replay with refine = false (and, with carriers, rim_mm = 0)."
+    ),
     work: Path = typer.Option(Path(tempfile.gettempdir()) / "belt-suite", help="Scratch."),
     out: Path | None = typer.Option(None, help="Write the table (markdown) here too."),
     make_holdout: bool = typer.Option(False, help="Rewrite belt_holdout.txt from --data."),
@@ -321,14 +349,23 @@ def main(
     for m in model:
         clean = clean_accuracy(data, rels, m)
         for rate in rate_list:
-            for i, (name, opts) in enumerate(suite.items()):
-                belt = f"abl{i}" if ablation else name
-                for refine in (True, False) if no_refine else (True,):
-                    r = measure(data, work, belt, opts, rate, m, clean, refine=refine)
+            for name, opts in suite.items():
+                belt = _cache_name(opts) if ablation else name
+                variants = [(True, True)]
+                if no_refine:
+                    carried = opts.get("carrier") in ("tray", "cup")
+                    variants += [(True, False)] if carried else []
+                    variants += [(False, False)]
+                for refine, rim_fill in variants:
+                    r = measure(
+                        data, work, belt, opts, rate, m, clean, refine=refine, rim_fill=rim_fill
+                    )
                     r.belt = name
                     results.append(r)
+                    how = "" if refine else " refine off"
+                    how += "" if rim_fill or not refine else " rim fill off"
                     print(
-                        f"{name} {rate:g}/s {m.name}{'' if refine else ' refine off'}: bin "
+                        f"{name} {rate:g}/s {m.name}{how}: bin "
                         f"{100 * r.correct_bin:.1f}% vs clean {100 * clean:.1f}% (missed "
                         f"{r.missed}, dup {r.duplicated}) {r.seconds:.0f} s",
                         flush=True,
