@@ -22,7 +22,8 @@ from sorter.perception.measure import (
 )
 from sorter.perception.sources import VideoSource
 from sorter.perception.vision import Locator, LocatorConfig, crop_window
-from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
+from sorter.replay.belt_sim import BeltSimConfig, prepare, render_frame, simulate_belt, true_centre
+from sorter.replay.realism import Realism
 from sorter.replay.truth import load_truth
 from tests.fakes.belt_data import make_grade_tree
 
@@ -195,3 +196,25 @@ def test_item_view_fills_a_cups_rim_and_the_belt_but_not_the_produce() -> None:
     assert np.array_equal(filled[45:55, 3:97], plain[45:55, 3:97])
     with pytest.raises(FieldError):
         LocatorConfig(rim_mm=-1.0)
+
+
+@pytest.mark.parametrize("carrier", ["cup", "tray"])
+def test_centre_of_a_black_carrier_round_a_light_and_dark_picture_is_unbiased(
+    carrier: str, tmp_path: Path
+) -> None:
+    """The rim is black, the picture inside light at the top and dark at the bottom: the
+    item colour next to the edge must come from the rim, not from the picture."""
+    tree = make_grade_tree(tmp_path / "grades", per_grade=2)
+    realism = Realism(carrier=carrier, rim_px=5.0, carrier_colours=("black",))
+    cfg = BeltSimConfig(count=6, seed=5, subpixel=True, noise=0.0, realism=realism)
+    texture, tiles, items, _ = prepare(tree, cfg)
+    locator = Locator(LocatorConfig(min_area_px=3000))
+    offsets = []
+    for item in items:
+        frame = render_frame(item.t_line, texture, tiles, items, cfg, None)
+        cx, cy = true_centre(item, item.t_line, cfg)
+        d = min(locator.locate(frame), key=lambda d: abs(d.cx - cx))
+        m = measure(frame, d, locator)
+        offsets.append((m.cx - cx, m.cy - cy))
+    mean = np.abs(np.mean(offsets, axis=0))
+    assert mean.max() < 0.1, mean

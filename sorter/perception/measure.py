@@ -244,7 +244,13 @@ def coverage(roi: np.ndarray, blob: np.ndarray, band: int) -> np.ndarray:
         return out
     sigma = 2.0 * band + 2.0
     belt = _local_mean(roi, far_belt, sigma)[edge]
-    item = _local_mean(roi, inner, sigma)[edge]
+    # The item's own colour from a thin ring just inside its edge only: deeper in, a
+    # tray's or cup's rim gives way to the picture inside it (light at the top of the
+    # tray, dark at the bottom), which would bias the colour one way on each side.
+    ring = inner & ~(
+        cv2.erode(blob, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * band + 1,) * 2)) > 0
+    )
+    item = _local_mean(roi, ring if ring.any() else inner, sigma)[edge]
     x = roi[edge].astype(np.float32)
     d = item - belt
     den = (d * d).sum(axis=1)
