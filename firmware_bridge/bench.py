@@ -118,7 +118,7 @@ def fire(url: str, gate: int, pulse_ms: int = 40, item: int = 0xFFFF0000) -> Fir
                 f"0..{link.info.n_gates - 1}"
             )
         cmd = link.sort(item, gate)
-        status = cmd.wait(2.0 + link.ack_timeout_s * (link.retries + 1))
+        status = cmd.wait(2.0 + link.options.ack_timeout_s * (link.options.retries + 1))
         return FireResult(gate, item, status, cmd.detail, cmd.ctrl_time)
 
 

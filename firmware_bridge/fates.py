@@ -28,6 +28,7 @@ from typing import Any
 from firmware_bridge import protocol as p
 from firmware_bridge.clock import Clock, SyncEstimator
 from firmware_bridge.command import CANCELLED, FIRED, LATE, NAK, TIMEOUT, Command, LinkStats
+from firmware_bridge.options import LinkOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ class SortFates:
     clock: Clock
     stats: LinkStats
     sync: SyncEstimator
-    ack_timeout_s: float
-    fate_margin_s: float
-    lost_grace_s: float
+    options: LinkOptions
     _lock: threading.RLock
     _sorts: dict[int, Command]
     _outstanding: dict[int, Any]
@@ -218,9 +217,9 @@ class SortFates:
 
     def _fate_due(self, cmd: Command) -> float | None:
         if cmd.fire_at is not None:
-            return cmd.fire_at + cmd.window_s + self.fate_margin_s
+            return cmd.fire_at + cmd.window_s + self.options.fate_margin_s
         if isinstance(cmd.msg, p.Sort) and cmd.msg.mode == p.SortMode.NOW and cmd.sent_at:
-            return cmd.sent_at + self.fate_margin_s
+            return cmd.sent_at + self.options.fate_margin_s
         return None
 
     def _query(self, sort: Command) -> None:
@@ -308,7 +307,7 @@ class SortFates:
         an earlier copy did arrive, so a copy cannot run twice."""
         if cmd.fire_at is None:
             return False
-        return self.clock.now() < cmd.fire_at - self.ack_timeout_s
+        return self.clock.now() < cmd.fire_at - self.options.ack_timeout_s
 
     def _retime_or_late(self, cmd: Command, why: str, ran_until: float | None = None) -> None:
         """A SORT the controller does not hold whose epoch is over (it never arrived, or
@@ -361,7 +360,7 @@ class SortFates:
             sorts = [c for c in self._sorts.values() if not c.done()]
         for cmd in sorts:
             due = self._fate_due(cmd)
-            if due is not None and now > due + self.lost_grace_s:
+            if due is not None and now > due + self.options.lost_grace_s:
                 self._resolve_sort(cmd, TIMEOUT, detail="link lost", recheck=True)
 
 

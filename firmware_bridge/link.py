@@ -46,6 +46,7 @@ from firmware_bridge.command import (
 from firmware_bridge.errors import LinkError, ProtocolError
 from firmware_bridge.fates import SortFates
 from firmware_bridge.framing import PROTO_VERSION, Deframer
+from firmware_bridge.options import LinkOptions
 from firmware_bridge.rtt import AckTimeout
 
 log = logging.getLogger(__name__)
@@ -98,48 +99,23 @@ class ControllerLink(SortFates):
         url: str,
         clock: Clock | None = None,
         *,
-        heartbeat_s: float = 0.5,
-        status_s: float = 1.0,
-        ack_timeout_s: float = 0.25,
-        retries: int = 3,
         n_gates: int | None = None,
         pulse_ms: int | Sequence[int] = 40,
-        baudrate: int = 115200,
-        open_timeout_s: float = 3.0,
-        sync_interval_s: float = 2.0,
-        fate_margin_s: float = 0.05,
-        lost_grace_s: float = 2.0,
-        max_lead_s: float = p.DEFAULT_MAX_LEAD_MS / 1000,
-        reconnect: bool = True,
-        auto_resume: bool = True,
-        handshake: bool = True,
+        options: LinkOptions | None = None,
         port_factory: Callable[[], Any] | None = None,
+        **tuning: Any,
     ) -> None:
-        if heartbeat_s < 0.05:
-            raise LinkError(f"{url}: heartbeat_s={heartbeat_s} is below the protocol's 0.05 s")
+        """`tuning`: any `LinkOptions` field by name (heartbeat_s=1.0, retries=6, ...),
+        applied over `options` (default: LinkOptions())."""
         self.url = url
         self.clock: Clock = clock or MonotonicClock()
-        self.heartbeat_s = heartbeat_s
-        self.status_s = status_s
-        self.ack_timeout_s = ack_timeout_s
-        self.hello_resend_s = 0.3
+        self.options = (options or LinkOptions()).with_(url, **tuning)
+        """How this link talks (timeouts, retries, CONFIG values)."""
+        self.hello_resend_s = self.options.hello_resend_s
         """How often HELLO is resent while waiting for HELLO_INFO (s)."""
-        self.ack_timer = AckTimeout(ack_timeout_s, ack_timeout_s)
+        self.ack_timer = AckTimeout(self.options.ack_timeout_s, self.options.ack_timeout_s)
         """The ACK timeout in use (adaptive when given a ceiling above ack_timeout_s; kept
         fixed for now: see rtt.py)."""
-        self.retries = retries
-        self.baudrate = baudrate
-        self.open_timeout_s = open_timeout_s
-        self.sync_interval_s = sync_interval_s
-        self.fate_margin_s = fate_margin_s
-        self.lost_grace_s = lost_grace_s
-        if not 0.1 <= max_lead_s <= 65.0:
-            raise LinkError(f"{url}: max_lead_s={max_lead_s} must be within 0.1..65 s")
-        self.max_lead_s = max_lead_s
-        """CONFIG max lead: the controller refuses TIME targets further ahead (BAD_TARGET)."""
-        self.reconnect = reconnect
-        self.auto_resume = auto_resume
-        self.handshake = handshake
         self._port_factory = port_factory
         self._n_gates = n_gates
         self._pulse_ms = pulse_ms
@@ -226,7 +202,7 @@ class ControllerLink(SortFates):
         reader.start()
         try:
             self._open()
-            if self.handshake:
+            if self.options.handshake:
                 self._shake_hands()
         except BaseException:
             self.close()
@@ -481,7 +457,7 @@ class ControllerLink(SortFates):
             else:
                 with ports_follow(self.clock):
                     port = serial.serial_for_url(
-                        self.url, baudrate=self.baudrate, timeout=0.05, write_timeout=0.5
+                        self.url, baudrate=self.options.baudrate, timeout=0.05, write_timeout=0.5
                     )
         except LinkError:
             raise
@@ -568,7 +544,11 @@ class ControllerLink(SortFates):
 
     def _wait_or_raise(self, cmd: Command, timeout: float | None) -> None:
         """Wait for a reply, resending (same seq) each time the ACK timeout passes."""
-        limit = timeout if timeout is not None else self._ack_timeout() * (self.retries + 1) + 0.5
+        limit = (
+            timeout
+            if timeout is not None
+            else self._ack_timeout() * (self.options.retries + 1) + 0.5
+        )
         end = time.monotonic() + limit
         with self._lock:
             out = self._outstanding.get(cmd.seq)
@@ -581,7 +561,12 @@ class ControllerLink(SortFates):
             cmd._event.wait(min(remaining, 0.02))
             mono = time.monotonic()
             due = out is not None and cmd.reply is None and out.deadline <= mono
-            if due and out is not None and cmd.attempts <= self.retries and self._may_retry(out):
+            if (
+                due
+                and out is not None
+                and cmd.attempts <= self.options.retries
+                and self._may_retry(out)
+            ):
                 cmd.attempts += 1
                 out.deadline = mono + self._ack_timeout()
                 self.stats.retries += 1
@@ -606,10 +591,10 @@ class ControllerLink(SortFates):
         if len(pulses) != n:
             raise LinkError(f"{self.url}: {len(pulses)} pulse lengths given for {n} gates")
         return p.Config(
-            round(self.heartbeat_s * 1000),
-            round(self.status_s * 1000),
+            round(self.options.heartbeat_s * 1000),
+            round(self.options.status_s * 1000),
             pulses,
-            round(self.max_lead_s * 1000),
+            round(self.options.max_lead_s * 1000),
         )
 
     # ================================================================ handshake
@@ -618,7 +603,7 @@ class ControllerLink(SortFates):
         opened and its bootloader swallows the first bytes), and once more at once when the
         controller's first STATUS arrives (it has just booted and listens now). Raises
         `LinkError`."""
-        limit = self.open_timeout_s if timeout is None else timeout
+        limit = self.options.open_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         self._new_epoch()
         self._status_seen.clear()
@@ -801,7 +786,7 @@ class ControllerLink(SortFates):
         """The controller says it is in the safe state (STATUS flag, SAFE_STATE, a NAK):
         RESUME (rate-limited) if the host wants the line to run."""
         self.in_safe_state = True
-        if not self._want_safe and self.auto_resume and self._state == "connected":
+        if not self._want_safe and self.options.auto_resume and self._state == "connected":
             self._resume_wanted = True
 
     def _handle_event(self, msg: p.Message) -> None:
@@ -817,7 +802,7 @@ class ControllerLink(SortFates):
             if self.in_safe_state:
                 self._saw_safe()
             lost_config = not msg.flags & p.FLAG_CONFIGURED
-            if lost_config and self.handshake and self._state == "connected":
+            if lost_config and self.options.handshake and self._state == "connected":
                 self._note_reset("the controller lost its CONFIG (was it reset?)")
         elif isinstance(msg, p.Fault):
             log.warning("%s: controller fault %s", self.url, p.describe(msg))
@@ -863,12 +848,12 @@ class ControllerLink(SortFates):
     def _next_heartbeat(self) -> float | None:
         if self._state != "connected":
             return None
-        return self._last_tx_clock + self.heartbeat_s / 4
+        return self._last_tx_clock + self.options.heartbeat_s / 4
 
     def _virtual_heartbeat(self, t: float) -> None:
         if self._state != "connected" or self._heartbeat_paused:
             return
-        if t - self._last_tx_clock >= self.heartbeat_s / 4 - 1e-9:
+        if t - self._last_tx_clock >= self.options.heartbeat_s / 4 - 1e-9:
             self.send(p.Heartbeat())
 
     def _supervise(self) -> None:
@@ -877,7 +862,7 @@ class ControllerLink(SortFates):
         while not self._stop.wait(0.01):
             try:
                 if self._state == "lost":
-                    if not self.reconnect or time.monotonic() < next_attempt:
+                    if not self.options.reconnect or time.monotonic() < next_attempt:
                         self._expire_while_lost()
                         continue
                     if self._try_reconnect():
@@ -905,7 +890,7 @@ class ControllerLink(SortFates):
         mono = time.monotonic()
         now = self.clock.now()
         self._retry_overdue(mono)
-        beat_due = mono - self._last_tx_mono >= self.heartbeat_s / 4
+        beat_due = mono - self._last_tx_mono >= self.options.heartbeat_s / 4
         if beat_due and not self._heartbeat_virtual():
             self.send(p.Heartbeat())
         if (
@@ -928,10 +913,10 @@ class ControllerLink(SortFates):
         50 ms) while the last sample disagreed with the mapping, so a controller clock that
         jumped is followed within a few round trips, not a few intervals."""
         if self.sync.unconfirmed:
-            return min(self.sync_interval_s, 0.05)
+            return min(self.options.sync_interval_s, 0.05)
         if self.sync.rate_known:
-            return self.sync_interval_s
-        return self.sync_interval_s / 4
+            return self.options.sync_interval_s
+        return self.options.sync_interval_s / 4
 
     def _start_sync(self) -> None:
         t_send = self.clock.now()
@@ -948,7 +933,7 @@ class ControllerLink(SortFates):
             overdue = [o for o in self._outstanding.values() if o.deadline <= mono and not o.waited]
         for out in overdue:
             cmd = out.cmd
-            if cmd.attempts <= self.retries and self._may_retry(out):
+            if cmd.attempts <= self.options.retries and self._may_retry(out):
                 cmd.attempts += 1
                 out.deadline = mono + self._ack_timeout()
                 self.stats.retries += 1
@@ -1040,7 +1025,7 @@ class ControllerLink(SortFates):
             self._open()
             self._state = "connecting"
             self._seen.clear()
-            if self.handshake:
+            if self.options.handshake:
                 self._shake_hands()
             else:
                 self.info = self.wait_hello()

@@ -389,7 +389,7 @@ def test_marker_session_builds_the_link_from_the_config(monkeypatch: pytest.Monk
         say=said.append,
     )
     link = opened[0]
-    assert (link.url, link.heartbeat_s, link.retries) == ("sim://?gates=3", 0.8, 5)
+    assert (link.url, link.options.heartbeat_s, link.options.retries) == ("sim://?gates=3", 0.8, 5)
     assert configured == [(3, [30, 1, 70])]  # gates 0..2, the gap at 1 gets 1 ms
     assert "= 200 ms" in said[0]  # 250 mm at 1000 mm/s - 50 ms offset
     assert errors == [0.0, 5.0]
