@@ -91,7 +91,7 @@ class _Outstanding:
     sent_mono: float = 0.0
 
 
-class ControllerLink(SortFates):
+class ControllerLink:
     """The serial link to a gate controller; see the module docstring and INTERFACES.md."""
 
     def __init__(
@@ -139,7 +139,8 @@ class ControllerLink(SortFates):
         self._seq = itertools.count()
         self._outstanding: dict[int, _Outstanding] = {}
         self._sorts: dict[int, Command] = {}
-        self._init_fates()
+        self.fates = SortFates(self)
+        """SORT fates: QUERY, re-timing, corrections (firmware_bridge.fates)."""
         self._effects = 0
         self._epoch = 0
         """Link epoch of the current session (chosen at each handshake, never 0)."""
@@ -293,7 +294,7 @@ class ControllerLink(SortFates):
                     "item ids must not repeat (the controller would answer with its old fate)"
                 )
             self._sorts[item] = cmd
-        self._forget_timed_out(item)
+        self.fates.forget_timed_out(item)
         self._send_command(cmd)
         return cmd
 
@@ -309,7 +310,7 @@ class ControllerLink(SortFates):
                 with self._lock:
                     sort = self._sorts.get(item)
                 if sort is not None:
-                    self._resolve_sort(sort, CANCELLED, detail="cancelled by host")
+                    self.fates.resolve_sort(sort, CANCELLED, detail="cancelled by host")
 
         self._send_command(cmd, on_reply)
         return cmd
@@ -442,6 +443,11 @@ class ControllerLink(SortFates):
     def to_host_time(self, ctrl_us: int) -> float:
         """Controller time (u32 us) -> host clock time (s), nearest wrap to now."""
         return self.sync.to_host(ctrl_us, self.clock.now())
+
+    def rechecking(self) -> int:
+        """SORTs reported "timeout" whose fate the link is still asking for (a correction
+        may follow)."""
+        return self.fates.rechecking()
 
     def pending(self) -> list[Command]:
         """SORTs not finished yet."""
@@ -739,7 +745,7 @@ class ControllerLink(SortFates):
         if out is None:
             log.debug("%s: reply to no outstanding command: %s", self.url, p.describe(msg))
             if isinstance(msg, p.FateReply):
-                self._on_stray_fate(msg)  # a QUERY answered after the link gave up on it
+                self.fates.on_stray_fate(msg)  # a QUERY answered after the link gave up on it
             return
         cmd = out.cmd
         if cmd.attempts == 1:  # unambiguous round trip (Karn)
@@ -766,7 +772,7 @@ class ControllerLink(SortFates):
         STALE_EPOCH, an old session's copy that the handshake logic re-times)."""
         cmd.reply = msg
         if isinstance(msg, p.FateReply):
-            self._apply_fate(cmd, msg)
+            self.fates.apply_fate(cmd, msg)
             return
         if not isinstance(msg, p.Nak):
             cmd.acked = True
@@ -780,7 +786,7 @@ class ControllerLink(SortFates):
             self._saw_safe()
         cmd.acked = True
         cmd.nak_reason = _nak_enum(msg.reason)
-        self._resolve_sort(cmd, NAK, detail=_nak_name(msg.reason))
+        self.fates.resolve_sort(cmd, NAK, detail=_nak_name(msg.reason))
 
     def _saw_safe(self) -> None:
         """The controller says it is in the safe state (STATUS flag, SAFE_STATE, a NAK):
@@ -792,7 +798,7 @@ class ControllerLink(SortFates):
     def _handle_event(self, msg: p.Message) -> None:
         now = self.clock.now()
         if isinstance(msg, p.Fired | p.Late):
-            self._on_fired_or_late(msg, now)
+            self.fates.on_fired_or_late(msg, now)
         elif isinstance(msg, p.SafeState):
             self._on_safe_state(msg)
         elif isinstance(msg, p.Status):
@@ -831,7 +837,7 @@ class ControllerLink(SortFates):
             with self._lock:
                 asked = [c for c in self._sorts.values() if not c.done()]
             for cmd in asked:
-                self._query(cmd)
+                self.fates.query(cmd)
         self._saw_safe()
 
     def _host_time(self, ctrl_us: int, near: float) -> float | None:
@@ -863,7 +869,7 @@ class ControllerLink(SortFates):
             try:
                 if self._state == "lost":
                     if not self.options.reconnect or time.monotonic() < next_attempt:
-                        self._expire_while_lost()
+                        self.fates.expire_while_lost()
                         continue
                     if self._try_reconnect():
                         backoff = 0.1
@@ -905,7 +911,7 @@ class ControllerLink(SortFates):
         if now - self._last_sync_clock >= self._sync_interval():
             self._last_sync_clock = now
             self._start_sync()
-        self._query_overdue(now)
+        self.fates.query_overdue(now)
 
     def _sync_interval(self) -> float:
         """Re-SYNC every sync_interval_s; 4x as often until the drift rate is known, so the
@@ -943,7 +949,7 @@ class ControllerLink(SortFates):
                 self._outstanding.pop(cmd.seq, None)
             if isinstance(cmd.msg, p.Sort):
                 # The SORT may have arrived with only its ACKs lost: ask before deciding.
-                self._query(cmd)
+                self.fates.query(cmd)
             else:
                 self.stats.timeouts += 1
                 cmd._finish(TIMEOUT, self.clock.now(), f"no answer after {cmd.attempts} tries")
@@ -971,7 +977,7 @@ class ControllerLink(SortFates):
         """Note, as a SORT goes out, how many ring entries may be written after its own:
         SORTs unresolved now (they may leave the queue later) plus those written later."""
         open_now = sum(1 for c in self._sorts.values() if not c.done() and c is not cmd)
-        open_now += len(self._rechecks)
+        open_now += len(self.fates._rechecks)
         cmd.ring_mark = (self._epoch, self._sorts_written, open_now)
         self._sorts_written += 1
         assert isinstance(cmd.msg, p.Sort)
@@ -1088,13 +1094,13 @@ class ControllerLink(SortFates):
         with self._lock:
             sorts = [c for c in self._sorts.values() if not c.done()]
             if reset:
-                self._rechecks.clear()
+                self.fates._rechecks.clear()
         for cmd in sorts:
             if reset:  # it ran its old queue until at most then
                 ran_until = self.clock.now() if seen_at is None else seen_at
-                self._retime_or_late(cmd, "controller was reset", ran_until=ran_until)
+                self.fates.retime_or_late(cmd, "controller was reset", ran_until=ran_until)
             else:
-                self._query(cmd)
+                self.fates.query(cmd)
 
 
 def _nak_enum(reason: int) -> p.NakReason | None:

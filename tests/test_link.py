@@ -726,8 +726,8 @@ def test_a_stale_unknown_does_not_resend_a_sort_twice(vclock: VirtualClock) -> N
 
         link._send_command = capture  # type: ignore[method-assign]
         cmd = link.sort(7, 1, vclock.now() + 5.0)
-        link._query(cmd)
-        link._query(cmd)
+        link.fates.query(cmd)
+        link.fates.query(cmd)
         (q1, answer1), (q2, answer2) = queries[:2]
         lost["on"] = False
         answer1(p.FateReply(q1.seq, 7, p.Fate.UNKNOWN, 0))  # never arrived: resend
