@@ -71,6 +71,9 @@ _EFFECT_TYPES = frozenset({p.MsgType.CONFIG, p.MsgType.CANCEL, p.MsgType.RESUME,
 RETRY_TTL_S = p.DEDUP_TTL_MS / 1000 - 1.0
 """A command in the duplicate window is never resent with its seq later than this after
 its first write: the controller forgets entries after DEDUP_TTL_MS."""
+RESYNC_EVERY_S = 2.0
+"""At most one handshake on the same port this often (a controller that keeps resetting
+must not keep the link shaking hands)."""
 RESUME_EVERY_S = 1.0
 """At most one automatic RESUME this often when the controller is seen in the safe state
 while the host wants the line to run."""
@@ -890,8 +893,7 @@ class ControllerLink:
             return  # never a silent "connected" that writes nothing
         if self._heartbeat_paused > 0:
             return  # a silent host: nothing goes out on the link's own initiative
-        if self._resync_wanted:
-            self._resync()
+        if self._resync_wanted and self._resync():
             return
         mono = time.monotonic()
         now = self.clock.now()
@@ -995,16 +997,15 @@ class ControllerLink:
             later = self._sorts_written - index - 1
         return open_then + later < p.FATES_SIZE - 1
 
-    def _resync(self) -> None:
+    def _resync(self) -> bool:
         """The controller reset under us (same port): handshake again (a new epoch), then
-        settle what was in flight (`_after_handshake`)."""
-        reason, self._resync_wanted = self._resync_wanted, ""
+        settle what was in flight (`_after_handshake`). At most one every RESYNC_EVERY_S: a
+        request sooner waits (kept, not dropped: SORTs refused as STALE_EPOCH meanwhile
+        are settled by the next handshake). Returns whether it ran."""
         mono = time.monotonic()
-        if mono - self._last_resync < 5.0:
-            log.warning(
-                "%s: %s again within 5 s; not resyncing (check the firmware)", self.url, reason
-            )
-            return
+        if mono - self._last_resync < RESYNC_EVERY_S:
+            return False
+        reason, self._resync_wanted = self._resync_wanted, ""
         self._last_resync = mono
         log.warning("%s: %s; shaking hands again", self.url, reason)
         self._state = "connecting"
@@ -1017,12 +1018,13 @@ class ControllerLink:
             self._lost(err)
             if self._state != "lost":
                 self._state, self._lost_since = "lost", time.monotonic()
-            return
+            return True
         if not self._set_connected():
             self._end_stale(stale)
-            return
+            return True
         self.stats.reconnects += 1
         self._after_handshake(stale)
+        return True
 
     # ================================================================ reconnect
     def _try_reconnect(self) -> bool:
