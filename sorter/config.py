@@ -62,6 +62,17 @@ class CameraConfig:
     """Capture queue length; when full the oldest frame is dropped (and counted)."""
     stall_s: float = field(default=2.0, metadata=rng(0.1, 600.0))
     """No frame for this many seconds is a stall: reported, and the controller is put safe."""
+    scale_marker: str = ""
+    """Scale check: the ArUco dictionary of a marker fixed in view, lying level with the belt
+    at its edge (e.g. "DICT_5X5_100"); empty: no check."""
+    scale_marker_id: int = field(default=0, metadata=rng(0, 1000))
+    """The marker's id in that dictionary."""
+    scale_marker_mm: float = field(default=40.0, metadata=rng(1.0, 1000.0))
+    """The printed marker's side (black square), mm."""
+    scale_check_s: float = field(default=10.0, metadata=rng(0.1, 3600.0))
+    """Seconds between scale checks."""
+    scale_tolerance: float = field(default=0.01, metadata=rng(0.001, 0.5))
+    """Alarm when the marker's scale is off belt.px_per_mm by more than this fraction."""
 
 
 @dataclass

@@ -81,6 +81,10 @@ EXTRA_COLUMNS: dict[str, str] = {
     "shadow_reason": "TEXT",
     "shadow_views": "INTEGER",
     "shadow_model": "TEXT",
+    # the item's size in mm from its full-resolution mask (sorter.perception.sizes)
+    "length_mm": "REAL",
+    "width_mm": "REAL",
+    "bend_mm": "REAL",
 }
 """Optional decision columns (name -> SQLite type) beyond the core schema below.
 

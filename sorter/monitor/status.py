@@ -149,7 +149,16 @@ class Status:
         self._geometry_metrics(r)
 
     def _geometry_metrics(self, r: CollectorRegistry) -> None:
-        """The belt speed (measured, configured)."""
+        """The belt speed (measured, configured), sizes per grade, the scale check."""
+        self._sizes: dict[str, list[float]] = {}
+        """grade -> [items, sum of length_mm, of width_mm, of bend_mm]."""
+        self.scale: dict[str, Any] = {}
+        """The latest scale check (`scale_check`): ratio, drift, when."""
+        self._m_scale = Gauge(
+            "sorter_scale_drift",
+            "Measured camera scale / belt.px_per_mm - 1 (the fixed marker's scale check)",
+            registry=r,
+        )
         self.belt: dict[str, float | None] = {"speed_mm_s": None, "configured_mm_s": None}
         """The belt speed the tracker measures and the configured one (`belt_speed`)."""
         self._m_speed = Gauge(
@@ -160,6 +169,32 @@ class Status:
         )
 
     # -- updates from the loop ------------------------------------------------------
+    def _add_size(self, grade: str, record: dict[str, Any]) -> None:
+        """Add an item's size (length_mm, width_mm, bend_mm in its record) to its grade's."""
+        values = [record.get(k) for k in ("length_mm", "width_mm", "bend_mm")]
+        if any(not isinstance(v, int | float) for v in values):
+            return
+        with self._lock:
+            acc = self._sizes.setdefault(grade, [0.0, 0.0, 0.0, 0.0])
+            acc[0] += 1
+            for k, v in enumerate(values, start=1):
+                acc[k] += float(v)  # type: ignore[arg-type]
+
+    def scale_check(self, ratio: float, tolerance: float, when: float) -> None:
+        """A scale check: measured px/mm over the configured (`ratio`); the scale_drift alarm
+        while it is off by more than `tolerance` (a fraction: the camera was bumped)."""
+        drift = ratio - 1.0
+        with self._lock:
+            self.scale = {"ratio": ratio, "drift": drift, "t": when}
+            if abs(drift) > tolerance:
+                self._alarms["scale_drift"] = (
+                    f"camera scale {100 * drift:+.1f}% off belt.px_per_mm (the scale marker); "
+                    "the camera moved? re-run `sorter calibrate-camera --belt ...`"
+                )
+            else:
+                self._alarms.pop("scale_drift", None)
+        self._m_scale.set(drift)
+
     def belt_speed(self, measured: float, configured: float, tolerance: float) -> None:
         """The measured belt speed (mm/s); the belt_speed alarm while it is off the
         configured one by more than `tolerance` (a fraction), cleared below 0.8 of that."""
@@ -238,6 +273,7 @@ class Status:
                 self._crop_order.append(item)
                 self._crops[item] = crop
         self._m_items.labels(bin=bin_name, grade=grade).inc()
+        self._add_size(grade, record)
         if latency_s is not None:
             self._m_latency.observe(latency_s)
 
@@ -390,6 +426,16 @@ class Status:
                 "decision_log": dict(self.log_health),
                 "shadow": dict(self.shadow_counts),
                 "belt": dict(self.belt),
+                "sizes": {
+                    g: {
+                        "items": int(a[0]),
+                        "length_mm": a[1] / a[0],
+                        "width_mm": a[2] / a[0],
+                        "bend_mm": a[3] / a[0],
+                    }
+                    for g, a in self._sizes.items()
+                },
+                "scale": dict(self.scale),
             }
 
     # -- helpers --------------------------------------------------------------------

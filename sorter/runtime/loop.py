@@ -35,6 +35,8 @@ from sorter.monitor.status import Overlay, Status
 from sorter.perception.lens import Lens
 from sorter.perception.measure import Measurement, item_view, measure
 from sorter.perception.preprocess import to_model_input
+from sorter.perception.scale_marker import ScaleMarker
+from sorter.perception.sizes import item_size
 from sorter.perception.sources import Frame
 from sorter.perception.tracking import DIRECTIONS, BeltTravel, Track, Tracker
 from sorter.perception.vision import Detection, crop_window
@@ -75,6 +77,7 @@ class SortingLoop:
         window: tuple[int, int],
         keep_crops: bool = False,
         lens: Lens | None = None,
+        scale_marker: ScaleMarker | None = None,
         shadow: ShadowGrader | None = None,
     ) -> None:
         self.config = config
@@ -102,6 +105,11 @@ class SortingLoop:
         self.model_id: str | None = None
         """Content id of the model grading now (`model_id` in each record), when known."""
         """The candidate model graded beside this one (`sorter run --shadow`), or None."""
+        self.scale_marker = scale_marker
+        """The fixed marker of the scale check ([camera] scale_marker), or None."""
+        self._next_scale_check: float | None = None
+        self._marker_box: tuple[float, float, float, float] | None = None
+        """Where the marker was last seen (x0, y0, x1, y1 with its white border): not an item."""
         self._measuring = False
         self.travel = BeltTravel()
         """The belt's odometer from the items' refined centres (timing measured)."""
@@ -122,7 +130,8 @@ class SortingLoop:
         Returns the decisions made on this frame.
         """
         t0 = time.perf_counter()
-        detections = self._undistort(self.locator.locate(frame.image))
+        self._check_scale(frame)
+        detections = self._undistort(self._not_marker(self.locator.locate(frame.image)))
         t1 = time.perf_counter()
         tracks = self.tracker.update(detections, frame.t, frame.index)
         t2 = time.perf_counter()
@@ -179,6 +188,45 @@ class SortingLoop:
         scheduler.observe_travel(t, travel / belt.px_per_mm)
         measured = scheduler.odometer.speed_mm_s
         self.status.belt_speed(measured, belt.speed_mm_s, belt.speed_tolerance)
+
+    def _check_scale(self, frame: Frame) -> None:
+        """Every camera.scale_check_s: the fixed marker's scale against belt.px_per_mm."""
+        cam = self.config.camera
+        if self.scale_marker is None:
+            return
+        if self._next_scale_check is not None and frame.t < self._next_scale_check:
+            return
+        self._next_scale_check = frame.t + cam.scale_check_s
+        corners = self.scale_marker.corners(frame.image)
+        marker = self.scale_marker
+        measured = (
+            marker.px_per_mm(frame.image, self.lens, corners=corners)
+            if corners is not None
+            else None
+        )
+        if corners is not None:
+            margin = 0.3 * float(np.ptp(corners[:, 0]))  # the white border and some
+            (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+            self._marker_box = (x0 - margin, y0 - margin, x1 + margin, y1 + margin)
+        if measured is None:
+            self.status.alarm(
+                "scale_marker",
+                f"scale marker {cam.scale_marker} id {cam.scale_marker_id} not in view; "
+                "clean it or check the camera's aim",
+            )
+            return
+        self.status.alarm("scale_marker", None)
+        ratio = measured / self.config.belt.px_per_mm
+        self.status.scale_check(ratio, cam.scale_tolerance, frame.t)
+
+    def _not_marker(self, detections: list[Detection]) -> list[Detection]:
+        """The detections without the scale marker (its centre inside the marker's box)."""
+        box = self._marker_box
+        if box is None:
+            return detections
+        return [
+            d for d in detections if not (box[0] <= d.cx <= box[2] and box[1] <= d.cy <= box[3])
+        ]
 
     def _speed_seen(self) -> bool:
         """True once the tracker has matched an item across two frames (a measurement)."""
@@ -273,7 +321,12 @@ class SortingLoop:
         views = self._items.pop(track.id, ItemViews())
         t_line = track.t_line if track.t_line is not None else t_frame
         t_line = self._refined_crossing(track.id, t_line)
-        return self.decider.decide(track.id, views, t_line, received, self._extra_of(track.id))
+        size = item_size(views.measures, self.config.belt.px_per_mm, self.lens)
+        extra = self._extra_of(track.id)
+        if size is not None:  # length_mm, width_mm, bend_mm in the record
+            fields, more = size.as_record(), extra
+            extra = (lambda label: {**fields, **more(label)}) if more else (lambda _: fields)
+        return self.decider.decide(track.id, views, t_line, received, extra)
 
     def _extra_of(self, item: int) -> Callable[[str], dict[str, Any]] | None:
         """The record's extra fields for an item being decided: the model that decided it

@@ -59,6 +59,7 @@ from sorter.runtime.wiring import (
     crop_window_px,
     load_classifier,
     make_locator,
+    make_scale_marker,
     make_tracker,
     open_link,
 )
@@ -146,6 +147,7 @@ class Runner:
         self.classifier: ClassifierLike = opts.classifier or load_classifier(config, opts.model)
         self.window = crop_window_px(config, self.classifier)
         self.locator = make_locator(config)
+        self.scale_marker = make_scale_marker(config)  # a bad [camera] scale_marker fails here
         Policy(config, self.classifier.labels)  # check per-grade thresholds against the labels
         self.model_path: str | None = _model_file(config, opts, self.classifier)
         """The model file a reload reads again (None: a classifier without a file)."""
@@ -355,6 +357,7 @@ class Runner:
             window=self.window,
             keep_crops=self.decisions.crops_dir is not None,
             lens=make_lens(self.config.lens, (w, h)),
+            scale_marker=self.scale_marker,
             shadow=self.shadow,
         )
         self.loop.model_id = self.model_id

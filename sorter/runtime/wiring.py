@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sorter.actuation.link import ControllerLinkLike
 from sorter.config import Config
 from sorter.errors import ConfigError
+from sorter.perception.scale_marker import ScaleMarker
 from sorter.perception.sources import CameraSettings
 from sorter.perception.tracking import Tracker
 from sorter.perception.vision import BackgroundModel, Locator, window_px
@@ -45,6 +46,14 @@ def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
         line=b.decision_line * frame_size[0],
         speed_px_s=b.speed_mm_s * b.px_per_mm,
     )
+
+
+def make_scale_marker(config: Config) -> ScaleMarker | None:
+    """The scale check's marker from [camera] scale_marker (None: no check)."""
+    c = config.camera
+    if not c.scale_marker:
+        return None
+    return ScaleMarker(c.scale_marker, c.scale_marker_id, c.scale_marker_mm)
 
 
 def camera_settings(config: Config) -> CameraSettings:

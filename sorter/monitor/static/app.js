@@ -78,6 +78,18 @@
     $("lat").textContent = fmt(lat.p50, 1) + " / " + fmt(lat.p99, 1);
     bars("bins", s.bins);
     bars("grades", s.grades);
+    const belt = s.belt || {};
+    $("speed").textContent = fmt(belt.speed_mm_s) + " / " + fmt(belt.configured_mm_s);
+    const scale = s.scale || {};
+    $("scale").textContent = scale.drift === undefined ? "-" : fmt(100 * scale.drift, 2) + "%";
+    const sizes = s.sizes || {};
+    $("sizes").replaceChildren(...Object.keys(sizes).sort().map((g) => {
+      const z = sizes[g];
+      const tr = el("tr");
+      tr.append(el("td", "", g), el("td", "", fmt(z.items)), el("td", "", fmt(z.length_mm, 1)),
+        el("td", "", fmt(z.width_mm, 1)), el("td", "", fmt(z.bend_mm, 1)));
+      return tr;
+    }));
     histogram(lat);
     // Periodic STATUS reports would drown the rest: show what happened, not the heartbeat.
     const events = (s.events || []).filter((e) => e.kind !== "STATUS");

@@ -1,0 +1,164 @@
+"""Gates timed by the belt itself: configured vs measured belt speed on a belt that slows.
+
+A CUCUMBER-9 belt is rendered with `sorter simulate-belt --speed-profile` (the belt runs at
+full speed, slows by 20% over one second, runs slow, and is back at full speed one second
+later; the truth gives each item's true arrival time at every gate), replayed through the
+real loop (bundled int8 model, the Python controller simulator on the replay's virtual
+clock) twice: `[belt] timing = "configured"` (fire time = crossing + distance / the
+configured speed) and `timing = "measured"` (the belt's own odometer, SORTs held until
+send_ahead_ms before the gate). The error of an item is the controller's fire time minus
+the item's true arrival at its gate; inside `serial.window_ms` counts as on time.
+Reported per belt (items placed at fractional positions, as a camera sees them, and at
+whole pixels, the simulator's default): p50 / max of |error| and how many were on time.
+
+    nice -n 19 python -m benchmarks.geometry [--data DIR] [--count 40] [--out FILE.md]
+
+`--data` is a folder-per-grade tree (`sorter-train import-cucumber9`); by default the
+shared CUCUMBER-9 batches are imported into the work folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.core import REPO
+
+PROFILE = "0:1,4:1,5:0.8,8:0.8,9:1"
+"""20% slower from 5 s to 8 s, one-second ramps either side."""
+C9 = REPO.parent / "shared" / "data" / "cucumber-9" / "prototype_1"
+
+
+def _data(work: Path, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    from training.cucumber9 import import_cucumber9
+
+    dest = work / "c9"
+    import_cucumber9(C9, dest)
+    return dest
+
+
+def _belt(data: Path, work: Path, count: int, subpixel: bool) -> Path:
+    from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
+
+    cfg = BeltSimConfig(
+        seed=7,
+        lead_in_s=0.5,
+        count=count,
+        items_per_second=2.0,
+        subpixel=subpixel,
+        speed_profile=PROFILE,
+        limit_per_grade=20,
+    )
+    name = "dip-subpixel.mp4" if subpixel else "dip-whole-px.mp4"
+    return Path(simulate_belt(data, work / name, cfg).truth)
+
+
+def _errors_ms(truth_path: Path, timing: str) -> tuple[list[float], dict[str, int]]:
+    from sorter.config import Config, apply_overrides
+    from sorter.monitor.audit import DecisionLog
+    from sorter.monitor.status import Status
+    from sorter.replay.truth import load_truth, run_with_truth
+    from sorter.runtime.runner import RunOptions
+
+    config = apply_overrides(Config(), {"serial.url": "sim://", "belt.timing": timing})
+    opts = RunOptions(video=truth_path.with_suffix(".mp4"), mode="fast", handle_signals=False)
+    result = run_with_truth(config, opts, DecisionLog(None), Status(), truth_path)
+    truth = load_truth(truth_path)
+    errors: list[float] = []
+    fates: dict[str, int] = {}
+    for it in truth["items"]:
+        rec = min(result.records, key=lambda r: abs(r.t_line - it["t_line"]))
+        fates[str(rec.status)] = fates.get(str(rec.status), 0) + 1
+        if rec.gate is None or rec.fired_at is None:
+            continue
+        distance = config.gates[str(rec.gate)].distance_mm
+        errors.append(1000.0 * (rec.fired_at - it["arrivals"][f"{distance:g}"]))
+    return errors, fates
+
+
+def run(data: Path | None, count: int, work: Path) -> list[dict[str, Any]]:
+    """Both belts, both timings: one row each."""
+    from sorter.config import Config
+
+    window = Config().serial.window_ms
+    src = _data(work, data)
+    rows = []
+    for subpixel in (True, False):
+        truth = _belt(src, work, count, subpixel)
+        for timing in ("configured", "measured"):
+            errs, fates = _errors_ms(truth, timing)
+            a = np.abs(np.array(errs))
+            rows.append(
+                {
+                    "belt": "fractional positions" if subpixel else "whole pixels",
+                    "timing": timing,
+                    "fired": len(errs),
+                    "items": count,
+                    "p50_ms": float(np.median(a)),
+                    "max_ms": float(a.max()),
+                    "mean_ms": float(np.mean(errs)),
+                    "on_time": int((a <= window).sum()),
+                    "window_ms": window,
+                    "fates": fates,
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the rows."""
+    out = [
+        "| belt | timing | fired | \\|error\\| p50 | \\|error\\| max | signed mean | "
+        "on time (within window_ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['belt']} | {r['timing']} | {r['fired']}/{r['items']} | {r['p50_ms']:.2f} ms "
+            f"| {r['max_ms']:.2f} ms | {r['mean_ms']:+.2f} ms | {r['on_time']}/{r['items']} "
+            f"(window {r['window_ms']:g} ms) |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=None, help="Folder-per-grade images.")
+    p.add_argument("--count", type=int, default=40, help="Items on each belt.")
+    p.add_argument("--out", type=Path, default=None, help="Results file (markdown).")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="geometry-") as tmp:
+        rows = run(args.data, args.count, Path(tmp))
+    text = table(rows)
+    print(text)
+    out = args.out or (
+        REPO / "benchmarks" / "results" / f"geometry-{machine.machine_slug()}-{started:%Y-%m-%d}.md"
+    )
+    info = "\n".join(f"- {k}: {v}" for k, v in machine.describe().items())
+    out.write_text(
+        f"# Gates timed by the belt (speed profile {PROFILE}) {started:%Y-%m-%d}\n\n"
+        f"- started: {started:%Y-%m-%d %H:%M} (UTC); wall time "
+        f"{(time.monotonic() - t0) / 60:.1f} min\n"
+        f"- command: `nice -n 19 python -m benchmarks.geometry --count {args.count}`\n\n"
+        f"## Machine\n\n{info}\n\n## Gate timing error (fired - true arrival)\n\n{text}\n",
+        encoding="utf-8",
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
