@@ -47,6 +47,7 @@ from firmware_bridge.errors import LinkError, ProtocolError
 from firmware_bridge.fates import SortFates
 from firmware_bridge.framing import PROTO_VERSION, Deframer
 from firmware_bridge.options import LinkOptions
+from firmware_bridge.position import PositionEstimator
 from firmware_bridge.rtt import AckTimeout
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class ControllerLink:
         self._n_gates = n_gates
         self._pulse_ms = pulse_ms
         self.sync = SyncEstimator()
+        self.positions = PositionEstimator()
+        """Belt position against controller time, from SYNC replies (POSITION mode)."""
         """Host <-> controller clock mapping."""
         self.stats = LinkStats()
         """Counters."""
@@ -364,6 +367,7 @@ class ControllerLink:
 
         def on_reply(reply: p.Message) -> None:
             if isinstance(reply, p.SyncReply) and t_send:
+                self.positions.add(reply.time, reply.position)  # one instant: no RTT needed
                 sample.append(SyncSample(t_send[0], self.clock.now(), reply.time))
                 if cmd.attempts == 1:  # Karn: a resent SYNC's reply has no known send time
                     self.sync.add(sample[0])
@@ -438,6 +442,20 @@ class ControllerLink:
         finally:
             with self._lock:
                 self._heartbeat_paused -= 1
+
+    def position_at(self, t_host: float) -> float:
+        """Host clock time (s) -> belt position (encoder ticks, the controller's count):
+        the controller time of `t_host` (SYNC mapping) on the line fitted to the recent
+        SYNC replies' (time, position) pairs. LinkError without an encoder or positions."""
+        if self.info is None or not self.info.flags & p.FLAG_ENCODER:
+            raise LinkError(
+                f"{self.url}: the controller reports no encoder; set belt.encoder_ticks_per_mm "
+                "= 0 (gates timed by speed) or fit the encoder"
+            )
+        position = self.positions.at(self.sync.to_controller(t_host))
+        if position is None:
+            raise LinkError(f"{self.url}: no belt positions from the controller yet (SYNC)")
+        return position
 
     def to_controller_time(self, t: float) -> int:
         """Host clock time (s) -> controller time (u32 us)."""
@@ -682,6 +700,7 @@ class ControllerLink:
         else:
             self.request(p.Resume())
         self.sync.reset()
+        self.positions.reset()
         good = 0
         for _ in range(10):  # 5 good round trips; a noisy line may lose a few
             try:
@@ -931,6 +950,8 @@ class ControllerLink:
         cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), 0)
 
         def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.SyncReply):
+                self.positions.add(reply.time, reply.position)
             if isinstance(reply, p.SyncReply) and cmd.attempts == 1:  # Karn, as sync_once
                 self.sync.add(SyncSample(t_send, self.clock.now(), reply.time))
 

@@ -1,0 +1,85 @@
+"""POSITION mode end to end: the controller reports (time, position) pairs in its SYNC
+replies, the link maps a host time to a belt position (firmware_bridge.position), and the
+loop's SORTs go out in POSITION mode and fire when the belt reaches each gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_bridge import protocol as p
+from firmware_bridge.link import ControllerLink
+from firmware_bridge.position import PositionEstimator
+from sorter.config import Config, apply_overrides
+from sorter.monitor.audit import DecisionLog
+from sorter.monitor.status import Status
+from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
+from sorter.replay.truth import load_truth, run_with_truth
+from sorter.runtime.runner import RunOptions
+from tests.test_pipeline_standins import ColourClassifier, make_dataset
+
+
+def test_estimator_unwraps_and_extrapolates() -> None:
+    est = PositionEstimator()
+    assert est.at(0) is None
+    t0 = 0xFFFFFFFF - 150_000  # the u32 microsecond clock wraps during the run
+    for k in range(6):
+        t = (t0 + 100_000 * k) & 0xFFFFFFFF
+        est.add(t, 2_000_000_000 + 200 * k)  # 2000 ticks/s, past the i32 edge later
+    assert est.ticks_per_s == pytest.approx(2000.0)
+    later = (t0 + 1_000_000) & 0xFFFFFFFF
+    assert est.at(later) == pytest.approx(2_000_000_000 + 2000.0)
+
+
+TICKS_PER_MM = 2.0
+
+
+@pytest.fixture(scope="module")
+def belt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pos")
+    data = make_dataset(root / "data", per_grade=1)
+    cfg = BeltSimConfig(seed=5, lead_in_s=0.5, count=9, items_per_second=2.0, subpixel=True)
+    return Path(simulate_belt(data, root / "pos.mp4", cfg).truth)
+
+
+def test_sorts_go_out_in_position_mode_and_hit_their_gates(
+    belt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = load_truth(belt)
+    mm_s = truth["speed_px_s"] / truth["px_per_mm"]
+    sent: list[dict[str, Any]] = []
+    real_sort = ControllerLink.sort
+
+    def spy(self: ControllerLink, *args: Any, **kwargs: Any) -> Any:
+        sent.append(kwargs)
+        return real_sort(self, *args, **kwargs)
+
+    monkeypatch.setattr(ControllerLink, "sort", spy)
+    url = f"sim://?encoder=1&ticks_per_s={mm_s * TICKS_PER_MM:.6f}"
+    config = apply_overrides(
+        Config(), {"serial.url": url, "belt.encoder_ticks_per_mm": TICKS_PER_MM}
+    )
+    opts = RunOptions(video=belt.with_suffix(".mp4"), mode="fast", classifier=ColourClassifier(),
+                      handle_signals=False)  # fmt: skip
+    result = run_with_truth(config, opts, DecisionLog(None), Status(), belt)
+    assert len(sent) == len(truth["items"])
+    assert all(k.get("position") is not None and k.get("fire_at") is None for k in sent)
+    window_ms = config.serial.window_ms
+    for it in truth["items"]:
+        rec = min(result.records, key=lambda r: abs(r.t_line - it["t_line"]))
+        assert rec.status == "fired" and rec.fired_at is not None
+        distance = config.gates[str(rec.gate)].distance_mm
+        error_ms = 1000.0 * (rec.fired_at - it["arrivals"][f"{distance:g}"])
+        print(f"item {it['id']}: gate {rec.gate} fired {error_ms:+.3f} ms from its true arrival")
+        assert abs(error_ms) <= window_ms, (it["id"], error_ms)
+
+
+def test_no_encoder_means_no_position(belt: Path) -> None:
+    from firmware_bridge.errors import LinkError
+
+    with ControllerLink("sim://?encoder=0") as link:
+        with pytest.raises(LinkError, match="no encoder"):
+            link.position_at(0.0)
+    assert p.FLAG_ENCODER == 1
