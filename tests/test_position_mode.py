@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from firmware_bridge import protocol as p
 from firmware_bridge.link import ControllerLink
 from firmware_bridge.position import PositionEstimator
 from sorter.config import Config, apply_overrides
@@ -76,10 +75,8 @@ def test_sorts_go_out_in_position_mode_and_hit_their_gates(
         assert abs(error_ms) <= window_ms, (it["id"], error_ms)
 
 
-def test_no_encoder_means_no_position(belt: Path) -> None:
+def test_no_encoder_means_no_position() -> None:
     from firmware_bridge.errors import LinkError
 
-    with ControllerLink("sim://?encoder=0") as link:
-        with pytest.raises(LinkError, match="no encoder"):
-            link.position_at(0.0)
-    assert p.FLAG_ENCODER == 1
+    with ControllerLink("sim://?encoder=0") as link, pytest.raises(LinkError, match="no encoder"):
+        link.position_at(0.0)
