@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -157,10 +158,24 @@ def test_bad_options_and_missing_model_are_one_line_errors(
 
 
 def test_real_install_refuses_without_root() -> None:
-    cmd = ["bash", str(INSTALL), "--no-apt"]
+    script = INSTALL
     if os.geteuid() == 0:  # drop to nobody to see what a non-root user gets
+        # nobody may not be able to read the checkout (a clone under a 0700 folder): a
+        # world-readable copy of the script, which refuses before it reads anything else
+        shared = Path(tempfile.mkdtemp(prefix="install-", dir="/tmp"))
+        shared.chmod(0o755)
+        (shared / "deploy").mkdir(mode=0o755)
+        script = shared / "deploy" / "install.sh"
+        shutil.copy(INSTALL, script)
+        script.chmod(0o755)
+    cmd = ["bash", str(script), "--no-apt"]
+    if os.geteuid() == 0:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd="/")
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd="/")
+    finally:
+        if script != INSTALL:
+            shutil.rmtree(script.parent.parent, ignore_errors=True)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "must run as root" in result.stderr
     assert "--dry-run" in result.stderr

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import http.client
 import urllib.request
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def _scrape(port: int) -> str | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             return str(resp.read().decode())
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or a response cut at exit
         return None
 
 
