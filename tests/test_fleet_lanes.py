@@ -4,6 +4,7 @@ controller, and keep separate logs, metrics and crops; the template unit verifie
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -11,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import http.client
 import urllib.request
 from pathlib import Path
 
