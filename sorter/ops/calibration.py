@@ -24,10 +24,8 @@ does (the config's [serial] settings, CONFIG for every gate, the scheduler's tra
 from __future__ import annotations
 
 import logging
-import os
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from sorter.actuation.link import SortLink
 from sorter.actuation.scheduling import travel_s as gate_travel_s
 from sorter.config import Config, parse_config
 from sorter.errors import ConfigError, SorterError
+from sorter.ops.config_edit import replace_file, table_key
 from sorter.runtime import wiring
 
 logger = logging.getLogger(__name__)
@@ -157,11 +156,6 @@ _TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _OFFSET = re.compile(r"^(\s*offset_ms\s*=\s*)([^#\s]+)(.*)$")
 
 
-def _table_key(header: str) -> tuple[str, ...]:
-    parts = re.findall(r'"[^"]*"|\'[^\']*\'|[^.\s]+', header)
-    return tuple(p.strip("\"'") for p in parts)
-
-
 def set_gate_offset(text: str, gate: int, offset_ms: float, source: str = "config") -> str:
     """`text` with `offset_ms` of `[gates.<gate>]` set, everything else byte for byte.
 
@@ -177,7 +171,7 @@ def set_gate_offset(text: str, gate: int, offset_ms: float, source: str = "confi
         m = _TABLE.match(line)
         if not m or line.lstrip().startswith("[["):
             continue
-        if start is None and _table_key(m.group(1)) == want:
+        if start is None and table_key(m.group(1)) == want:
             start = i
         elif start is not None:
             end = i
@@ -218,18 +212,7 @@ def write_gate_offset(path: Path, gate: int, offset_ms: float) -> None:
     config = parse_config(new_text, str(path))
     if abs(config.gates[str(gate)].offset_ms - round(offset_ms, 1)) > 1e-6:
         raise ConfigError(f"{path}: gates.{gate}.offset_ms is set twice; keep one line")
-    mode = path.stat().st_mode & 0o7777
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".sorter-calibrate-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(new_text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ConfigError(
-            f"{path}: cannot write the new offset ({err.strerror or err}); run with sudo, or "
-            f"set [gates.{gate}] offset_ms = {offset_ms:.1f} by hand"
-        ) from err
+    replace_file(path, new_text, f"set [gates.{gate}] offset_ms = {offset_ms:.1f} by hand")
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,20 +21,21 @@ from sorter.errors import ConfigError
 _TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 
 
-def _table_key(header: str) -> tuple[str, ...]:
+def table_key(header: str) -> tuple[str, ...]:
+    """A table header's dotted name as parts (`gates."2"` -> ("gates", "2"))."""
     parts = re.findall(r'"[^"]*"|\'[^\']*\'|[^.\s]+', header)
     return tuple(p.strip("\"'") for p in parts)
 
 
 def _table_span(lines: list[str], table: str) -> tuple[int | None, int]:
     """(index of the [table] header or None, index of the next table's header or EOF)."""
-    want = _table_key(table)
+    want = table_key(table)
     start: int | None = None
     for i, line in enumerate(lines):
         m = _TABLE.match(line)
         if not m or line.lstrip().startswith("[["):
             continue
-        if start is None and _table_key(m.group(1)) == want:
+        if start is None and table_key(m.group(1)) == want:
             start = i
         elif start is not None:
             return start, i
@@ -96,6 +97,15 @@ def write_keys(path: Path, edits: dict[str, dict[str, Any]]) -> Config:
                 list(value) if isinstance(value, tuple | list) else value
             ):
                 raise ConfigError(f"{path}: {table}.{key} is set twice; keep one line")
+    replace_file(path, text, "copy the values printed above into the file by hand")
+    return config
+
+
+def replace_file(path: Path, text: str, by_hand: str) -> None:
+    """Atomically replace `path` with `text` (same folder temp file, mode kept).
+
+    `by_hand` ends the one-line error when the file cannot be written: what to set by hand.
+    """
     mode = path.stat().st_mode & 0o7777
     try:
         fd, tmp = tempfile.mkstemp(prefix=".sorter-edit-", dir=path.parent)
@@ -105,7 +115,5 @@ def write_keys(path: Path, edits: dict[str, dict[str, Any]]) -> Config:
         os.replace(tmp, path)
     except OSError as err:
         raise ConfigError(
-            f"{path}: cannot write ({err.strerror or err}); run with sudo, or copy the values "
-            "printed above into the file by hand"
+            f"{path}: cannot write ({err.strerror or err}); run with sudo, or {by_hand}"
         ) from err
-    return config
