@@ -37,7 +37,7 @@ from sorter.actuation.link import SortLink
 from sorter.actuation.scheduling import travel_s as gate_travel_s
 from sorter.config import Config, parse_config
 from sorter.errors import ConfigError, SorterError
-from sorter.ops.config_edit import replace_file, table_key
+from sorter.ops.config_edit import replace_file, table_span
 from sorter.runtime import wiring
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,6 @@ def propose_offset(
 # Writing the offset back: one targeted line edit
 
 
-_TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _OFFSET = re.compile(r"^(\s*offset_ms\s*=\s*)([^#\s]+)(.*)$")
 
 
@@ -164,18 +163,7 @@ def set_gate_offset(text: str, gate: int, offset_ms: float, source: str = "confi
     `[gates.<gate>]` table (the gate must be configured, with its bin, first).
     """
     lines = text.splitlines(keepends=True)
-    want = ("gates", str(gate))
-    start: int | None = None
-    end = len(lines)
-    for i, line in enumerate(lines):
-        m = _TABLE.match(line)
-        if not m or line.lstrip().startswith("[["):
-            continue
-        if start is None and table_key(m.group(1)) == want:
-            start = i
-        elif start is not None:
-            end = i
-            break
+    start, end = table_span(lines, f'gates."{gate}"')
     if start is None:
         raise ConfigError(
             f"{source}: no [gates.{gate}] table; add one (with its bin and distance_mm) before "

@@ -27,7 +27,7 @@ def table_key(header: str) -> tuple[str, ...]:
     return tuple(p.strip("\"'") for p in parts)
 
 
-def _table_span(lines: list[str], table: str) -> tuple[int | None, int]:
+def table_span(lines: list[str], table: str) -> tuple[int | None, int]:
     """(index of the [table] header or None, index of the next table's header or EOF)."""
     want = table_key(table)
     start: int | None = None
@@ -46,7 +46,7 @@ def set_keys(text: str, table: str, values: dict[str, Any]) -> str:
     """`text` with `values` set in `[table]` (see the module docstring)."""
     lines = text.splitlines(keepends=True)
     newline = "\r\n" if text.count("\r\n") > text.count("\n") / 2 > 0 else "\n"
-    start, end = _table_span(lines, table)
+    start, end = table_span(lines, table)
     if start is None:
         if lines and not lines[-1].endswith(("\n", "\r")):
             lines[-1] += newline
