@@ -65,6 +65,8 @@ class Recipe:
     """Weight moving average momentum (0: off)."""
     ensemble: int = 0
     """Distil this many teachers of the same recipe, trained on the same fold (0: none)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of the kernels (0: plain Adam)."""
 
 
 _CAM = CameraAugmentConfig(
@@ -99,6 +101,16 @@ CV_RECIPES: dict[str, Recipe] = {
         camera=_MILD,
         epochs_factor=2.0,
         teachers=("camera-long", "camera-mild-long", "camera-mild", "fixed"),
+        **_FIXED,
+    ),
+    "camera-mild-xl-v16": Recipe(
+        augment=FLIP_ONLY, camera=replace(_MILD, variants=16), epochs_factor=4.0, **_FIXED
+    ),
+    "camera-mild-long-v12-wd": Recipe(
+        augment=FLIP_ONLY,
+        camera=replace(_MILD, variants=12),
+        epochs_factor=2.0,
+        weight_decay=0.05,
         **_FIXED,
     ),
     "camera-mild-ens3": Recipe(augment=FLIP_ONLY, camera=_MILD, ensemble=3, **_FIXED),
@@ -147,6 +159,7 @@ def train_fold(
         schedule=rec.schedule,
         widths=rec.widths,
         ema=rec.ema,
+        weight_decay=rec.weight_decay,
         teachers=teachers,
         reports=False,
         robustness=False,

@@ -101,6 +101,9 @@ class TrainConfig:
     ema: float = 0.0
     """Keep an exponential moving average of the weights with this momentum (e.g. 0.99) and
     end with it (0: off)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW style: each step shrinks the conv and dense kernels by
+    weight_decay x the current rate; batch norm and biases are left alone). 0: plain Adam."""
     teachers: tuple[Path, ...] = ()
     """Run folders whose averaged predictions are soft targets (distillation)."""
     distill_weight: float = 0.7
@@ -167,6 +170,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--field-of-view-mm {cfg.field_of_view_mm}: must be positive")
     if cfg.time_budget_min is not None and cfg.time_budget_min <= 0:
         raise ConfigError(f"--time-budget-min {cfg.time_budget_min}: must be positive")
+    if not (math.isfinite(cfg.weight_decay) and 0 <= cfg.weight_decay < 1):
+        raise ConfigError(f"--weight-decay {cfg.weight_decay}: must be in [0, 1)")
     if not 0 <= cfg.distill_weight <= 1:
         raise ConfigError(f"distill_weight {cfg.distill_weight}: must be in [0, 1]")
 
@@ -396,13 +401,22 @@ def _model(cfg: TrainConfig, p: _Prepared, lr: float, soft: bool) -> keras.Model
         if soft
         else keras.losses.SparseCategoricalCrossentropy()
     )
-    opt = (
-        keras.optimizers.Adam(lr, use_ema=True, ema_momentum=cfg.ema)
-        if cfg.ema > 0
-        else keras.optimizers.Adam(lr)
+    model.compile(
+        optimizer=make_optimizer(lr, cfg.ema, cfg.weight_decay), loss=loss, metrics=["accuracy"]
     )
-    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
     return model
+
+
+def make_optimizer(lr: float, ema: float = 0.0, weight_decay: float = 0.0) -> Any:
+    """Adam, with a moving average of the weights when `ema` > 0 and decoupled weight decay
+    of the kernels (not batch norm, not biases) when `weight_decay` > 0."""
+    kw: dict[str, Any] = {"use_ema": True, "ema_momentum": ema} if ema > 0 else {}
+    if weight_decay > 0:
+        kw["weight_decay"] = weight_decay
+    opt = keras.optimizers.Adam(lr, **kw)
+    if weight_decay > 0:
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
 
 
 def _score(
@@ -608,6 +622,7 @@ def _config_doc(
         "schedule": cfg.schedule,
         "widths": list(cfg.widths),
         "ema": cfg.ema,
+        "weight_decay": cfg.weight_decay,
         "augment": cfg.augment.as_dict(),
         "camera_augment": None if cfg.camera is None else cfg.camera.as_dict(),
         "teachers": [Path(t).name for t in cfg.teachers],
