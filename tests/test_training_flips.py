@@ -94,7 +94,11 @@ def test_label_smoothing_and_cosine_are_recorded(smooth_run: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("schedule", "step", "--schedule step"), ("label_smoothing", 1.0, "--label-smoothing")],
+    [
+        ("schedule", "step", "--schedule step"),
+        ("label_smoothing", 1.0, "--label-smoothing"),
+        ("weight_decay", -0.1, "--weight-decay"),
+    ],
 )
 def test_bad_training_options_are_config_errors(
     tmp_path: Path, field: str, value: object, message: str

@@ -61,6 +61,27 @@ def test_large_photos_get_about_1024_pixels_at_their_aspect(
     assert default_input_size(D.scan_dataset(small)) == (32, 32)
 
 
+def test_weight_decay_shrinks_kernels_only() -> None:
+    import keras
+
+    from training.train import make_optimizer
+
+    kernel = keras.Variable(np.full((3, 3), 2.0, np.float32), name="kernel")
+    gamma = keras.Variable(np.ones(3, np.float32), name="gamma")
+    bias = keras.Variable(np.ones(3, np.float32), name="bias")
+    opt = make_optimizer(1e-2, weight_decay=0.5)
+    for _ in range(3):  # zero gradients: Adam moves nothing, only the decay acts
+        opt.apply_gradients(
+            [(np.zeros((3, 3), np.float32), kernel)]
+            + [(np.zeros(3, np.float32), v) for v in (gamma, bias)]
+        )
+    assert np.allclose(kernel.numpy(), 2.0 * (1 - 0.5 * 1e-2) ** 3)
+    assert np.allclose(gamma.numpy(), 1.0) and np.allclose(bias.numpy(), 1.0)
+    plain = keras.Variable(np.full(2, 2.0, np.float32), name="kernel")
+    make_optimizer(1e-2).apply_gradients([(np.zeros(2, np.float32), plain)])
+    assert np.allclose(plain.numpy(), 2.0)
+
+
 def test_class_weights_power() -> None:
     split = _items({"a": 90, "b": 10})
     full = class_weights(split, ["a", "b"], power=1.0)

@@ -128,6 +128,9 @@ def train(
     class_weight_power: float = typer.Option(
         DEFAULTS.class_weight_power, help="Class weights ** this (1 balanced, 0 none)."
     ),
+    weight_decay: float = typer.Option(
+        DEFAULTS.weight_decay, help="Decoupled weight decay of the kernels (0: plain Adam)."
+    ),
     teacher: list[Path] = typer.Option([], help="Run folder to distil from (repeatable)."),
     ensemble: int = typer.Option(
         DEFAULTS.ensemble, help="Train N teachers, distil them into one model (0: off)."
@@ -171,6 +174,7 @@ def train(
         schedule=schedule,
         time_budget_min=time_budget_min or None,
         class_weight_power=class_weight_power,
+        weight_decay=weight_decay,
         teachers=tuple(teacher),
         mixed_precision=mixed_precision,
         multi_gpu=multi_gpu,

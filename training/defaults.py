@@ -27,6 +27,8 @@ class RecipeDefaults:
     """Class weights (n / (k n_c)) ** power."""
     ensemble: int = 0
     """Teachers trained and distilled into the model (0: a single network)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of the kernels (0: plain Adam)."""
 
 
 DEFAULTS = RecipeDefaults()

@@ -101,7 +101,7 @@ class TrainConfig:
     ema: float = 0.0
     """Keep an exponential moving average of the weights with this momentum (e.g. 0.99) and
     end with it (0: off)."""
-    weight_decay: float = 0.0
+    weight_decay: float = DEFAULTS.weight_decay
     """Decoupled weight decay (AdamW style: each step shrinks the conv and dense kernels by
     weight_decay x the current rate; batch norm and biases are left alone). 0: plain Adam."""
     teachers: tuple[Path, ...] = ()
