@@ -63,27 +63,52 @@ def _belt(data: Path, work: Path, count: int, subpixel: bool) -> Path:
     return Path(simulate_belt(data, work / name, cfg).truth)
 
 
-def _errors_ms(truth_path: Path, timing: str) -> tuple[list[float], dict[str, int]]:
+def outcomes(
+    records: list[Any], truth: dict[str, Any], config: Any
+) -> tuple[list[float], dict[str, int]]:
+    """Each truth item's fate: the gate errors (ms, fired - true arrival) of the items whose
+    gate fired, and a tally of every item by what happened to it: "fired", the record's
+    status with its policy reason ("rejected (low-confidence)": the reject lane, no gate),
+    or "missed" (no decision at all). Records are matched to truth items one to one by the
+    scorecard's rule (sorter.replay.scorecard.match_to_truth), so an item without a record
+    is counted missed, never credited with a neighbour's fate."""
+    from sorter.replay.scorecard import match_to_truth
+
+    rows = [{"t_line": r.t_line, "label": r.label} for r in records]
+    match = match_to_truth(rows, truth)
+    errors: list[float] = []
+    fates: dict[str, int] = {}
+    for ti, it in enumerate(truth["items"]):
+        ri = match.get(ti)
+        rec = None if ri is None else records[ri]
+        if rec is None:
+            fate = "missed"
+        elif str(rec.status) == "fired" and rec.gate is not None and rec.fired_at is not None:
+            fate = "fired"
+            distance = config.gates[str(rec.gate)].distance_mm
+            errors.append(1000.0 * (rec.fired_at - it["arrivals"][f"{distance:g}"]))
+        else:
+            why = "" if rec.reason in ("", "graded", None) else f" ({rec.reason})"
+            fate = f"{rec.status}{why}"
+        fates[fate] = fates.get(fate, 0) + 1
+    return errors, fates
+
+
+def _errors_ms(
+    truth_path: Path, timing: str, over: dict[str, Any] | None = None
+) -> tuple[list[float], dict[str, int]]:
     from sorter.config import Config, apply_overrides
     from sorter.monitor.audit import DecisionLog
     from sorter.monitor.status import Status
     from sorter.replay.truth import load_truth, run_with_truth
     from sorter.runtime.runner import RunOptions
 
-    config = apply_overrides(Config(), {"serial.url": "sim://", "belt.timing": timing})
+    config = apply_overrides(
+        Config(), {"serial.url": "sim://", "belt.timing": timing, **(over or {})}
+    )
     opts = RunOptions(video=truth_path.with_suffix(".mp4"), mode="fast", handle_signals=False)
     result = run_with_truth(config, opts, DecisionLog(None), Status(), truth_path)
-    truth = load_truth(truth_path)
-    errors: list[float] = []
-    fates: dict[str, int] = {}
-    for it in truth["items"]:
-        rec = min(result.records, key=lambda r: abs(r.t_line - it["t_line"]))
-        fates[str(rec.status)] = fates.get(str(rec.status), 0) + 1
-        if rec.gate is None or rec.fired_at is None:
-            continue
-        distance = config.gates[str(rec.gate)].distance_mm
-        errors.append(1000.0 * (rec.fired_at - it["arrivals"][f"{distance:g}"]))
-    return errors, fates
+    return outcomes(result.records, load_truth(truth_path), config)
 
 
 def run(data: Path | None, count: int, work: Path) -> list[dict[str, Any]]:
@@ -115,17 +140,24 @@ def run(data: Path | None, count: int, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def not_fired(fates: dict[str, int]) -> str:
+    """The items whose gate did not fire, by fate ("2 rejected (low-confidence)")."""
+    parts = [f"{n} {fate}" for fate, n in sorted(fates.items()) if fate != "fired"]
+    return ", ".join(parts) or "none"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows."""
     out = [
-        "| belt | timing | fired | \\|error\\| p50 | \\|error\\| max | signed mean | "
-        "on time (within window_ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| belt | timing | fired | not fired (fate) | \\|error\\| p50 | \\|error\\| max "
+        "| signed mean | fired on time (within window_ms) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
-            f"| {r['belt']} | {r['timing']} | {r['fired']}/{r['items']} | {r['p50_ms']:.2f} ms "
-            f"| {r['max_ms']:.2f} ms | {r['mean_ms']:+.2f} ms | {r['on_time']}/{r['items']} "
+            f"| {r['belt']} | {r['timing']} | {r['fired']}/{r['items']} "
+            f"| {not_fired(r['fates'])} | {r['p50_ms']:.2f} ms "
+            f"| {r['max_ms']:.2f} ms | {r['mean_ms']:+.2f} ms | {r['on_time']}/{r['fired']} "
             f"(window {r['window_ms']:g} ms) |"
         )
     return "\n".join(out)

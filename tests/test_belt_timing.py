@@ -59,6 +59,19 @@ def test_odometer_follows_a_belt_that_slows_down() -> None:
     assert odo.arrival(pos + 80.0, 2.0) == pytest.approx(2.5)
 
 
+def test_odometer_speed_does_not_lag_a_ramp() -> None:
+    """On a belt slowing steadily (200 -> 160 mm/s over 1 s) the speed is the speed now, not
+    half a fitting window ago, so a gate 100 ms ahead is predicted to about a millisecond."""
+    odo = BeltOdometer(200.0)
+    speed = lambda t: 200.0 - 40.0 * t  # noqa: E731
+    travel = lambda t: 200.0 * t - 20.0 * t * t  # noqa: E731
+    for k in range(1, 19):  # 0.6 s at 30 fps
+        odo.observe(k / 30, travel(k / 30))
+    assert odo.speed_mm_s == pytest.approx(speed(0.6), abs=0.1)
+    ahead = travel(0.7)  # where the belt is 100 ms later
+    assert abs(odo.arrival(ahead, 0.6) - 0.7) < 0.0015  # a lagging speed: ~4.5 ms
+
+
 MEASURED = """
 [belt]
 speed_mm_s = 200.0

@@ -49,8 +49,10 @@ def travel_s(config: Config, gate: int) -> float:
 class BeltOdometer:
     """Belt travel in mm on the source timeline, from the tracker's odometer readings.
 
-    `observe(t, travel_mm)` takes one reading a frame; the belt's speed is the slope of the
-    least-squares line through the readings of the last `window_s`, its position at any
+    `observe(t, travel_mm)` takes one reading a frame; the belt's speed is the slope at the
+    latest reading of a least-squares parabola (constant acceleration) through the readings
+    of the last `window_s` (a straight line's slope is the speed half a window earlier: on
+    a belt slowing 20% in a second that fired gates up to 6 ms off), its position at any
     time the latest reading extrapolated at that speed (the reading itself is sub-pixel;
     a fitted position would lag a belt that speeds up or slows down); before any reading,
     the configured speed from t = 0."""
@@ -75,7 +77,9 @@ class BeltOdometer:
             return
         ts = np.array([p[0] for p in q]) - t
         xs = np.array([p[1] for p in q])
-        slope = float(np.polyfit(ts, xs, 1)[0])
+        # The speed now: the slope at t of a line fitted with a constant acceleration (a
+        # straight line's slope is the speed half a window ago: it lags a ramp).
+        slope = float(np.polyfit(ts, xs, 2)[1]) if len(q) >= 5 else float(np.polyfit(ts, xs, 1)[0])
         if slope > 0:
             self.speed_mm_s = slope
         self._fit = (t, travel_mm)
