@@ -159,8 +159,9 @@ def dip_belt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(simulate_belt(data, root / "dip.mp4", cfg).truth)
 
 
-def _gate_errors_ms(truth_path: Path, timing: str) -> list[float]:
-    config = apply_overrides(Config(), {"serial.url": "sim://", "belt.timing": timing})
+def _gate_errors_ms(truth_path: Path, timing: str, angle_deg: float = 0.0) -> list[float]:
+    over = {"serial.url": "sim://", "belt.timing": timing, "lens.belt_angle_deg": angle_deg}
+    config = apply_overrides(Config(), over)
     opts = RunOptions(
         video=truth_path.with_suffix(".mp4"),
         mode="fast",
@@ -198,6 +199,51 @@ def test_measured_timing_hits_every_gate_on_a_belt_that_slows(dip_belt: Path) ->
     assert max(abs(e) for e in measured) <= window_ms, measured
     # the configured speed fires the items that travel in the slow stretch early
     assert max(abs(e) for e in configured) > 10 * window_ms, configured
+
+
+@pytest.fixture(scope="module")
+def tilted_belt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The slowing belt seen by a camera turned 5 degrees to it."""
+    root = tmp_path_factory.mktemp("tilted")
+    data = make_dataset(root / "data", per_grade=2)
+    cfg = BeltSimConfig(
+        seed=3,
+        lead_in_s=0.5,
+        count=16,
+        items_per_second=2.0,
+        subpixel=True,
+        speed_profile=DIP,
+        belt_angle_deg=5.0,
+    )
+    return Path(simulate_belt(data, root / "tilted.mp4", cfg).truth)
+
+
+def test_a_belt_at_an_angle_times_its_gates_along_itself(tilted_belt: Path) -> None:
+    """With the belt's angle ([lens] belt_angle_deg, as calibrate-camera measures it) every
+    gate fires inside its window; read along the image's x axis the belt seems cos(5 deg)
+    slower and the gates fire late."""
+    window_ms = Config().serial.window_ms
+    truth = load_truth(tilted_belt)
+    assert truth["belt_angle_deg"] == 5.0
+    along = _gate_errors_ms(tilted_belt, "measured", angle_deg=5.0)
+    across = _gate_errors_ms(tilted_belt, "measured", angle_deg=0.0)
+    assert len(along) == len(across) == 16
+    assert max(abs(e) for e in along) <= window_ms, along
+    assert abs(sum(along) / 16) < 1.0, along
+    assert sum(across) / 16 > 2.0, across  # late by about the distance x 0.38%
+
+
+def test_a_tilted_belts_truth_moves_at_its_angle(tilted_belt: Path, tmp_path: Path) -> None:
+    import math
+
+    for it in load_truth(tilted_belt)["items"]:
+        (_, x0, y0), (_, x1, y1) = it["centres"][0], it["centres"][-1]
+        assert math.degrees(math.atan2(y1 - y0, x1 - x0)) == pytest.approx(5.0, abs=1e-6)
+    data = make_dataset(tmp_path / "data", per_grade=1)
+    out = CliRunner().invoke(
+        app, ["simulate-belt", str(data), str(tmp_path / "b.mp4"), "--belt-angle", "40"]
+    )
+    assert out.exit_code == 2 and "--belt-angle 40" in out.output
 
 
 def test_simulate_belt_cli_rejects_a_bad_profile(tmp_path: Path) -> None:

@@ -155,3 +155,50 @@ def test_bad_direction_is_a_config_error() -> None:
         Tracker(direction="sideways")
     with pytest.raises(ConfigError, match=r"^track\.max_jump_px: must be > 0"):
         TrackerConfig(max_jump_px=0)
+
+
+def test_belt_axis_is_the_direction_turned_by_the_measured_tilt() -> None:
+    import math
+
+    from sorter.perception.tracking import belt_axis
+
+    assert belt_axis("left-to-right") == (1.0, 0.0)
+    ex, ey = belt_axis("left-to-right", 5.0)
+    assert (ex, ey) == pytest.approx((math.cos(math.radians(5)), math.sin(math.radians(5))))
+    # the angle of the motion, of the line (180 degrees off) or of a board's axis across it
+    for measured in (185.0, -175.0, 95.0, -85.0):
+        assert belt_axis("left-to-right", measured) == pytest.approx((ex, ey))
+    assert belt_axis("right-to-left", 5.0) == pytest.approx((-ex, -ey))
+    assert belt_axis("top-to-bottom", 95.0) == pytest.approx((-ey, ex))
+
+
+def test_a_belt_at_an_angle_is_measured_along_itself() -> None:
+    """Items moving 400 px/s at 6 degrees in the image: with the angle the belt speed and
+    the odometer read the belt's own motion and the line is crossed square to the belt;
+    read along the image's x axis they are cos(6 deg) short (0.55%)."""
+    import math
+
+    a = math.radians(6.0)
+    speed, fps = 400.0, 30.0
+    got = {}
+    for angle in (6.0, 0.0):
+        tr = Tracker(TrackerConfig(), (W, H), speed_px_s=None, angle_deg=angle)
+        crossings: dict[int, float] = {}
+        for k in range(60):
+            t = k / fps
+            s = -100.0 + speed * t  # along the belt, from the line's centre point (320, 240)
+            cx, cy = 320 + s * math.cos(a), 240 + 20 + s * math.sin(a)
+            det = Detection(cx, cy, round(cx - 30), round(cy - 20), 60, 40, 2400.0, ())
+            tr.update([det], t, k)
+            for track in tr.crossings:
+                assert track.t_line is not None
+                crossings[track.id] = track.t_line
+        got[angle] = (tr.speed_px_s, tr.travel_px, list(crossings.values()))
+    speed_a, travel_a, (t_a,) = got[6.0]
+    assert speed_a == pytest.approx(speed, rel=1e-6)
+    assert travel_a == pytest.approx(speed * 59 / fps, rel=1e-6)
+    # square to the belt through (320, 240): the item riding 20 px below it crosses when
+    # s = -20 sin(a), not at the image column x = 320
+    assert t_a == pytest.approx((100.0 - 20 * math.sin(a)) / speed, abs=1e-6)
+    speed_0, _, _ = got[0.0]
+    assert speed_0 == pytest.approx(speed * math.cos(a), rel=1e-6)

@@ -123,6 +123,13 @@ def simulate_belt_cmd(
     gate_distances: Annotated[
         str, typer.Option(help="Gate distances past the line (mm) for the truth's arrivals.")
     ] = "200,300,400,500,600,700,800,900,1000",
+    belt_angle: Annotated[
+        float,
+        typer.Option(
+            help="The belt's direction in the image, degrees from the x axis (y down): a "
+            "camera not square to the belt; the truth's centres and t_line are of that picture."
+        ),
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Make a conveyor-belt video from a folder-per-grade tree, with its ground truth JSON."""
@@ -150,6 +157,7 @@ def simulate_belt_cmd(
             codec=codec,
             speed_profile=speed_profile,
             gate_distances_mm=parse_distances(gate_distances),
+            belt_angle_deg=belt_angle,
             realism=Realism(
                 carrier=carrier,
                 carrier_colours=tuple(c.strip() for c in carrier_colours.split(",") if c.strip()),

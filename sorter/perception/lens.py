@@ -62,7 +62,8 @@ class LensConfig:
     """Belt-plane scale measured with the board flat on the belt (belt.px_per_mm was set to
     it), pixels per mm of the undistorted image; the reference of the scale check."""
     belt_angle_deg: float = field(default=0.0, metadata=rng(-180.0, 180.0))
-    """Belt direction's angle from the image x axis, degrees (y down), as measured."""
+    """Belt direction's angle from the image x axis, degrees (y down), as measured; the
+    tracker follows the belt along it (0: along the image axis of belt.direction)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "lens")

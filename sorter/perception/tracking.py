@@ -3,7 +3,12 @@
 Pure code: detections and times in, tracks out. Items ride the belt, so every item moves the
 same way at (nearly) the belt speed: each track is predicted forward along the belt
 direction with the belt speed estimated from all matches, and matched to the nearest
-detection within a gate. An item entering or leaving the frame is only partly visible, so
+detection within a gate. The belt direction is the configured one (left-to-right, ...)
+turned by the belt's measured tilt in the image (`angle_deg`, `sorter calibrate-camera`'s
+[lens] belt_angle_deg): positions along the belt, speeds and the odometer are the motion
+projected on that axis (a camera turned 5 degrees would otherwise read the belt 0.4% slow),
+and the decision line runs across the belt, square to it, through its point on the frame's
+centre line. An item entering or leaving the frame is only partly visible, so
 its bounding-box centre lags; such views are matched on the edge of the item that IS
 visible (its leading edge when entering, its trailing edge when leaving).
 
@@ -14,6 +19,7 @@ centre passes the decision line (with the crossing time interpolated), and never
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,14 +120,29 @@ class Track:
         return sign * (c - line) >= 0
 
 
+def belt_axis(direction: str, angle_deg: float = 0.0) -> tuple[float, float]:
+    """Unit vector of the belt's motion in the image (x right, y down): the direction's
+    image axis turned by the belt's tilt, `angle_deg` (the belt direction's angle from the
+    image x axis as measured) reduced to within 45 degrees of that axis (a measured angle
+    may be of the motion, 180 degrees from it, or of a board's axis across the belt)."""
+    axis, sign = DIRECTIONS[direction]
+    nominal = 90.0 * axis
+    tilt = math.radians((angle_deg - nominal + 45.0) % 90.0 - 45.0)
+    ux, uy = (float(sign), 0.0) if axis == 0 else (0.0, float(sign))
+    c, s = math.cos(tilt), math.sin(tilt)
+    return c * ux - s * uy, s * ux + c * uy
+
+
 class Tracker:
     """Assigns detections to tracks frame by frame; see the module docstring.
 
     `frame_size` (width, height) places the default decision line at the frame centre and
     lets partial views be recognised. The belt's geometry (from the config's [belt]):
     `direction` of travel in the frame (left-to-right, right-to-left, top-to-bottom,
-    bottom-to-top); the decision `line` in pixels along the belt axis (None: the centre);
-    the expected belt speed `speed_px_s` (None: learned from the matches).
+    bottom-to-top) and the belt's measured angle in the image, `angle_deg` (0: along the
+    image axis); the decision `line` in pixels along the image axis (None: the centre),
+    the line across the belt through that point of the frame's centre line; the expected
+    belt speed `speed_px_s` (None: learned from the matches).
     """
 
     def __init__(
@@ -132,6 +153,7 @@ class Tracker:
         direction: str = "left-to-right",
         line: float | None = None,
         speed_px_s: float | None = None,
+        angle_deg: float = 0.0,
     ) -> None:
         if direction not in DIRECTIONS:
             raise ConfigError(
@@ -144,6 +166,11 @@ class Tracker:
         self.entry_edge, self.exit_edge = _ENTRY_EXIT[direction]
         extent = frame_size[self.axis]
         self.line = float(line) if line is not None else extent / 2
+        self.e = belt_axis(direction, angle_deg)
+        """Unit vector of the belt's motion in the image."""
+        mid = frame_size[1 - self.axis] / 2
+        self.line_u = self.along(*((self.line, mid) if self.axis == 0 else (mid, self.line)))
+        """The decision line's position along the belt (px)."""
         self.speed_px_s: float | None = speed_px_s
         """Current belt speed estimate along the direction (px/s, positive)."""
         self.travel_px = 0.0
@@ -161,17 +188,22 @@ class Tracker:
         self._last_t: float | None = None
 
     # --- geometry along the belt (u grows in the direction of motion) ---
+    def along(self, x: float, y: float) -> float:
+        """A point's position along the belt's motion (px)."""
+        return self.e[0] * x + self.e[1] * y
+
     def _u(self, d: Detection, anchor: str) -> float:
-        lo = d.x if self.axis == 0 else d.y
-        size = d.w if self.axis == 0 else d.h
-        centre = d.cx if self.axis == 0 else d.cy
         if anchor == "centre":
-            return self.sign * centre
-        lead, trail = (lo + size, lo) if self.sign > 0 else (lo, lo + size)
-        return self.sign * (lead if anchor == "lead" else trail)
+            return self.along(d.cx, d.cy)
+        # the box's extreme along the motion: its lead (or trail) corner
+        ex, ey = self.e
+        xs = (d.x + d.w, d.x) if ex >= 0 else (d.x, d.x + d.w)
+        ys = (d.y + d.h, d.y) if ey >= 0 else (d.y, d.y + d.h)
+        k = 0 if anchor == "lead" else 1
+        return ex * xs[k] + ey * ys[k]
 
     def _across(self, d: Detection) -> float:
-        return d.cy if self.axis == 0 else d.cx
+        return self.e[0] * d.cy - self.e[1] * d.cx
 
     def _anchor(self, a: Detection, b: Detection) -> str:
         """Which part of the item to compare two views by (the part both see whole)."""
@@ -258,18 +290,21 @@ class Tracker:
         return list(self.active)
 
     def _gone(self, track: Track, t: float) -> bool:
-        """Predicted to have left the frame entirely."""
+        """Predicted to have left the frame entirely (its box moved along the belt past the
+        exit edge)."""
         d = track.last.detection
-        predicted = self._u(d, "trail") + (self.speed_px_s or 0.0) * (t - track.last.t)
-        exit_u = self.sign * (self.frame_size[self.axis] if self.sign > 0 else 0)
-        return predicted > exit_u
+        lo = d.x if self.axis == 0 else d.y
+        trail = lo if self.sign > 0 else lo + (d.w if self.axis == 0 else d.h)
+        moved = (self.speed_px_s or 0.0) * (t - track.last.t) * self.e[self.axis]
+        exit_at = self.frame_size[self.axis] if self.sign > 0 else 0
+        return self.sign * (trail + moved) > self.sign * exit_at
 
     def _check_crossing(self, track: Track, prev: View) -> None:
         if track.t_line is not None:
             return
         u0 = self._u(prev.detection, "centre")
         u1 = self._u(track.last.detection, "centre")
-        line_u = self.sign * self.line
+        line_u = self.line_u
         if u0 < line_u <= u1:
             frac = (line_u - u0) / (u1 - u0)
             track.t_line = prev.t + frac * (track.last.t - prev.t)

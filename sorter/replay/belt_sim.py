@@ -13,6 +13,13 @@ item's centre crosses `line_x`, on the video's timeline (frame index / fps), and
 lists `[frame, cx, cy]`, the centre of the item's tile as rendered, for every frame it is
 wholly in view (pixel i covers [i, i+1): a frame W wide spans [0, W), its centre is W / 2).
 Deterministic for a seed.
+
+A belt at an angle in the image (`belt_angle_deg`, a camera not square to the belt): the
+belt scene is rendered as usual on a canvas larger than the frame and turned about the
+decision line's centre point (line_x, H / 2) into the frame, before the camera's effects
+(the motion blur of `Realism.exposure_ms` stays along the image's x axis); `centres` and
+`t_line` are then of the turned picture (the line runs across the belt through that
+point); the truth says `belt_angle_deg`. 0, the default, renders exactly as before.
 """
 
 from __future__ import annotations
@@ -99,6 +106,9 @@ class BeltSimConfig:
     gate_distances_mm: tuple[float, ...] = tuple(200.0 + 100.0 * i for i in range(9))
     """Distances past the line (mm) at which the truth gives each item's arrival time (the
     default config's gates)."""
+    belt_angle_deg: float = 0.0
+    """The belt's direction in the image, degrees from the x axis (y down; see the module
+    docstring); 0: along x."""
 
     @property
     def window_px(self) -> tuple[int, int]:
@@ -147,6 +157,10 @@ class BeltSimConfig:
             )
         if self.count is not None and self.count < 1:
             raise ConfigError(f"--count must be at least 1, got {self.count}")
+        if not -30.0 <= self.belt_angle_deg <= 30.0:
+            raise ConfigError(
+                f"--belt-angle {self.belt_angle_deg:g}: use an angle from -30 to 30 degrees"
+            )
         if self.codec not in CODECS:
             raise ConfigError(f"--codec {self.codec!r}: use one of {', '.join(CODECS)}")
         self.realism.check()
@@ -170,6 +184,52 @@ def time_at_px(cfg: BeltSimConfig, px: float) -> float:
     if not cfg.speed_profile:
         return px / cfg.speed_px_s
     return cfg.profile().time_at(px / cfg.speed_px_s)
+
+
+def canvas_margin(cfg: BeltSimConfig) -> int:
+    """Pixels of belt scene rendered beyond each side of the frame so that the turned scene
+    fills it (0 for a belt along x)."""
+    if cfg.belt_angle_deg == 0:
+        return 0
+    w, h = cfg.size
+    corners = np.array([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]])
+    back = _turn_points(cfg, corners, inverse=True)
+    over = max(-back[:, 0].min(), back[:, 0].max() - w, -back[:, 1].min(), back[:, 1].max() - h)
+    return max(0, math.ceil(over)) + 2
+
+
+def _turn_matrix(cfg: BeltSimConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(R, c): the turn by belt_angle_deg about the decision line's centre point c."""
+    a = math.radians(cfg.belt_angle_deg)
+    line_x = cfg.line_x if cfg.line_x is not None else cfg.size[0] / 2
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return rot, np.array([line_x, cfg.size[1] / 2])
+
+
+def _turn_points(cfg: BeltSimConfig, pts: np.ndarray, *, inverse: bool = False) -> np.ndarray:
+    """Belt-scene points (N x 2, pixel i covers [i, i+1)) where the camera sees them, or
+    (inverse) the other way."""
+    rot, c = _turn_matrix(cfg)
+    r = rot.T if inverse else rot
+    return np.asarray((np.asarray(pts, dtype=np.float64) - c) @ r.T + c)
+
+
+def image_point(cfg: BeltSimConfig, x: float, y: float) -> tuple[float, float]:
+    """A point of the belt scene in the camera's image (itself for a belt along x)."""
+    if cfg.belt_angle_deg == 0:
+        return x, y
+    p = _turn_points(cfg, np.array([[x, y]]))[0]
+    return float(p[0]), float(p[1])
+
+
+def _turn(canvas: np.ndarray, cfg: BeltSimConfig, m: int) -> np.ndarray:
+    """The camera's frame of a canvas of the belt scene with `m` px beyond each side."""
+    rot, c = _turn_matrix(cfg)
+    # OpenCV's pixel centres are at integers: ours at i + 0.5; the canvas is offset by m
+    c0 = c - 0.5
+    shift = c0 - rot @ c0 - rot @ np.array([m, m], dtype=np.float64)
+    mat = np.hstack([rot, shift[:, None]]).astype(np.float64)
+    return cv2.warpAffine(canvas, mat, cfg.size, flags=cv2.INTER_LINEAR)
 
 
 @dataclass
@@ -353,11 +413,31 @@ def centres_by_frame(
         rows = []
         for k in range(n_frames):
             cx, cy = true_centre(item, k / cfg.fps, cfg)
+            if cfg.belt_angle_deg != 0:
+                if _tile_in_view(cfg, cx, cy):
+                    rows.append([k, *image_point(cfg, cx, cy)])
+                continue
             inside_x = cx - win_w / 2 >= 0 and cx + win_w / 2 <= w
             if inside_x and cy - win_h / 2 >= 0 and cy + win_h / 2 <= h:
                 rows.append([k, cx, cy])
         out[item.id] = rows
     return out
+
+
+def _tile_in_view(cfg: BeltSimConfig, cx: float, cy: float) -> bool:
+    """True when the turned tile centred at belt-scene point (cx, cy) is wholly in view."""
+    hw, hh = cfg.window_px[0] / 2, cfg.window_px[1] / 2
+    corners = np.array(
+        [[cx - hw, cy - hh], [cx + hw, cy - hh], [cx - hw, cy + hh], [cx + hw, cy + hh]]
+    )
+    p = _turn_points(cfg, corners)
+    w, h = cfg.size
+    return bool(
+        (p[:, 0] >= 0).all()
+        and (p[:, 0] <= w).all()
+        and (p[:, 1] >= 0).all()
+        and (p[:, 1] <= h).all()
+    )
 
 
 def _paste_shifted(frame: np.ndarray, sprite: np.ndarray, left: float, top: float) -> None:
@@ -387,20 +467,24 @@ def render_frame(
     `tiles` are the items' sprites (`prepare`; key `sprite_key(item, cfg)`). `rng` None
     renders a clean frame: no noise (the belt, drift, blur and camera effects stay).
     """
-    w = cfg.size[0]
+    m = canvas_margin(cfg)
+    w = cfg.size[0] + 2 * m
     period = texture.shape[1]
     offset = round(travel_px(cfg, t))
-    cols = (np.arange(w) - offset) % period
+    cols = (np.arange(w) - m - offset) % period
     frame = texture[:, cols].copy()
     for item in items:
         sprite = tiles[sprite_key(item, cfg)]
         left, top = placement(item, t, cfg)
+        left, top = left + m, top + m
         if left >= w or left + sprite.shape[1] <= 0:
             continue
         if cfg.subpixel:
             _paste_shifted(frame, sprite, left, top)
         else:
             _paste(frame, sprite, int(left), int(top))
+    if m:
+        frame = _turn(frame, cfg, m)
     gain = 1.0 + cfg.lighting_drift * math.sin(2 * math.pi * t / cfg.drift_period_s)
     frame *= gain
     if cfg.blur_sigma > 0:
@@ -423,7 +507,8 @@ def prepare(
     rng = np.random.default_rng(cfg.seed)
     items = _schedule(images, cfg, rng)
     tiles = _sprites(root, items, cfg)
-    texture = make_belt_texture(cfg.size[1], max(1024, 2 * cfg.size[0]), rng)
+    m = canvas_margin(cfg)
+    texture = make_belt_texture(cfg.size[1] + 2 * m, max(1024, 2 * (cfg.size[0] + 2 * m)), rng)
     return texture, tiles, items, rng
 
 
@@ -532,9 +617,10 @@ def simulate_belt(
     win_w = cfg.window_px[0]
     last = min(items, key=lambda it: it.x0)
     first = max(items, key=lambda it: it.x0)
-    t_end = time_at_px(cfg, w + win_w / 2 - last.x0)
+    m = canvas_margin(cfg)  # a turned belt shows more of it in the frame's corners
+    t_end = time_at_px(cfg, w + m + win_w / 2 - last.x0)
     n_frames = math.ceil(t_end * cfg.fps) + 1
-    t_enter = time_at_px(cfg, -win_w / 2 - first.x0)
+    t_enter = time_at_px(cfg, max(0.0, -m - win_w / 2 - first.x0))
     empty_frames = max(0, math.ceil(t_enter * cfg.fps) - 1)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -568,6 +654,7 @@ def simulate_belt(
         "frames": n_frames,
         "empty_frames": empty_frames,
         "direction": "left-to-right",
+        **({"belt_angle_deg": cfg.belt_angle_deg} if cfg.belt_angle_deg else {}),
         "seed": cfg.seed,
         "speed_profile": cfg.profile().as_list(),
         "data_dir": str(data_dir),  # as given (relative in the shipped demo truth)
@@ -575,6 +662,7 @@ def simulate_belt(
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in asdict(cfg).items()
             if k not in ("size", "field_of_view_mm")
+            and not (k == "belt_angle_deg" and v == 0)  # the truth of a belt along x as before
         },
         "attribution": ATTRIBUTION,
         "centre_convention": "pixel i covers [i, i+1); a frame W wide spans [0, W)",

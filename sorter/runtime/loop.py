@@ -18,6 +18,7 @@ The loop owns no threads and no devices: `sorter.runtime.runner.Runner` feeds it
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,11 +39,14 @@ from sorter.perception.preprocess import to_model_input
 from sorter.perception.scale_marker import ScaleMarker
 from sorter.perception.sizes import item_size
 from sorter.perception.sources import Frame
-from sorter.perception.tracking import DIRECTIONS, BeltTravel, Track, Tracker
+from sorter.perception.tracking import BeltTravel, Track, Tracker
 from sorter.perception.vision import Detection, crop_window
 from sorter.runtime.reload import reorder
 
 log = logging.getLogger(__name__)
+
+HISTORY = 4
+"""Refined positions kept per item for its line crossing."""
 
 
 class ClassifierLike(Protocol):
@@ -117,8 +121,9 @@ class SortingLoop:
         """This frame's refined centres along the belt, by track id."""
         self._tracker_travel = 0.0
         self._last_t: float | None = None
-        self._history: dict[int, tuple[tuple[float, float] | None, tuple[float, float]]] = {}
-        """Each item's two latest refined (t, position along the belt): the line crossing."""
+        self._history: dict[int, list[tuple[float, float]]] = {}
+        """Each item's latest refined (t, position along the belt), oldest first, at most
+        HISTORY: the line crossing (the half-scale box may cross a frame after its centre)."""
         self._items: dict[int, ItemViews] = {}
         self.lost = 0
         """Tracks that ended without crossing the decision line (after being seen whole)."""
@@ -180,8 +185,9 @@ class SortingLoop:
         self._last_t = t
         travel = self.travel.update(t, self._centres, fallback)
         for i, u in self._centres.items():
-            last = self._history.get(i)
-            self._history[i] = (last[1] if last else None, (t, u))
+            seen = self._history.setdefault(i, [])
+            seen.append((t, u))
+            del seen[:-HISTORY]
         self._centres = {}
         if not self._speed_seen():
             return
@@ -314,8 +320,7 @@ class SortingLoop:
 
     def _along(self, centre: tuple[float, float]) -> float:
         """A point's position along the belt's motion (px)."""
-        axis, sign = DIRECTIONS[self.tracker.direction]
-        return sign * centre[axis]
+        return self.tracker.along(centre[0], centre[1])
 
     def _decide(self, track: Track, t_frame: float, received: float) -> DecisionRecord:
         views = self._items.pop(track.id, ItemViews())
@@ -374,14 +379,12 @@ class SortingLoop:
     def _refined_crossing(self, item: int, t_line: float) -> float:
         """The crossing time from the item's refined centres in the frames either side of
         the line (sub-pixel, not the half-scale box), when it has both; else `t_line`."""
-        prev, last = self._history.pop(item, (None, None))
-        if prev is None or last is None:
-            return t_line
-        (t0, u0), (t1, u1) = prev, last
-        line_u = self._along((self.tracker.line, self.tracker.line))
-        if not (u0 < line_u <= u1) or t1 <= t0:
-            return t_line
-        return t0 + (line_u - u0) / (u1 - u0) * (t1 - t0)
+        seen = self._history.pop(item, [])
+        line_u = self.tracker.line_u
+        for (t0, u0), (t1, u1) in itertools.pairwise(seen):
+            if u0 < line_u <= u1 and t1 > t0:
+                return t0 + (line_u - u0) / (u1 - u0) * (t1 - t0)
+        return t_line
 
     def _forget(self, track: Track) -> None:
         self._history.pop(track.id, None)

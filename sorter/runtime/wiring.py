@@ -37,7 +37,8 @@ def make_locator(config: Config) -> Locator:
 
 
 def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
-    """A Tracker from the [track] section, placed by the [belt] geometry for this frame size."""
+    """A Tracker from the [track] section, placed by the [belt] geometry for this frame size
+    and turned by the belt's measured angle in the image ([lens] belt_angle_deg)."""
     b = config.belt
     return Tracker(
         config.track,
@@ -45,6 +46,7 @@ def make_tracker(config: Config, frame_size: tuple[int, int]) -> Tracker:
         direction=b.direction,
         line=b.decision_line * frame_size[0],
         speed_px_s=b.speed_mm_s * b.px_per_mm,
+        angle_deg=config.lens.belt_angle_deg,
     )
 
 
