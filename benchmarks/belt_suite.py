@@ -167,10 +167,17 @@ def render(data: Path, work: Path, name: str, options: dict[str, Any], rate: flo
 
 
 def config_for(
-    truth: dict[str, Any], path: Path, *, bare: bool, refine: bool, rim_px: float = 0.0
+    truth: dict[str, Any],
+    path: Path,
+    *,
+    bare: bool,
+    refine: bool,
+    rim_px: float = 0.0,
+    surround: str = "keep",
 ) -> Path:
     """The config a user would write for this belt (see the module docstring); `rim_px`:
-    the trays' or cups' rim width, which the user knows (their `[locate] rim_mm`)."""
+    the trays' or cups' rim width, which the user knows (their `[locate] rim_mm`);
+    `surround`: `[locate] surround` (written only when not the default "keep")."""
     px_per_mm = float(truth["px_per_mm"])
     speed_mm_s = float(truth["speed_px_s"]) / px_per_mm
     line = float(truth["line_x"]) / float(truth["size"][0])
@@ -189,6 +196,8 @@ def config_for(
         f"refine = {'true' if refine else 'false'}",
         f"rim_mm = {rim_px / px_per_mm:.6g}",
     ]
+    if surround != "keep":
+        lines.append(f'surround = "{surround}"')
     if bare:  # a cucumber alone is about 1000 px at this scale
         lines.append("min_area_px = 300.0")
     for i, g in enumerate(grades):  # gates 0.4 s and more down the belt at any speed
@@ -215,13 +224,23 @@ def clean_accuracy(data: Path, rels: list[str], model: Path) -> float:
 
 
 def replay(
-    video: Path, model: Path, work: Path, *, bare: bool, refine: bool, rim_px: float
+    video: Path,
+    model: Path,
+    work: Path,
+    *,
+    bare: bool,
+    refine: bool,
+    rim_px: float,
+    surround: str = "keep",
 ) -> dict[str, Any]:
     """`sorter run --fast --serial sim:// --truth` on one belt: its scorecard."""
     truth_path = video.with_suffix(".json")
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
     tag = f"{video.stem}-{model.stem}-{'refine' if refine else 'box'}"
-    config = config_for(truth, work / f"{tag}.toml", bare=bare, refine=refine, rim_px=rim_px)
+    tag += "" if surround == "keep" else f"-surround-{surround}"
+    config = config_for(
+        truth, work / f"{tag}.toml", bare=bare, refine=refine, rim_px=rim_px, surround=surround
+    )
     cmd = _cli("run", "--video", str(video), "--fast", "--serial", "sim://", "--truth")
     cmd += [str(truth_path), "--model", str(model), "--config", str(config), "--json"]
     cmd += ["--db", str(work / f"{tag}.db")]
@@ -243,6 +262,7 @@ def measure(
     *,
     refine: bool = True,
     rim_fill: bool = True,
+    surround: str = "keep",
 ) -> Result:
     """Render (cached) and replay one belt with one model."""
     t0 = time.perf_counter()
@@ -256,6 +276,7 @@ def measure(
         bare=options.get("carrier") == "bare",
         refine=refine,
         rim_px=rim_px if carried and rim_fill else 0.0,
+        surround=surround,
     )
     return Result(
         belt=name,
@@ -269,7 +290,7 @@ def measure(
         spurious=int(card["spurious"]),
         clean=clean,
         seconds=time.perf_counter() - t0,
-        extra={"refine": refine, "rim_fill": rim_fill and carried},
+        extra={"refine": refine, "rim_fill": rim_fill and carried, "surround": surround},
     )
 
 
@@ -286,6 +307,8 @@ def table(results: list[Result], trained_on: dict[str, str]) -> str:
         refine = "" if r.extra.get("refine", True) else " (refine off)"
         if r.extra.get("refine", True) and not r.extra.get("rim_fill", True):
             refine = " (rim fill off)"
+        if r.extra.get("surround", "keep") != "keep":
+            refine += f" (surround = {r.extra['surround']})"
         rows.append(
             f"| {r.belt}{refine} | {r.rate:g} | {r.model} ({trained_on.get(r.model, '?')}) | "
             f"{r.items} | {100 * r.clean:.1f}% | {100 * r.correct_bin:.1f}% | {gap:+.1f} | "
@@ -329,6 +352,9 @@ def main(
     no_refine: bool = typer.Option(
         False, help="Also replay with refine = false (and, with carriers, rim_mm = 0)."
     ),
+    surround: str = typer.Option(
+        "keep", help="[locate] surround value(s) to replay with, comma-separated (keep,model)."
+    ),
     work: Path = typer.Option(Path(tempfile.gettempdir()) / "belt-suite", help="Scratch."),
     out: Path | None = typer.Option(None, help="Write the table (markdown) here too."),
     make_holdout: bool = typer.Option(False, help="Rewrite belt_holdout.txt from --data."),
@@ -339,6 +365,7 @@ def main(
     rels = holdout(data)
     work.mkdir(parents=True, exist_ok=True)
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    surrounds = [s.strip() for s in surround.split(",") if s.strip()] or ["keep"]
     suite = ABLATION if ablation else {n: BELTS[n] for n in belts.split(",") if n}
     if ablation:
         rate_list = rate_list[:1]
@@ -356,14 +383,18 @@ def main(
                     carried = opts.get("carrier") in ("tray", "cup")
                     variants += [(True, False)] if carried else []
                     variants += [(False, False)]
-                for refine, rim_fill in variants:
+                variants = [(rf, fill, "keep") for rf, fill in variants if "keep" in surrounds]
+                variants += [(True, True, s) for s in surrounds if s != "keep"]
+                for refine, rim_fill, sur in variants:
                     r = measure(
-                        data, work, belt, opts, rate, m, clean, refine=refine, rim_fill=rim_fill
-                    )
+                        data, work, belt, opts, rate, m, clean, refine=refine, rim_fill=rim_fill,
+                        surround=sur,
+                    )  # fmt: skip
                     r.belt = name
                     results.append(r)
                     how = "" if refine else " refine off"
                     how += "" if rim_fill or not refine else " rim fill off"
+                    how += "" if sur == "keep" else f" surround {sur}"
                     print(
                         f"{name} {rate:g}/s {m.name}{how}: bin "
                         f"{100 * r.correct_bin:.1f}% vs clean {100 * clean:.1f}% (missed "

@@ -450,6 +450,7 @@ def build_metadata(
             "test_time_flip_views": list(opts.flip_views),
             "training_accuracy": training_metrics,
             **_cross_validation(run.path),
+            **_background(run.path),
             "created": datetime.now().isoformat(timespec="seconds"),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
@@ -466,6 +467,14 @@ def _cross_validation(run_dir: Path) -> dict[str, Any]:
         return {"cross_validation": json.loads(path.read_text())}
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err}); re-run training.cv attach") from err
+
+
+def _background(run_dir: Path) -> dict[str, Any]:
+    """{"background": ...}: the training pictures' background (training.background)."""
+    from training import background as B
+
+    doc = B.of_run(run_dir)
+    return {} if doc is None else {"background": doc}
 
 
 def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import tensorflow as tf
 from sorter.errors import ConfigError
 from sorter.grading.metrics import compute_metrics, most_confused_pairs
 from training import data as D
+from training.background import write_background
 from training.budget import EpochBudget, check_device
 from training.camera_augment import CameraAugmentConfig, build_pool, describe, pool_dataset
 from training.defaults import DEFAULTS
@@ -350,6 +351,7 @@ def _prepare(cfg: TrainConfig) -> _Prepared:
     )
     (run_dir / "labels.txt").write_text("".join(f"{g}\n" for g in scan.labels))
     D.write_split(run_dir / "split.json", scan.root, split)
+    write_background(run_dir, arrays["train"][0])  # for [locate] surround = "model"
     return _Prepared(scan, split, scan.labels, input_size, arrays, weights, run_dir)
 
 

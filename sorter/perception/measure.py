@@ -43,6 +43,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from sorter.perception.surround import Background, fill_surround
 from sorter.perception.vision import Detection
 
 
@@ -306,32 +307,40 @@ def item_view(
     window_px: tuple[int, int],
     *,
     rim_px: float = 0.0,
+    background: Background | None = None,
     config: MeasureConfig | None = None,
 ) -> tuple[np.ndarray, Measurement]:
     """The model's window of one item, centred by `measure`, and the measurement.
 
     With `rim_px` > 0 (the carrier's rim width, `[locate] rim_mm` at the camera's scale),
     the window's pixels outside the carrier's interior (the item's blob, which is the
-    carrier with its rim, shrunk by exactly the rim) are filled in from the interior
-    (`cv2.inpaint`), except produce pixels (excess green, as for the shape): a cup's rim
-    and the belt in the window's corners, or a tray's rim reaching into the view, then look
-    like the tray the model saw in training, and a long item's tips stay.
+    carrier with its rim, shrunk by exactly the rim) are filled in, except produce pixels
+    (excess green, as for the shape): a cup's rim and the belt in the window's corners, or
+    a tray's rim reaching into the view, then look like the tray the model saw in
+    training, and a long item's tips stay. They are filled from the interior
+    (`cv2.inpaint`), or with `background` (`[locate] surround = "model"`: the model's
+    training background, sorter.perception.surround) by it; with `background` the belt
+    round the blob is replaced too whatever the rim (a bare belt round the produce), the
+    edge's mixed pixels keeping their item share (`fill_surround`).
     """
     cfg = config or MeasureConfig()
     measured, blob, (x0, y0) = _measure(image, detection, locator, cfg)
     crop = crop_at(image, measured.cx, measured.cy, window_px)
     r = round(rim_px)
-    if r <= 0 or blob is None:
+    if blob is None or (r <= 0 and background is None):
         return crop, measured
-    # Shrink the whole blob (it may reach beyond the window), then cut the window from it.
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    blob = cv2.erode(blob, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if r > 0:  # shrink the whole blob (it may reach beyond the window), then cut the window
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        blob = cv2.erode(blob, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     centre = (measured.cx - x0 - 0.5, measured.cy - y0 - 0.5)
     inside = cv2.getRectSubPix(blob.astype(np.float32), (crop.shape[1], crop.shape[0]), centre)
     interior = (inside > 127).astype(np.uint8)
     # Never paint over the produce: a long cucumber reaches the window's edge.
     whole = np.full(crop.shape[:2], 255, np.uint8)
     produce = produce_mask(crop, whole, cfg.green_min) > 0
+    if background is not None:
+        keep = (interior > 0) | produce
+        return fill_surround(crop, keep, background, float(cfg.band_px)), measured
     hole = ((interior == 0) & ~produce).astype(np.uint8)
     if not hole.any() or not interior.any():
         return crop, measured

@@ -27,6 +27,7 @@ import numpy as np
 
 from sorter.errors import ConfigError
 from sorter.fields import FieldError, check_fields, choices, rng
+from sorter.perception.surround import SURROUNDS
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,11 @@ class LocatorConfig:
     """Width of the rim of the trays or cups items ride in, in mm (0: none, or the picture
     fills the view). With refine, the crop's pixels outside the carrier's interior (a cup's
     rim and the belt in the window's corners) are filled in from the interior."""
+    surround: str = field(default="keep", metadata=choices(*SURROUNDS))
+    """What the crop shows round the produce: keep (as the camera saw it) or model (with
+    refine: everything outside the produce replaced by the background of the model's
+    training pictures, recorded in its metadata; for produce on a bare belt or in carriers
+    unlike the training pictures' trays; overrides rim_mm)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "locate")

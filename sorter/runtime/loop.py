@@ -39,6 +39,7 @@ from sorter.perception.preprocess import to_model_input
 from sorter.perception.scale_marker import ScaleMarker
 from sorter.perception.sizes import item_size
 from sorter.perception.sources import Frame
+from sorter.perception.surround import model_background
 from sorter.perception.tracking import BeltTravel, Track, Tracker
 from sorter.perception.vision import Detection, crop_window
 from sorter.runtime.reload import reorder
@@ -101,6 +102,9 @@ class SortingLoop:
         rim_mm = float(getattr(getattr(locator, "config", None), "rim_mm", 0.0))
         self.rim_px = rim_mm * config.belt.px_per_mm
         """The carriers' rim at the camera's scale ([locate] rim_mm; item_view fills it)."""
+        self.surround = str(getattr(getattr(locator, "config", None), "surround", "keep"))
+        self.background = model_background(self.surround, classifier)
+        """The model's training background ([locate] surround = "model"), or None."""
         self.lens = lens
         """The lens calibration, or None: detections and crops are taken as the camera saw."""
         self._raw: dict[int, tuple[Detection, Detection]] = {}
@@ -299,7 +303,14 @@ class SortingLoop:
             refined = (cx, cy) if m is not None and m.refined else None
             return self.lens.crop(image, cx, cy, self.window), m, refined
         if self.refine:
-            crop, m = item_view(image, d, self.locator, self.window, rim_px=self.rim_px)
+            crop, m = item_view(
+                image,
+                d,
+                self.locator,
+                self.window,
+                rim_px=self.rim_px,
+                background=self.background,
+            )
             refined = (m.cx, m.cy) if m.refined else None
             return crop, m, refined
         return crop_window(image, d.cx, d.cy, self.window), None, None
@@ -371,6 +382,7 @@ class SortingLoop:
                 else:
                     views.scores[:] = moved
         self.decider.policy = Policy(self.config, new)
+        self.background = model_background(self.surround, classifier)
         self.classifier = classifier
         self.window = window
         self.model_id = model

@@ -50,6 +50,7 @@ from sorter.monitor.audit import DecisionLog, DecisionRecord
 from sorter.monitor.status import Status, status_line
 from sorter.perception.lens import make_lens
 from sorter.perception.sources import Frame, FrameSource, ThreadedSource, open_source
+from sorter.perception.surround import model_background
 from sorter.runtime.liveness import Liveness, LoopWatch
 from sorter.runtime.loop import ClassifierLike, SortingLoop
 from sorter.runtime.reload import Loaded, ModelReloader
@@ -147,6 +148,7 @@ class Runner:
         self.classifier: ClassifierLike = opts.classifier or load_classifier(config, opts.model)
         self.window = crop_window_px(config, self.classifier)
         self.locator = make_locator(config)
+        model_background(config.locate.surround, self.classifier)  # "model" needs one
         self.scale_marker = make_scale_marker(config)  # a bad [camera] scale_marker fails here
         Policy(config, self.classifier.labels)  # check per-grade thresholds against the labels
         self.model_path: str | None = _model_file(config, opts, self.classifier)
@@ -319,6 +321,11 @@ class Runner:
             self._reload_refused(str(done.error))
             return
         clf = done.classifier
+        try:
+            model_background(self.config.locate.surround, clf)
+        except SorterError as err:
+            self._reload_refused(str(err))
+            return
         window = crop_window_px(self.config, clf)
         dropped = 0
         if self.loop is not None:
