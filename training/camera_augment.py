@@ -61,6 +61,11 @@ class CameraAugmentConfig:
     """Chance of a JPEG round trip (quality 25-90)."""
     codec_p: float = 0.15
     """Chance of an mp4v or MJPG round trip of moving content."""
+    cutout_p: float = 0.0
+    """Chance that a render first cuts the produce out of its picture (excess green, the
+    loop's produce rule) and lays it on another surround: half of them on the training
+    pictures' own median background (what `[locate] surround = "model"` gives the model),
+    half on a random belt or carrier colour. 0 (the default): off."""
     max_pool_mb: float = 800.0
     """Fewer variants are kept when the pool would need more memory than this."""
 
@@ -130,9 +135,52 @@ def pool_variants(n_images: int, shape: tuple[int, ...], cfg: CameraAugmentConfi
     return k
 
 
-def render_batch(x: np.ndarray, cfg: CameraAugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """One random render of every image of `x` (N, h, w, 3) uint8."""
+def produce_alpha(picture: np.ndarray) -> np.ndarray:
+    """How much of each pixel of a training picture (h, w, 3) uint8 is produce (float32
+    0-1): its excess-green 2G - R - B > 20 parts (each at least a tenth of the largest),
+    holes filled, the edge feathered by half a pixel."""
+    import cv2
+
+    x = picture.astype(np.int16)
+    green = ((2 * x[:, :, 1] - x[:, :, 0] - x[:, :, 2]) > 20).astype(np.uint8) * 255
+    contours, _ = cv2.findContours(green, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    mask = np.zeros(picture.shape[:2], np.uint8)
+    if contours:
+        areas = [float(cv2.contourArea(c)) for c in contours]
+        big = [c for c, a in zip(contours, areas, strict=True) if a >= 0.1 * max(areas)]
+        cv2.drawContours(mask, big, -1, 255, thickness=cv2.FILLED)
+    alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.5)
+    return np.asarray(np.maximum(alpha, mask / 255.0), dtype=np.float32)
+
+
+def cut_out(picture: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The produce of `picture` laid on the training background `background` (float32
+    (h, w, 3)) with half a spread of noise, or (half the time) on a random belt colour."""
+    h, w = picture.shape[:2]
+    if rng.random() < 0.5:
+        surround = background + rng.normal(0.0, 3.0, background.shape)
+    else:
+        surround = np.empty((h, w, 3), np.float32)
+        surround[:] = _belt(rng)
+        surround += rng.normal(0.0, float(rng.uniform(0, 8)), surround.shape)
+    a = produce_alpha(picture)[:, :, None]
+    out = a * picture.astype(np.float32) + (1.0 - a) * surround
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def render_batch(
+    x: np.ndarray,
+    cfg: CameraAugmentConfig,
+    rng: np.random.Generator,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
+    """One random render of every image of `x` (N, h, w, 3) uint8 (`background`: the
+    training pictures' background at their size, for `cfg.cutout_p`)."""
     out = np.empty_like(x)
+    if cfg.cutout_p > 0 and background is not None:
+        x = x.copy()
+        for i in np.flatnonzero(rng.random(len(x)) < cfg.cutout_p):
+            x[i] = cut_out(x[i], background, rng)
     views = [random_view(rng, cfg) for _ in range(len(x))]
     coded = rng.random(len(x)) < cfg.codec_p
     for i in np.flatnonzero(~coded):
@@ -155,8 +203,13 @@ def build_pool(x: np.ndarray, cfg: CameraAugmentConfig, seed: int) -> np.ndarray
     pool = np.empty((1 + k, *x.shape), dtype=np.uint8)
     pool[0] = x
     rng = np.random.default_rng(seed + 7919)
+    background = None
+    if cfg.cutout_p > 0 and len(x):
+        from sorter.perception.surround import Background
+
+        background = Background.of_images(x).image((x.shape[2], x.shape[1]))
     for v in range(k):
-        pool[1 + v] = render_batch(x, cfg, rng)
+        pool[1 + v] = render_batch(x, cfg, rng, background)
     return pool
 
 
@@ -202,4 +255,5 @@ def describe(cfg: CameraAugmentConfig) -> str:
         f"camera augmentation: {cfg.variants} renders/image, clean {cfg.clean_fraction:.0%}, "
         f"window x{cfg.factor[0]:g}-{cfg.factor[1]:g}, shift ±{cfg.shift_px:g} px, "
         f"rotation ±{cfg.rotate_deg:g}°, scale ±{100 * cfg.scale:g}%"
+        + (f", produce cut out on other surrounds {cfg.cutout_p:.0%}" if cfg.cutout_p else "")
     )

@@ -125,6 +125,13 @@ def train(
         help="Render training images through a randomised camera path (belt, rim, blur, codec).",
     ),
     scale_jitter: float = typer.Option(0.0, help="Size change +- fraction (size grades!)."),
+    cutout: float = typer.Option(
+        0.0,
+        help="Chance a camera render lays the produce, cut out, on another surround (the "
+        "training background or a belt/carrier colour; 0: off).",
+        min=0.0,
+        max=1.0,
+    ),
     class_weight_power: float = typer.Option(
         DEFAULTS.class_weight_power, help="Class weights ** this (1 balanced, 0 none)."
     ),
@@ -168,7 +175,7 @@ def train(
         folds=folds,
         fold=fold,
         augment=aug,
-        camera=cam if cam is None else CameraAugmentConfig(scale=scale_jitter),
+        camera=cam if cam is None else CameraAugmentConfig(scale=scale_jitter, cutout_p=cutout),
         early_stopping=early_stopping,
         patience=patience,
         schedule=schedule,

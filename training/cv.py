@@ -95,6 +95,9 @@ CV_RECIPES: dict[str, Recipe] = {
     "camera-s4": Recipe(augment=FLIP_ONLY, camera=replace(_CAM, scale=0.04), **_FIXED),
     "camera-mild": Recipe(augment=FLIP_ONLY, camera=_MILD, **_FIXED),
     "camera-mild-long": Recipe(augment=FLIP_ONLY, camera=_MILD, epochs_factor=2.0, **_FIXED),
+    "camera-mild-long-cutout": Recipe(
+        augment=FLIP_ONLY, camera=replace(_MILD, cutout_p=0.25), epochs_factor=2.0, **_FIXED
+    ),
     "camera-mild-xl": Recipe(augment=FLIP_ONLY, camera=_MILD, epochs_factor=4.0, **_FIXED),
     "camera-mild-long-distill4": Recipe(
         augment=FLIP_ONLY,
