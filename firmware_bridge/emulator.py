@@ -1,9 +1,10 @@
 """Run the real gate-controller firmware under qemu-system-avr (tests, `make demo`, benchmarks).
 
 `qemu_controller()` builds `firmware_bridge/firmware/build/firmware.elf` if needed (its
-Makefile, avr-gcc), starts QEMU's Arduino Uno machine with the firmware's USART on a TCP
-socket, waits until the socket accepts, yields the pyserial URL `socket://127.0.0.1:PORT`
-and always ends QEMU afterwards.
+Makefile, avr-gcc), or runs the .elf it is given (`build_test_firmware(profile)`: a TEST
+build whose encoder runs a built-in speed profile, for POSITION-mode tests), starts QEMU's
+Arduino Uno machine with the firmware's USART on a TCP socket, waits until the socket
+accepts, yields the pyserial URL `socket://127.0.0.1:PORT` and always ends QEMU afterwards.
 """
 
 from __future__ import annotations
@@ -38,12 +39,27 @@ def tools_available() -> bool:
 
 def build_firmware() -> Path:
     """Runs `make` in the firmware directory (incremental) and returns the .elf path."""
+    _make()
+    return DEFAULT_ELF
+
+
+def build_test_firmware(profile: int) -> Path:
+    """`make TEST_ENCODER=profile` (incremental): the firmware for the emulator whose belt
+    encoder follows built-in speed profile 1 (constant 2000 ticks/s) or 2 (slowing by 20%
+    and back every 10 s) on its own clock (firmware/test_encoder.h): qemu-system-avr
+    cannot drive the encoder pins. Never flashed; returns its .elf path."""
+    if profile not in (1, 2):
+        raise QemuError(f"TEST_ENCODER profile {profile} does not exist; use 1 or 2")
+    _make(f"TEST_ENCODER={profile}")
+    return FIRMWARE_DIR / "build" / f"test-encoder{profile}" / "firmware.elf"
+
+
+def _make(*args: str) -> None:
     proc = subprocess.run(
-        ["make", "-s", "-C", str(FIRMWARE_DIR)], capture_output=True, text=True, check=False
+        ["make", "-s", "-C", str(FIRMWARE_DIR), *args], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         raise QemuError(f"firmware build failed in {FIRMWARE_DIR}:\n{proc.stdout}{proc.stderr}")
-    return DEFAULT_ELF
 
 
 def free_port() -> int:

@@ -93,6 +93,8 @@ class _Outstanding:
     """Effectful commands still unanswered when it was first written (they may reach the
     controller after it and push it out of the duplicate window)."""
     sent_mono: float = 0.0
+    retry: bool = True
+    """False: never resent (a position poll: a newer one follows)."""
 
 
 class ControllerLink:
@@ -124,9 +126,10 @@ class ControllerLink:
         self._n_gates = n_gates
         self._pulse_ms = pulse_ms
         self.sync = SyncEstimator()
-        self.positions = PositionEstimator()
-        """Belt position against controller time, from SYNC replies (POSITION mode)."""
         """Host <-> controller clock mapping."""
+        self.positions = PositionEstimator()
+        """Belt position against controller time, from SYNC replies and STATUS (POSITION
+        mode)."""
         self.stats = LinkStats()
         """Counters."""
         self.info: p.HelloInfo | None = None
@@ -175,6 +178,8 @@ class ControllerLink:
         self._want_safe = False
         self._resume_wanted = False
         self._last_sync_clock = -1e18
+        self._last_position_clock = -1e18
+        self._position_cmd: Command | None = None
         self._lost_since: float | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._sync_echo = itertools.count(1)
@@ -452,9 +457,21 @@ class ControllerLink:
                 f"{self.url}: the controller reports no encoder; set belt.encoder_ticks_per_mm "
                 "= 0 (gates timed by speed) or fit the encoder"
             )
-        position = self.positions.at(self.sync.to_controller(t_host))
+        ctrl = self.sync.to_controller(t_host)
+        position = self.positions.at(ctrl)
         if position is None:
-            raise LinkError(f"{self.url}: no belt positions from the controller yet (SYNC)")
+            ahead = self.positions.ahead_us(ctrl)
+            if ahead is None or not self.positions.ready:
+                raise LinkError(f"{self.url}: no belt positions from the controller yet (SYNC)")
+            if ahead > 0:
+                raise LinkError(
+                    f"{self.url}: no belt position from the controller for {ahead / 1e6:.2f} s "
+                    "(SYNC unanswered); not guessing where the belt is"
+                )
+            raise LinkError(
+                f"{self.url}: no belt position from the controller near that time (a gap "
+                "in its replies); not guessing where the belt was"
+            )
         return position
 
     def to_controller_time(self, t: float) -> int:
@@ -544,9 +561,11 @@ class ControllerLink:
         on_reply: Callable[[p.Message], None] | None = None,
         *,
         fixed_seq: bool = False,
+        retry: bool = True,
     ) -> None:
         """Number `cmd` (unless `fixed_seq`), record it as outstanding and write it: all in
-        one step under the write lock, so frames go out in seq order."""
+        one step under the write lock, so frames go out in seq order. `retry=False`: never
+        resent; it ends "timeout" after one ACK timeout."""
         if self._stop.is_set() or (self._state == "closed" and self._port is None):
             raise LinkError(f"{self.url}: the link is closed")
         with self._write_lock:
@@ -555,7 +574,9 @@ class ControllerLink:
             wire = p.encode(cmd.msg, cmd.seq)
             with self._lock:
                 mono = time.monotonic()
-                out = _Outstanding(cmd, wire, mono + self._ack_timeout(), on_reply, sent_mono=mono)
+                out = _Outstanding(
+                    cmd, wire, mono + self._ack_timeout(), on_reply, sent_mono=mono, retry=retry
+                )
                 if cmd.msg.TYPE in _EFFECT_TYPES:
                     out.effect_index = self._effects
                     out.older_open = sum(
@@ -824,6 +845,8 @@ class ControllerLink:
         elif isinstance(msg, p.SafeState):
             self._on_safe_state(msg)
         elif isinstance(msg, p.Status):
+            if self._has_encoder():
+                self.positions.add(msg.time, msg.position)  # one instant, like SYNC
             self.last_status = msg
             self._status_seen.set()
             self.in_safe_state = bool(msg.flags & p.FLAG_SAFE)
@@ -932,6 +955,10 @@ class ControllerLink:
         if now - self._last_sync_clock >= self._sync_interval():
             self._last_sync_clock = now
             self._start_sync()
+        interval = self.options.position_interval_s
+        if interval > 0 and self._has_encoder() and now - self._last_position_clock >= interval:
+            self._last_position_clock = now
+            self._ask_position()
         self.fates.query_overdue(now)
 
     def _sync_interval(self) -> float:
@@ -957,11 +984,35 @@ class ControllerLink:
 
         self._send_command(cmd, on_reply)
 
+    def _has_encoder(self) -> bool:
+        return self.info is not None and bool(self.info.flags & p.FLAG_ENCODER)
+
+    def _ask_position(self) -> None:
+        """A SYNC for the belt position only: its reply's (time, position) pair goes to
+        `positions`, not to the clock mapping (whose history is counted in samples). One
+        at a time and never resent, so a slow controller is not flooded with them."""
+        last = self._position_cmd
+        if last is not None and not last.done() and self.clock.now() - (last.sent_at or 0.0) < 1.0:
+            return
+
+        def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.SyncReply):
+                self.positions.add(reply.time, reply.position)
+
+        cmd = Command(p.Sync(next(self._sync_echo) & 0xFFFFFFFF), 0)
+        self._position_cmd = cmd
+        self._send_command(cmd, on_reply, retry=False)
+
     def _retry_overdue(self, mono: float) -> None:
         with self._lock:
             overdue = [o for o in self._outstanding.values() if o.deadline <= mono and not o.waited]
         for out in overdue:
             cmd = out.cmd
+            if not out.retry:
+                with self._lock:
+                    self._outstanding.pop(cmd.seq, None)
+                cmd._finish(TIMEOUT, self.clock.now(), "unanswered (not resent)")
+                continue
             if cmd.attempts <= self.options.retries and self._may_retry(out):
                 cmd.attempts += 1
                 out.deadline = mono + self._ack_timeout()

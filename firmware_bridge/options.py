@@ -36,6 +36,10 @@ class LinkOptions:
     """How often HELLO is resent while waiting for HELLO_INFO."""
     sync_interval_s: float = 2.0
     """Re-SYNC period once the drift rate is known (four times as often before)."""
+    position_interval_s: float = 0.05
+    """With an encoder: how often the belt position is asked for (a SYNC whose reply feeds
+    only the position estimate, firmware_bridge.position); 0: never (STATUS and the
+    clock SYNCs only)."""
     fate_margin_s: float = 0.05
     """A SORT is QUERYed when its FIRED/LATE is this late past target + window."""
     lost_grace_s: float = 2.0
@@ -55,6 +59,8 @@ class LinkOptions:
             raise LinkError(f"{url}: heartbeat_s={self.heartbeat_s} is below the protocol's 0.05 s")
         if not 0.1 <= self.max_lead_s <= 65.0:
             raise LinkError(f"{url}: max_lead_s={self.max_lead_s} must be within 0.1..65 s")
+        if self.position_interval_s < 0:
+            raise LinkError(f"{url}: position_interval_s={self.position_interval_s} must be >= 0")
         if self.retries < 0 or self.ack_timeout_s <= 0:
             raise LinkError(f"{url}: retries must be >= 0 and ack_timeout_s > 0")
         return self

@@ -76,6 +76,13 @@ def load_lib(path: Path) -> ctypes.CDLL:
         "fwh_belt_stop": (ctypes.c_uint8, [ctypes.c_void_p]),
         "fwh_out_dropped": (ctypes.c_uint32, [ctypes.c_void_p]),
         "fwh_queue_len": (ctypes.c_uint8, [ctypes.c_void_p]),
+        "fwh_encoder": (ctypes.c_uint8, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint8]),
+        "fwh_encoder_builtin": (ctypes.c_uint8, [ctypes.c_void_p, ctypes.c_uint8]),
+        "fwh_encoder_position": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_uint32]),
+        "fwh_run": (
+            ctypes.c_uint32,
+            [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint8],
+        ),
         "fwh_deframe": (
             ctypes.c_int,
             [u8p, ctypes.c_size_t, u8p, ctypes.c_size_t, u8p, ctypes.c_size_t],

@@ -28,8 +28,37 @@ def test_estimator_unwraps_and_extrapolates() -> None:
         t = (t0 + 100_000 * k) & 0xFFFFFFFF
         est.add(t, 2_000_000_000 + 200 * k)  # 2000 ticks/s, past the i32 edge later
     assert est.ticks_per_s == pytest.approx(2000.0)
-    later = (t0 + 1_000_000) & 0xFFFFFFFF
-    assert est.at(later) == pytest.approx(2_000_000_000 + 2000.0)
+    later = (t0 + 580_000) & 0xFFFFFFFF  # 80 ms past the newest pair
+    assert est.at(later) == pytest.approx(2_000_000_000 + 1160.0)
+    inside = (t0 + 250_000) & 0xFFFFFFFF
+    assert est.at(inside) == pytest.approx(2_000_000_000 + 500.0)
+
+
+def test_estimator_follows_a_slowing_belt_pair_by_pair_and_will_not_guess_far() -> None:
+    from tests.encoder_belt import BUILTIN, EncoderBelt
+
+    belt = EncoderBelt(BUILTIN[2])  # 2000 ticks/s, 1 s ramps to 1600 and back
+    est = PositionEstimator()
+    inside: list[float] = []
+    ahead: list[float] = []
+
+    def error(t: int) -> float:
+        at = est.at(t)
+        assert at is not None
+        return abs(at - belt.position(t))
+
+    for t in range(0, 10_000_000, 50_000):  # a pair every 50 ms, as the link asks
+        est.add(t, belt.position(t))
+        if t:
+            inside += [error(t - 50_000 + dt) for dt in (7_000, 23_000, 41_000)]
+            ahead += [error(t + dt) for dt in (30_000, 80_000)]
+    worst_inside, worst_ahead = max(inside), max(ahead)
+    print(f"between pairs: max {worst_inside:.2f} ticks; up to 80 ms ahead: {worst_ahead:.2f}")
+    assert worst_inside <= 1.0  # whole ticks: the line between pairs is within a tick
+    assert worst_ahead <= 6.0  # 80 ms ahead through a ramp: still inside a 10-tick window
+    assert est.ticks_per_s == pytest.approx(2000.0, abs=5)
+    assert est.at(9_950_000 + 100_001) is None  # no pair for over 0.1 s: no answer
+    assert est.samples == 41  # the last 2 s
 
 
 TICKS_PER_MM = 2.0

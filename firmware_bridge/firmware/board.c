@@ -3,6 +3,10 @@
 #include <avr/interrupt.h>
 #include <avr/io.h>
 #include <util/atomic.h>
+#if TEST_ENCODER
+#include "test_encoder.h"
+#include "timebase.h"
+#endif
 
 /* Gate g -> (port, bit):
  *   0..3  D4..D7   PD4..PD7
@@ -14,7 +18,13 @@
  * Status LED: D13 (PB5).
  * Encoder: A on D2 (INT0, any edge), B on D3 (PD3). */
 
+#if TEST_ENCODER
+/* TEST build (test_encoder.h): no encoder pins; the position follows built-in profile
+ * TEST_ENCODER on the Timer1 clock. */
+static enc_profile_t profile;
+#else
 static volatile int32_t position;
+#endif
 
 void board_init(void)
 {
@@ -24,7 +34,9 @@ void board_init(void)
     DDRB |= 0x3Fu;
     PORTC &= (uint8_t)~0x0Fu;
     DDRC |= 0x0Fu;
-#if HAS_ENCODER
+#if TEST_ENCODER
+    enc_builtin_profile(&profile, TEST_ENCODER);
+#elif HAS_ENCODER
     DDRD &= (uint8_t)~((1u << PD2) | (1u << PD3));
     PORTD |= (uint8_t)((1u << PD2) | (1u << PD3)); /* pull-ups for open-collector encoders */
     EICRA = (uint8_t)(1u << ISC00);                 /* INT0 on any edge of A */
@@ -32,7 +44,7 @@ void board_init(void)
 #endif
 }
 
-#if HAS_ENCODER
+#if HAS_ENCODER && !TEST_ENCODER
 ISR(INT0_vect)
 {
     uint8_t pins = PIND;
@@ -90,10 +102,14 @@ void board_led(uint8_t on)
 
 int32_t board_position(void)
 {
+#if TEST_ENCODER
+    return enc_profile_position(&profile, time_now_us());
+#else
     int32_t p;
     ATOMIC_BLOCK(ATOMIC_RESTORESTATE)
     {
         p = position;
     }
     return p;
+#endif
 }

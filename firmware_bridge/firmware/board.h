@@ -7,6 +7,13 @@
 #define HAS_ENCODER 0 /* build with `make ENCODER=1` where a belt encoder is fitted */
 #endif
 
+#ifndef TEST_ENCODER
+#define TEST_ENCODER 0 /* a TEST build (`make TEST_ENCODER=1|2`): see test_encoder.h */
+#endif
+#if TEST_ENCODER && !HAS_ENCODER
+#error "a TEST_ENCODER build reports an encoder: build it with HAS_ENCODER=1"
+#endif
+
 #define BOARD_GATES 12u
 
 void board_init(void);

@@ -50,6 +50,9 @@ void fwh_init(fwh_t *h, uint8_t hw_gates, uint8_t encoder, uint32_t now, uint8_t
         h->gate_level[g] = 0;
         h->gate_rises[g] = 0;
     }
+    h->enc.n = 0;
+    h->enc.period = 0;
+    h->enc.period_ticks = 0;
     core_init(&h->core, &h->hal, hw_gates, encoder, now, boot_fault);
 }
 
@@ -101,6 +104,45 @@ uint32_t fwh_out_dropped(const fwh_t *h)
 uint8_t fwh_queue_len(const fwh_t *h)
 {
     return h->core.queue_len;
+}
+
+uint8_t fwh_encoder(fwh_t *h, const enc_seg_t *segs, uint8_t n)
+{
+    return enc_profile_set(&h->enc, segs, n);
+}
+
+uint8_t fwh_encoder_builtin(fwh_t *h, uint8_t id)
+{
+    return enc_builtin_profile(&h->enc, id);
+}
+
+int32_t fwh_encoder_position(const fwh_t *h, uint32_t now)
+{
+    return enc_profile_position(&h->enc, now);
+}
+
+void fwh_feed_enc(fwh_t *h, const uint8_t *data, size_t len, uint32_t now)
+{
+    fwh_feed(h, data, len, now, enc_profile_position(&h->enc, now));
+}
+
+uint32_t fwh_run(fwh_t *h, uint32_t from, uint32_t to, uint32_t step, uint8_t stop_on_output)
+{
+    uint32_t t = from;
+    if (step == 0) {
+        step = 1;
+    }
+    for (;;) {
+        size_t before = h->out_len;
+        core_poll(&h->core, t, enc_profile_position(&h->enc, t));
+        if (stop_on_output && h->out_len != before) {
+            return t;
+        }
+        if ((int32_t)(to - t) <= 0) {
+            return to;
+        }
+        t = (int32_t)(to - t) < (int32_t)step ? to : t + step;
+    }
 }
 
 int fwh_deframe(const uint8_t *data, size_t len, uint8_t *codes, size_t codes_cap,

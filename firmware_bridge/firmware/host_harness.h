@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "core.h"
+#include "test_encoder.h"
 
 #define FWH_OUT_CAP 8192u
 
@@ -18,6 +19,7 @@ typedef struct {
     uint8_t gate_level[MAX_GATES];
     uint32_t gate_rises[MAX_GATES];  /* rising edges seen per gate */
     uint8_t belt_run;                /* belt-run permit output */
+    enc_profile_t enc;               /* the belt encoder's profile (fwh_encoder) */
 } fwh_t;
 
 size_t fwh_sizeof(void);
@@ -32,6 +34,20 @@ uint8_t fwh_gate_level(const fwh_t *h, uint8_t gate);
 uint8_t fwh_belt_stop(const fwh_t *h);
 uint32_t fwh_out_dropped(const fwh_t *h);
 uint8_t fwh_queue_len(const fwh_t *h);
+
+/* The belt encoder: the position follows a speed profile (test_encoder.h) of the time
+ * passed in. fwh_encoder: 0, or 1 if a segment breaks a limit (then the position is 0). */
+uint8_t fwh_encoder(fwh_t *h, const enc_seg_t *segs, uint8_t n);
+/* Uses built-in profile `id` (1, 2: what a TEST_ENCODER=id build runs). 0, or 1 if unknown. */
+uint8_t fwh_encoder_builtin(fwh_t *h, uint8_t id);
+int32_t fwh_encoder_position(const fwh_t *h, uint32_t now);
+/* Feeds bytes received at `now`, the position read from the encoder (as the AVR loop). */
+void fwh_feed_enc(fwh_t *h, const uint8_t *data, size_t len, uint32_t now);
+/* Polls the core at every `step` us from `from` to `to` (both included), the position
+ * read from the encoder each time: the AVR main loop while a command is due. Stops after
+ * the first poll that sent something when stop_on_output (returns that time), else
+ * returns `to`. */
+uint32_t fwh_run(fwh_t *h, uint32_t from, uint32_t to, uint32_t step, uint8_t stop_on_output);
 
 /* Stateless helpers for fuzzing the framing layer. */
 /* Feeds a byte stream to a fresh deframer. For each frame that ends, appends one result
