@@ -5,6 +5,7 @@ the loop's undistortion of points and crops."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -201,18 +202,20 @@ class _Recorder:
         return np.tile(np.array([[0.9, 0.1]], np.float32), (len(batch), 1))
 
 
-def _loop_inputs(frames: list[np.ndarray], lens: Lens | None) -> tuple[np.ndarray, list[float]]:
-    """Run the loop over frames; the model inputs and the decisions' t_line."""
+def _loop_inputs(
+    frames: list[np.ndarray], lens: Lens | None, rim_mm: float = 0.0
+) -> tuple[np.ndarray, list[float]]:
+    """Run the loop over frames ([locate] rim_mm given); the model inputs and t_line."""
     from firmware_bridge.clock import VirtualClock
     from sorter.actuation.scheduling import Scheduler
-    from sorter.config import Config
+    from sorter.config import Config, apply_overrides
     from sorter.monitor.audit import DecisionLog
     from sorter.monitor.status import Status
     from sorter.perception.sources import Frame
     from sorter.runtime.loop import SortingLoop
     from sorter.runtime.wiring import make_locator, make_tracker
 
-    config = Config()
+    config = apply_overrides(Config(), {"locate.rim_mm": rim_mm})
     clf = _Recorder()
     h, w = frames[0].shape[:2]
     loop = SortingLoop(
@@ -231,6 +234,67 @@ def _loop_inputs(frames: list[np.ndarray], lens: Lens | None) -> tuple[np.ndarra
         for rec in loop.process(Frame(i, i / 30.0, image), 0.0):
             t_lines.append(rec.t_line)
     return np.concatenate(clf.batches), t_lines
+
+
+BARREL = LensConfig(
+    date="2026-01-01T00:00:00+00:00",
+    width=640,
+    height=480,
+    fx=420.0,
+    fy=420.0,
+    cx=319.5,
+    cy=239.5,
+    dist=(-0.3, 0.09, 0.0, 0.0, 0.0),
+)
+
+
+def _through(lens: Lens, images: list[np.ndarray]) -> list[np.ndarray]:
+    """What the camera sees of ideal (undistorted) frames through the lens."""
+    grid = np.stack(np.meshgrid(np.arange(640) + 0.5, np.arange(480) + 0.5), axis=-1)
+    und = lens.undistort_points(grid.reshape(-1, 2)).reshape(480, 640, 2) - 0.5
+    mx, my = und[..., 0].astype(np.float32), und[..., 1].astype(np.float32)
+    return [cv2.remap(i, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for i in images]
+
+
+def _tray_frames() -> list[np.ndarray]:
+    """A cucumber in a light tray with a dark 6 px rim crossing the belt at 13.7 px a frame,
+    drawn at 4x and area-averaged, then blurred a little, as a camera sees it."""
+    frames = []
+    for i in range(40):
+        img = np.zeros((480 * 4, 640 * 4, 3), np.uint8)
+        img[:] = (230, 120, 30)  # the default orange belt (RGB)
+        x, y = round((70 + 13.7 * i) * 4), 150 * 4
+        cv2.rectangle(img, (x - 208, y - 176), (x + 208, y + 176), (60, 70, 90), -1)  # rim
+        cv2.rectangle(img, (x - 184, y - 152), (x + 184, y + 152), (205, 205, 200), -1)
+        cv2.ellipse(img, (x, y), (136, 56), 15, 0, 360, (40, 170, 60), -1)
+        small = cv2.resize(img, (640, 480), interpolation=cv2.INTER_AREA)
+        frames.append(cv2.GaussianBlur(small, (0, 0), 0.7))
+    return frames
+
+
+def test_loop_fills_the_rim_through_the_lens_as_on_an_undistorted_belt() -> None:
+    """A tray's rim ([locate] rim_mm = 12 at 0.5 px/mm: 6 px) through a lens: the loop's
+    crops are the ones the undistorted belt gives, rim filled in (the belt's corners and the
+    rim inpainted from the tray's inside). Through a lens that does not distort they are
+    the very same; through a barrel lens close to them, and far from the unfilled ones."""
+    lens = Lens(BARREL, (640, 480))
+    flat = Lens(dataclasses.replace(BARREL, dist=(0.0,) * 5), (640, 480))
+    ideal = _tray_frames()
+    filled, _ = _loop_inputs(ideal, None, rim_mm=12.0)
+    unfilled, _ = _loop_inputs(ideal, None)
+    same, _ = _loop_inputs(ideal, flat, rim_mm=12.0)
+    got, _ = _loop_inputs(_through(lens, ideal), lens, rim_mm=12.0)
+    n = min(len(filled), len(unfilled), len(same), len(got))
+    assert n >= 5
+
+    def diff(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a[:n].astype(float) - b[:n]).mean())
+
+    fill_effect, through = diff(unfilled, filled), diff(got, filled)
+    print(f"mean |lens crop - filled crop| {through:.2f}; the fill changes {fill_effect:.2f}")
+    assert fill_effect > 10.0  # the rim and the belt's corners are in the window
+    assert diff(same, filled) < 0.01
+    assert through < 0.25 * fill_effect, (through, fill_effect)
 
 
 def test_loop_crops_the_undistorted_image(tmp_path: Path) -> None:

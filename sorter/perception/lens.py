@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 
 from sorter.fields import check_fields, rng
+from sorter.perception.measure import FullMasker, Measurement, fill_rim, measure_blob, shrink
+from sorter.perception.surround import Background
 from sorter.perception.vision import Detection
 
 
@@ -144,6 +146,14 @@ class Lens:
     def crop(self, image: np.ndarray, cx: float, cy: float, window: tuple[int, int]) -> np.ndarray:
         """The (w, h) window of the ideal image centred on its point (cx, cy), bilinear;
         outside the frame the border is replicated. HxWx3 uint8 copy."""
+        mx, my = self.window_maps(cx, cy, window)
+        return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def window_maps(
+        self, cx: float, cy: float, window: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each pixel of the (w, h) window of the ideal image centred on (cx, cy), where
+        the camera saw it: (map_x, map_y) float32 in OpenCV's convention (for cv2.remap)."""
         w, h = int(window[0]), int(window[1])
         if w < 1 or h < 1:
             raise ValueError(f"crop window must be at least 1x1, got {w}x{h}")
@@ -151,9 +161,56 @@ class Lens:
         ys = cy - h / 2 + 0.5 + np.arange(h, dtype=np.float64)
         gx, gy = np.meshgrid(xs, ys)
         src = self.distort_points(np.stack([gx.ravel(), gy.ravel()], axis=1)) - 0.5
-        mx = src[:, 0].reshape(h, w).astype(np.float32)
-        my = src[:, 1].reshape(h, w).astype(np.float32)
-        return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return src[:, 0].reshape(h, w).astype(np.float32), src[:, 1].reshape(h, w).astype(
+            np.float32
+        )
+
+    def item_view(
+        self,
+        image: np.ndarray,
+        detection: Detection,
+        locator: FullMasker,
+        window: tuple[int, int],
+        *,
+        rim_px: float = 0.0,
+        background: Background | None = None,
+    ) -> tuple[np.ndarray, Measurement, tuple[float, float]]:
+        """`sorter.perception.measure.item_view` through the lens: the item measured on the
+        camera's image (`detection` as the camera saw it), the window cut from the ideal
+        image at its undistorted centre, and with `rim_px` > 0 (in ideal pixels) the
+        carrier's rim filled in exactly as on an undistorted belt: the item's blob carried
+        into the ideal image, shrunk by the rim there, the rest inpainted (`fill_rim`), or
+        with `background` ([locate] surround = "model") replaced by it, rim or not.
+        Returns (crop, measurement in camera pixels, centre in the ideal image)."""
+        m, blob, (x0, y0) = measure_blob(image, detection, locator)
+        cx, cy = self.undistort_point(m.cx, m.cy)
+        crop = self.crop(image, cx, cy, window)
+        r = round(rim_px)
+        if blob is None or (r <= 0 and background is None):
+            return crop, m, (cx, cy)
+        # As on an undistorted belt: the blob on the ideal image's own pixel grid around the
+        # item (a margin beyond the window for the shrinking), shrunk there by the rim, then
+        # sampled at the window's pixels like `measure.item_view` does.
+        w, h = int(window[0]), int(window[1])
+        pad = r + 2
+        gx0, gy0 = math.floor(cx - w / 2) - pad, math.floor(cy - h / 2) - pad
+        gw, gh = w + 2 * pad + 1, h + 2 * pad + 1
+        mx, my = self.window_maps(gx0 + gw / 2, gy0 + gh / 2, (gw, gh))
+        grid = cv2.remap(
+            blob.astype(np.float32),
+            mx - x0,
+            my - y0,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0.0,
+        )
+        inside = np.where(grid > 127, 255, 0).astype(np.uint8)
+        if r > 0:
+            inside = shrink(inside, r)
+        sampled = cv2.getRectSubPix(
+            inside.astype(np.float32), (w, h), (cx - gx0 - 0.5, cy - gy0 - 0.5)
+        )
+        return fill_rim(crop, sampled > 127, background=background), m, (cx, cy)
 
     def stretch(self, x: float, y: float, angle_deg: float, step: float = 2.0) -> float:
         """Ideal pixels per camera pixel at camera point (x, y) along `angle_deg` (image

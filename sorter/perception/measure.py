@@ -273,7 +273,18 @@ def measure(
     The centre is the moment centre of the blob around the detection, holes filled;
     when no blob is found there, the detection's own centre with `refined` False.
     """
-    return _measure(image, detection, locator, config or MeasureConfig())[0]
+    return measure_blob(image, detection, locator, config)[0]
+
+
+def measure_blob(
+    image: np.ndarray,
+    detection: Detection,
+    locator: FullMasker,
+    config: MeasureConfig | None = None,
+) -> tuple[Measurement, np.ndarray | None, tuple[int, int]]:
+    """`measure`, plus the item's filled blob (0/255 uint8, None if none) and the (x0, y0)
+    of its region in the image (for `fill_rim` through a lens, sorter.perception.lens)."""
+    return _measure(image, detection, locator, config or MeasureConfig())
 
 
 def _measure(
@@ -330,21 +341,37 @@ def item_view(
     if blob is None or (r <= 0 and background is None):
         return crop, measured
     if r > 0:  # shrink the whole blob (it may reach beyond the window), then cut the window
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        blob = cv2.erode(blob, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        blob = shrink(blob, r)
     centre = (measured.cx - x0 - 0.5, measured.cy - y0 - 0.5)
     inside = cv2.getRectSubPix(blob.astype(np.float32), (crop.shape[1], crop.shape[0]), centre)
-    interior = (inside > 127).astype(np.uint8)
+    return fill_rim(crop, inside > 127, cfg, background), measured
+
+
+def shrink(blob: np.ndarray, r: int) -> np.ndarray:
+    """A 0/255 mask eroded by a disc of radius `r` px (outside the mask counts as out)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.erode(blob, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def fill_rim(
+    crop: np.ndarray,
+    interior: np.ndarray,
+    config: MeasureConfig | None = None,
+    background: Background | None = None,
+) -> np.ndarray:
+    """The crop with its pixels outside `interior` (bool, the carrier's inside in the
+    crop's pixels), produce pixels (excess green) excepted, inpainted from the interior, or
+    with `background` replaced by it (`fill_surround`); `item_view`'s fill."""
+    cfg = config or MeasureConfig()
     # Never paint over the produce: a long cucumber reaches the window's edge.
     whole = np.full(crop.shape[:2], 255, np.uint8)
     produce = produce_mask(crop, whole, cfg.green_min) > 0
     if background is not None:
-        keep = (interior > 0) | produce
-        return fill_surround(crop, keep, background, float(cfg.band_px)), measured
-    hole = ((interior == 0) & ~produce).astype(np.uint8)
+        return fill_surround(crop, interior | produce, background, float(cfg.band_px))
+    hole = (~interior & ~produce).astype(np.uint8)
     if not hole.any() or not interior.any():
-        return crop, measured
-    return cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA), measured
+        return crop
+    return cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA)
 
 
 def crop_at(image: np.ndarray, cx: float, cy: float, window_px: tuple[int, int]) -> np.ndarray:

@@ -6,8 +6,9 @@ Per frame:
     from the item's full-resolution mask ([locate] refine; sorter.perception.measure), a
     tray's or cup's rim filled in ([locate] rim_mm);
     with a lens calibration ([lens], `sorter calibrate-camera`) the detections are moved
-    into the undistorted image before tracking and each crop is cut from it
-    (sorter.perception.lens: only the points and the crop windows, never a whole frame)
+    into the undistorted image before tracking and each crop is cut from it, its rim
+    filled there (sorter.perception.lens: only the points and the crop windows, never a
+    whole frame)
     -> sorter.perception.preprocess.to_model_input -> classifier (one batch per frame)
     -> for each item crossing the decision line, `sorter.actuation.decider.Decider`: policy
     (mean of its views' scores) -> scheduler (SORT via the link, or late/dry-run) -> decision
@@ -296,12 +297,21 @@ class SortingLoop:
         """The model's window around a detection: at the sub-pixel centre of the item's
         full-resolution mask when [locate] refine is on, else at the box centre. Also the
         measurement and its refined centre in the tracker's image (None: not refined)."""
-        if self.lens is not None:
+        if self.lens is not None and self.refine:
             raw = self._camera(d)
-            m = measure(image, raw, self.locator) if self.refine else None
-            cx, cy = self.lens.undistort_point(m.cx, m.cy) if m is not None else (d.cx, d.cy)
-            refined = (cx, cy) if m is not None and m.refined else None
-            return self.lens.crop(image, cx, cy, self.window), m, refined
+            crop, m, centre = self.lens.item_view(
+                image,
+                raw,
+                self.locator,
+                self.window,
+                rim_px=self.rim_px,
+                background=self.background,
+            )
+            if not m.refined:  # no blob there: the undistorted detection's centre
+                return self.lens.crop(image, d.cx, d.cy, self.window), m, None
+            return crop, m, centre
+        if self.lens is not None:
+            return self.lens.crop(image, d.cx, d.cy, self.window), None, None
         if self.refine:
             crop, m = item_view(
                 image,
