@@ -985,7 +985,13 @@ class ControllerLink:
         self._send_command(cmd, on_reply)
 
     def _has_encoder(self) -> bool:
-        return self.info is not None and bool(self.info.flags & p.FLAG_ENCODER)
+        """The controller reports an encoder, and this link drives it (a bench tool's
+        link, handshake=False, only watches: no position polls)."""
+        return (
+            self.options.handshake
+            and self.info is not None
+            and bool(self.info.flags & p.FLAG_ENCODER)
+        )
 
     def _ask_position(self) -> None:
         """A SYNC for the belt position only: its reply's (time, position) pair goes to

@@ -39,7 +39,7 @@ class LinkOptions:
     position_interval_s: float = 0.05
     """With an encoder: how often the belt position is asked for (a SYNC whose reply feeds
     only the position estimate, firmware_bridge.position); 0: never (STATUS and the
-    clock SYNCs only)."""
+    clock SYNCs only; the estimate then refuses most times). Not with handshake=False."""
     fate_margin_s: float = 0.05
     """A SORT is QUERYed when its FIRED/LATE is this late past target + window."""
     lost_grace_s: float = 2.0
