@@ -109,3 +109,26 @@ def test_no_encoder_means_no_position() -> None:
 
     with ControllerLink("sim://?encoder=0") as link, pytest.raises(LinkError, match="no encoder"):
         link.position_at(0.0)
+
+
+def test_the_link_polls_the_position_and_will_not_guess_once_replies_stop() -> None:
+    import time
+
+    from firmware_bridge.errors import LinkError
+
+    url = "sim://?encoder=1&ticks_per_s=2000"
+    with ControllerLink(url, heartbeat_s=2.0, status_s=30.0) as link:  # no STATUS pairs
+        before = link.positions.samples
+        time.sleep(0.5)
+        polled = link.positions.samples - before
+        assert polled >= 5  # about 10 in 0.5 s (one every 50 ms), a loaded machine fewer
+        t = link.clock.now() - 0.05
+        assert link.position_at(t) == pytest.approx(link.positions.at(link.sync.to_controller(t)))
+        with link.heartbeat_paused():  # nothing goes out: no position replies either
+            time.sleep(0.4)
+            stale = r"no belt position from the controller for 0\.\d\d s"
+            with pytest.raises(LinkError, match=stale):
+                link.position_at(link.clock.now())
+    with ControllerLink("sim://?encoder=0") as link:
+        time.sleep(0.3)
+        assert link.positions.samples <= 5  # the handshake's SYNCs only: no polls
