@@ -119,6 +119,23 @@ def test_item_view_with_the_model_background_on_a_bare_belt() -> None:
     assert green.sum() > 500 and np.array_equal(filled[green], plain[green])
 
 
+def test_item_view_with_the_model_background_in_a_cup_fills_from_the_cup() -> None:
+    """Where the window shows the item's carrier (a tray picture in a cup), the rim and the
+    belt are filled from it, as with the rim fill alone: the background is for produce
+    with no carrier round it."""
+    frame = np.empty((240, 320, 3), np.uint8)
+    frame[:] = ORANGE
+    cv2.circle(frame, (160, 120), 55, (30, 30, 32), -1)
+    cv2.circle(frame, (160, 120), 50, (200, 205, 225), -1)
+    cv2.ellipse(frame, (160, 120), (40, 6), 0.0, 0, 360, GREEN, -1)
+    locator = Locator(LocatorConfig(min_area_px=2000))
+    (det,) = locator.locate(frame)
+    rim_only, _ = item_view(frame, det, locator, (100, 100), rim_px=5.0)
+    both, _ = item_view(frame, det, locator, (100, 100), rim_px=5.0, background=_flat(TRAY))
+    assert np.array_equal(both, rim_only)
+    assert np.abs(both[:4, :4].astype(np.float32) - (200, 205, 225)).max() < 30
+
+
 def test_surround_model_needs_a_recorded_background() -> None:
     assert model_background("keep", object()) is None
     with pytest.raises(ConfigError, match=r'locate\.surround: "model".*re-export'):

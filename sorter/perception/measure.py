@@ -43,7 +43,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from sorter.perception.surround import Background, fill_surround
+from sorter.perception.surround import MIN_CARRIER_FRACTION, Background, fill_surround
 from sorter.perception.vision import Detection
 
 
@@ -329,10 +329,11 @@ def item_view(
     (excess green, as for the shape): a cup's rim and the belt in the window's corners, or
     a tray's rim reaching into the view, then look like the tray the model saw in
     training, and a long item's tips stay. They are filled from the interior
-    (`cv2.inpaint`), or with `background` (`[locate] surround = "model"`: the model's
-    training background, sorter.perception.surround) by it; with `background` the belt
-    round the blob is replaced too whatever the rim (a bare belt round the produce), the
-    edge's mixed pixels keeping their item share (`fill_surround`).
+    (`cv2.inpaint`). With `background` (`[locate] surround = "model"`: the model's
+    training background, sorter.perception.surround) the same is done whatever the rim
+    (the belt round the blob too), and when the window shows no carrier (produce on the
+    bare belt, see `fill_rim`) everything round the produce is replaced by the background,
+    the edge's mixed pixels keeping their produce share (`fill_surround`).
     """
     cfg = config or MeasureConfig()
     measured, blob, (x0, y0) = _measure(image, detection, locator, cfg)
@@ -360,14 +361,18 @@ def fill_rim(
     background: Background | None = None,
 ) -> np.ndarray:
     """The crop with its pixels outside `interior` (bool, the carrier's inside in the
-    crop's pixels), produce pixels (excess green) excepted, inpainted from the interior, or
-    with `background` replaced by it (`fill_surround`); `item_view`'s fill."""
+    crop's pixels), produce pixels (excess green) excepted, inpainted from the interior;
+    with `background`, when the crop shows no carrier (less than MIN_CARRIER_FRACTION of
+    it is interior that is not produce: produce on the bare belt), everything outside the
+    interior and the produce replaced by it instead (`fill_surround`); `item_view`'s fill."""
     cfg = config or MeasureConfig()
     # Never paint over the produce: a long cucumber reaches the window's edge.
     whole = np.full(crop.shape[:2], 255, np.uint8)
     produce = produce_mask(crop, whole, cfg.green_min) > 0
     if background is not None:
-        return fill_surround(crop, interior | produce, background, float(cfg.band_px))
+        carrier = np.count_nonzero(interior & ~produce)
+        if carrier < MIN_CARRIER_FRACTION * interior.size:  # produce on the bare belt
+            return fill_surround(crop, interior | produce, background, float(cfg.band_px))
     hole = (~interior & ~produce).astype(np.uint8)
     if not hole.any() or not interior.any():
         return crop

@@ -41,6 +41,10 @@ GREEN_MIN = 20.0
 """Excess green 2G - R - B above which a training pixel is produce, not background."""
 MIN_CELL_PIXELS = 16
 """A grid cell with fewer background pixels than this over all pictures takes the median."""
+MIN_CARRIER_FRACTION = 0.1
+"""With less of the window showing the item's carrier (its blob's pixels that are not
+produce), the item lies on the bare belt: the surround is the training background; with
+more, the carrier is there to fill from (sorter.perception.measure.item_view)."""
 RULE = (
     "per-channel median of the training pictures' pixels with excess green 2G-R-B <= 20, "
     "per cell of an 8x8 grid over the picture (overall median where a cell has too few)"
