@@ -179,8 +179,9 @@ class Lens:
         camera's image (`detection` as the camera saw it), the window cut from the ideal
         image at its undistorted centre, and with `rim_px` > 0 (in ideal pixels) the
         carrier's rim filled in exactly as on an undistorted belt: the item's blob carried
-        into the ideal image, shrunk by the rim there, the rest inpainted (`fill_rim`), or
-        with `background` ([locate] surround = "model") replaced by it, rim or not.
+        into the ideal image, shrunk by the rim there, the rest inpainted (`fill_rim`;
+        with `background`, [locate] surround = "model", rim or not, and replaced by the
+        background when the crop shows no carrier).
         Returns (crop, measurement in camera pixels, centre in the ideal image)."""
         m, blob, (x0, y0) = measure_blob(image, detection, locator)
         cx, cy = self.undistort_point(m.cx, m.cy)
