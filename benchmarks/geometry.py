@@ -9,7 +9,12 @@ configured speed) and `timing = "measured"` (the belt's own odometer, SORTs held
 send_ahead_ms before the gate). The error of an item is the controller's fire time minus
 the item's true arrival at its gate; inside `serial.window_ms` counts as on time.
 Reported per belt (items placed at fractional positions, as a camera sees them, and at
-whole pixels, the simulator's default): p50 / max of |error| and how many were on time.
+whole pixels, the simulator's default; and the fractional belt seen by a camera turned
+ANGLE degrees to it, `--belt-angle`, measured timing with `[lens] belt_angle_deg` set to
+the angle, as `sorter calibrate-camera` would, and left at 0): p50 / max of |error| of
+the items whose gate fired and how many of them were on time, and the fate of every
+item whose gate did not fire (a policy reject rides to the reject lane, no gate: its
+reason; "missed": no decision at all).
 
     nice -n 19 python -m benchmarks.geometry [--data DIR] [--count 40] [--out FILE.md]
 
@@ -34,6 +39,8 @@ from benchmarks.core import REPO
 
 PROFILE = "0:1,4:1,5:0.8,8:0.8,9:1"
 """20% slower from 5 s to 8 s, one-second ramps either side."""
+ANGLE = 5.0
+"""The turned belt's angle in the image (a camera not square to the belt), degrees."""
 C9 = REPO.parent / "shared" / "data" / "cucumber-9" / "prototype_1"
 
 
@@ -47,7 +54,7 @@ def _data(work: Path, given: Path | None) -> Path:
     return dest
 
 
-def _belt(data: Path, work: Path, count: int, subpixel: bool) -> Path:
+def _belt(data: Path, work: Path, count: int, subpixel: bool, angle: float = 0.0) -> Path:
     from sorter.replay.belt_sim import BeltSimConfig, simulate_belt
 
     cfg = BeltSimConfig(
@@ -58,8 +65,10 @@ def _belt(data: Path, work: Path, count: int, subpixel: bool) -> Path:
         subpixel=subpixel,
         speed_profile=PROFILE,
         limit_per_grade=20,
+        belt_angle_deg=angle,
     )
-    name = "dip-subpixel.mp4" if subpixel else "dip-whole-px.mp4"
+    name = ("dip-subpixel" if subpixel else "dip-whole-px") + (f"-turned{angle:g}" if angle else "")
+    name += ".mp4"
     return Path(simulate_belt(data, work / name, cfg).truth)
 
 
@@ -111,22 +120,48 @@ def _errors_ms(
     return outcomes(result.records, load_truth(truth_path), config)
 
 
+BELTS: list[tuple[str, bool, float, list[tuple[str, str, float]]]] = [
+    # (belt, subpixel, angle in the image, [(row label, timing, [lens] belt_angle_deg)])
+    (
+        "fractional positions",
+        True,
+        0.0,
+        [("configured", "configured", 0.0), ("measured", "measured", 0.0)],
+    ),
+    (
+        "whole pixels",
+        False,
+        0.0,
+        [("configured", "configured", 0.0), ("measured", "measured", 0.0)],
+    ),
+    (
+        f"turned {ANGLE:g} deg, fractional",
+        True,
+        ANGLE,
+        [
+            (f"measured, angle {ANGLE:g} deg", "measured", ANGLE),
+            ("measured, angle not used", "measured", 0.0),
+        ],
+    ),
+]
+
+
 def run(data: Path | None, count: int, work: Path) -> list[dict[str, Any]]:
-    """Both belts, both timings: one row each."""
+    """Every belt of BELTS with each of its timings: one row each."""
     from sorter.config import Config
 
     window = Config().serial.window_ms
     src = _data(work, data)
     rows = []
-    for subpixel in (True, False):
-        truth = _belt(src, work, count, subpixel)
-        for timing in ("configured", "measured"):
-            errs, fates = _errors_ms(truth, timing)
+    for belt, subpixel, angle, timings in BELTS:
+        truth = _belt(src, work, count, subpixel, angle)
+        for label, timing, use_angle in timings:
+            errs, fates = _errors_ms(truth, timing, {"lens.belt_angle_deg": use_angle})
             a = np.abs(np.array(errs))
             rows.append(
                 {
-                    "belt": "fractional positions" if subpixel else "whole pixels",
-                    "timing": timing,
+                    "belt": belt,
+                    "timing": label,
                     "fired": len(errs),
                     "items": count,
                     "p50_ms": float(np.median(a)),
@@ -184,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# Gates timed by the belt (speed profile {PROFILE}) {started:%Y-%m-%d}\n\n"
         f"- started: {started:%Y-%m-%d %H:%M} (UTC); wall time "
         f"{(time.monotonic() - t0) / 60:.1f} min\n"
-        f"- command: `nice -n 19 python -m benchmarks.geometry --count {args.count}`\n\n"
+        f"- command: `nice -n 19 python -m benchmarks.geometry "
+        f"{'--data DIR ' if args.data else ''}--count {args.count}` (DIR: a CUCUMBER-9 "
+        "folder-per-grade tree)\n\n"
         f"## Machine\n\n{info}\n\n## Gate timing error (fired - true arrival)\n\n{text}\n",
         encoding="utf-8",
     )
