@@ -183,3 +183,25 @@ def test_fold_run_on_all_but_one_fold(tmp_path: Path) -> None:
     assert len(split["test"]) == 6 and len(split["train"]) == 24 and split["val"] == []
     assert r.val_accuracy is None and r.test_accuracy is not None
     assert json.loads((r.run_dir / "robustness.json").read_text())["split"] == "test"
+
+
+def test_default_training_is_the_cross_validated_default_recipe(tmp_path: Path) -> None:
+    from training.cv import CV_RECIPES, DEFAULT_RECIPE
+    from training.defaults import BASE_EPOCHS, DEFAULTS
+
+    rec = CV_RECIPES[DEFAULT_RECIPE]
+    cfg = TrainConfig(data_dir=tmp_path)  # what `sorter-train DATA` trains
+    assert cfg.camera == rec.camera and cfg.augment == rec.augment
+    assert cfg.epochs == round(BASE_EPOCHS * rec.epochs_factor)
+    assert (cfg.schedule, cfg.batch_size, cfg.early_stopping) == (
+        rec.schedule,
+        rec.batch_size,
+        rec.early_stopping,
+    )
+    assert (cfg.weight_decay, cfg.ema, cfg.label_smoothing, cfg.widths) == (
+        rec.weight_decay,
+        rec.ema,
+        rec.label_smoothing,
+        rec.widths,
+    )
+    assert rec.ensemble == DEFAULTS.ensemble and not rec.teachers and rec.arch == cfg.arch

@@ -23,7 +23,7 @@ import typer
 
 from sorter import native
 from sorter.errors import SorterError
-from training.defaults import DEFAULT_BUDGET_MIN, DEFAULTS
+from training.defaults import BASE_EPOCHS, DEFAULT_BUDGET_MIN, DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def cross_validate(
     recipe: list[str] = typer.Option(["camera"], help="Recipe(s) of training.cv.CV_RECIPES."),
     folds: int = typer.Option(5, help="Number of folds."),
     fold: list[int] = typer.Option([], help="Only these folds (repeatable; default all)."),
-    epochs: int = typer.Option(60, help="Epochs per fold run (x the recipe's factor)."),
+    epochs: int = typer.Option(BASE_EPOCHS, help="Epochs per fold run (x the recipe's factor)."),
 ) -> None:
     """Cross-validate recipes: train per fold, export int8, score accuracy and robustness."""
     _setup_logging(False)

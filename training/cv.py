@@ -60,7 +60,7 @@ class Recipe:
     teachers: tuple[str, ...] = ()
     """Recipes whose runs of the same fold are averaged into soft targets."""
     epochs_factor: float = 1.0
-    """Epochs = --epochs x this (longer training)."""
+    """Epochs = --epochs (training.defaults.BASE_EPOCHS) x this (longer training)."""
     ema: float = 0.0
     """Weight moving average momentum (0: off)."""
     ensemble: int = 0
@@ -70,16 +70,17 @@ class Recipe:
 
 
 _CAM = CameraAugmentConfig(
-    clean_fraction=0.25, rim_p=0.35, white_balance=0.12, gain=0.15, rotate_deg=8.0
+    variants=6, clean_fraction=0.25, rim_p=0.35, white_balance=0.12, gain=0.15, rotate_deg=8.0
 )
 """The first camera recipe (stronger light/colour changes, more rims, fewer clean views)."""
 _MILD = CameraAugmentConfig(
-    clean_fraction=0.4, rim_p=0.25, white_balance=0.08, gain=0.1, rotate_deg=6.0
+    variants=6, clean_fraction=0.4, rim_p=0.25, white_balance=0.08, gain=0.1, rotate_deg=6.0
 )
-"""The default (CameraAugmentConfig's defaults are these)."""
+"""The previous default's renders (six per image)."""
 _MILD2 = replace(_MILD, white_balance=0.05, gain=0.08, noise=8.0)
 DEFAULT_RECIPE = "camera-mild-long"
 """What `sorter-train` does by default (training.defaults, CameraAugmentConfig defaults)."""
+
 _FIXED: dict[str, Any] = {
     "early_stopping": False,
     "val_fraction": 0.0,

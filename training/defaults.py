@@ -33,6 +33,9 @@ class RecipeDefaults:
 
 DEFAULTS = RecipeDefaults()
 """The default recipe."""
+BASE_EPOCHS = 60
+"""`sorter-train cv --epochs` default: a recipe of training.cv trains this x its
+`epochs_factor` (the default recipe's factor 2 gives `DEFAULTS.epochs`)."""
 DEFAULT_BUDGET_MIN = 30.0
 """Minutes a default `sorter-train` run may take on the machine it runs on (the planned
 epochs are cut to fit, from the measured time of the first epochs)."""
