@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from types import ModuleType
 
@@ -147,6 +148,15 @@ def test_camera_pool_is_seeded_and_keeps_the_clean_images() -> None:
     np.testing.assert_array_equal(pool, A.build_pool(X[:12], cfg, seed=3))
     assert not np.array_equal(pool[1], pool[2])
     assert A.pool_variants(10_000, (64, 64, 3), A.CameraAugmentConfig(max_pool_mb=500)) == 3
+
+
+def test_camera_pool_stops_rendering_at_its_time_limit(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = A.CameraAugmentConfig(variants=3, codec_p=0.0)
+    with caplog.at_level(logging.WARNING):
+        pool = A.build_pool(X[:4], cfg, seed=3, time_limit_s=0.0)
+    assert pool.shape == (2, 4, 32, 32, 3)  # the clean images and one render
+    np.testing.assert_array_equal(pool, A.build_pool(X[:4], cfg, seed=3)[:2])
+    assert "1 renders per image instead of 3" in caplog.text
 
 
 def test_pool_dataset_mixes_clean_and_rendered_views() -> None:

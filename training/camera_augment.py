@@ -16,6 +16,7 @@ its renders, drawn at random. Keras layers in the model add the 180-degree turn 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -197,8 +198,12 @@ def render_batch(
     return out
 
 
-def build_pool(x: np.ndarray, cfg: CameraAugmentConfig, seed: int) -> np.ndarray:
-    """(1 + k, N, h, w, 3) uint8: the clean images, then k renders of each."""
+def build_pool(
+    x: np.ndarray, cfg: CameraAugmentConfig, seed: int, time_limit_s: float | None = None
+) -> np.ndarray:
+    """(1 + k, N, h, w, 3) uint8: the clean images, then k renders of each. With
+    `time_limit_s`, rendering stops after the first render that ends past it (at least one
+    is kept), with a warning: a large dataset keeps its epochs inside the time budget."""
     k = pool_variants(len(x), x.shape[1:], cfg)
     pool = np.empty((1 + k, *x.shape), dtype=np.uint8)
     pool[0] = x
@@ -208,8 +213,20 @@ def build_pool(x: np.ndarray, cfg: CameraAugmentConfig, seed: int) -> np.ndarray
         from sorter.perception.surround import Background
 
         background = Background.of_images(x).image((x.shape[2], x.shape[1]))
+    t0 = time.monotonic()
     for v in range(k):
         pool[1 + v] = render_batch(x, cfg, rng, background)
+        spent = time.monotonic() - t0
+        if time_limit_s is not None and spent > time_limit_s and v + 1 < k:
+            log.warning(
+                "camera augmentation: %d renders per image instead of %d (%.0f s, over the "
+                "%.0f s share of the time budget for rendering)",
+                v + 1,
+                k,
+                spent,
+                time_limit_s,
+            )
+            return pool[: v + 2]
     return pool
 
 

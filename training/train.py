@@ -44,6 +44,8 @@ from training.model import (
 
 log = logging.getLogger(__name__)
 
+RENDER_SHARE = 0.15
+"""Most of the time budget the camera renders may take (the rest is for the epochs)."""
 SCHEDULES = ("plateau", "cosine")
 """Learning-rate schedules (`TrainConfig.schedule`)."""
 
@@ -380,7 +382,8 @@ def _train_data(
         return (*make_datasets(x, y, xv, yv, cfg.batch_size, cfg.seed, n if soft else None), soft)
     cam = cfg.camera or CameraAugmentConfig(variants=0)
     log.info("%s", describe(cam))
-    pool = build_pool(x, cam, cfg.seed)
+    limit = None if cfg.time_budget_min is None else RENDER_SHARE * 60 * cfg.time_budget_min
+    pool = build_pool(x, cam, cfg.seed, limit)
     log.info("rendered %d camera views per image in %.0f s", len(pool) - 1, time.monotonic() - t0)
     targets: np.ndarray = y
     if cfg.teachers:
