@@ -92,8 +92,8 @@ def _drive(
     spacing_s: float,
     latency_s: float,
 ) -> dict[int, Command]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not link.positions.ready:
+    deadline = time.monotonic() + 5  # the belt runs before the first item: polls have come
+    while time.monotonic() < deadline and link.positions.samples < 12:
         time.sleep(0.02)
     sched = Scheduler(config, link.clock, link)
     ticks_per_mm = config.belt.encoder_ticks_per_mm
