@@ -31,6 +31,10 @@ import threading
 
 from firmware_bridge import protocol as p
 
+JUMP_BACK_US = 500_000.0
+"""A pair this much older than the newest is a controller clock that jumped back (reset,
+or QEMU losing a Timer1 overflow): the pairs start over from it. Less is a reordered
+reply, dropped."""
 MIN_SLOPE_SPAN_US = 40_000.0
 """Pairs must span this much time for a speed to extrapolate with (a tick's rounding over
 40 ms at 2000 ticks/s is 1.25%)."""
@@ -73,7 +77,11 @@ class PositionEstimator:
             else:
                 t = self._t[-1] + p.time_diff(ctrl_us & 0xFFFFFFFF, self._last_raw[0])
                 x = self._x[-1] + p.time_diff(position & 0xFFFFFFFF, self._last_raw[1] & 0xFFFFFFFF)
-                if t <= self._t[-1]:  # not newer: a reordered or repeated reply
+                if t < self._t[-1] - JUMP_BACK_US:  # a clock that jumped back: start over
+                    self._t.clear()
+                    self._x.clear()
+                    t, x = float(ctrl_us), float(position)
+                elif t <= self._t[-1]:  # not newer: a reordered or repeated reply
                     return
             self._last_raw = (ctrl_us & 0xFFFFFFFF, position)
             self._t.append(t)

@@ -32,6 +32,14 @@ def test_estimator_unwraps_and_extrapolates() -> None:
     assert est.at(later) == pytest.approx(2_000_000_000 + 1160.0)
     inside = (t0 + 250_000) & 0xFFFFFFFF
     assert est.at(inside) == pytest.approx(2_000_000_000 + 500.0)
+    # the controller clock jumps back 4.19 s (QEMU losing a Timer1 overflow): start over
+    back = (t0 + 600_000 - 4_194_304) & 0xFFFFFFFF
+    est.add(back, 2_000_000_000 + 1200)
+    est.add((back + 50_000) & 0xFFFFFFFF, 2_000_000_000 + 1300)
+    assert est.samples == 2
+    assert est.at((back + 25_000) & 0xFFFFFFFF) == pytest.approx(2_000_000_000 + 1250.0)
+    est.add((back + 40_000) & 0xFFFFFFFF, 0)  # a reordered, older reply: dropped
+    assert est.samples == 2
 
 
 def test_estimator_follows_a_slowing_belt_pair_by_pair_and_will_not_guess_far() -> None:
