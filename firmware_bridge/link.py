@@ -897,15 +897,29 @@ class ControllerLink:
         return self.clock.virtual and getattr(self._port, "clock", None) is self.clock
 
     def _next_heartbeat(self) -> float | None:
+        """When the virtual clock must stop next: a heartbeat, or a position poll."""
         if self._state != "connected":
             return None
-        return self._last_tx_clock + self.options.heartbeat_s / 4
+        beat = self._last_tx_clock + self.options.heartbeat_s / 4
+        if self.options.position_interval_s > 0 and self._has_encoder():
+            return min(beat, self._last_position_clock + self.options.position_interval_s)
+        return beat
 
     def _virtual_heartbeat(self, t: float) -> None:
+        """On virtual time the belt position is polled here too, as the clock passes each
+        poll time (a replay runs faster than the supervisor's 10 ms steps)."""
         if self._state != "connected" or self._heartbeat_paused:
             return
         if t - self._last_tx_clock >= self.options.heartbeat_s / 4 - 1e-9:
             self.send(p.Heartbeat())
+        interval = self.options.position_interval_s
+        if (
+            interval > 0
+            and self._has_encoder()
+            and t - self._last_position_clock >= interval - 1e-9
+        ):
+            self._last_position_clock = t
+            self._ask_position()
 
     def _supervise(self) -> None:
         backoff = 0.1
