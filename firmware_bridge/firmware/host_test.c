@@ -302,6 +302,31 @@ static void test_heartbeat_loss(void)
           "RESUME leaves the safe state");
 }
 
+/* Built-in profile 2 (test_encoder.h): the counts at the knots, never going backwards. */
+static void test_encoder_profile(void)
+{
+    enc_profile_t prof;
+    static const uint32_t at_s[] = {0u, 3u, 4u, 7u, 8u, 10u, 13u, 20u};
+    static const int32_t want[] = {0, 6000, 7800, 12600, 14400, 18400, 24400, 36800};
+    CHECK(enc_builtin_profile(&prof, 2) == 0 && prof.period == 625000u, "profile 2 loads");
+    for (unsigned i = 0; i < sizeof at_s / sizeof at_s[0]; i++) {
+        int32_t got = enc_profile_position(&prof, at_s[i] * 1000000u);
+        CHECK(got == want[i], "profile 2 at %u s: %ld, want %ld", at_s[i], (long)got,
+              (long)want[i]);
+    }
+    int32_t last = 0;
+    int backwards = 0;
+    for (uint32_t t = 0; t < 20000000u; t += 16u) {
+        int32_t x = enc_profile_position(&prof, t);
+        backwards += x < last;
+        last = x;
+    }
+    CHECK(backwards == 0, "profile 2 never counts backwards (%d times)", backwards);
+    const enc_seg_t too_long_ramp = {70000u, 10u, 20u};
+    CHECK(enc_profile_set(&prof, &too_long_ramp, 1) == 1, "a ramp over 65535 units refused");
+    CHECK(enc_builtin_profile(&prof, 9) == 1, "an unknown profile refused");
+}
+
 int main(int argc, char **argv)
 {
     const char *path = argc > 1 ? argv[1] : "../vectors/vectors.txt";
@@ -313,6 +338,7 @@ int main(int argc, char **argv)
     test_heartbeat_loss();
     test_epochs_and_lead();
     test_dedup_expires();
+    test_encoder_profile();
     printf("host-test: %d vectors, %d checks, %d failures\n", n, checks, failures);
     return failures == 0 ? 0 : 1;
 }
