@@ -99,6 +99,12 @@ def test_cli_json_and_config_round_trip(views: Path, tmp_path: Path) -> None:
     p = np.array([[30.0, 40.0], [700.0, 550.0]])
     ref = cv2.undistortPoints(p.reshape(-1, 1, 2) - 0.5, lens.K, lens.dist, P=lens.K)
     assert np.allclose(lens.undistort_points(p), ref.reshape(-1, 2) + 0.5)
+    # the tracker the loop builds from the file follows the measured belt direction
+    from sorter.runtime.wiring import make_tracker
+
+    ex, ey = make_tracker(config, SIZE).e
+    assert config.lens.belt_angle_deg == pytest.approx(BELT_ANGLE, abs=0.3)
+    assert math.degrees(math.atan2(ey, ex)) == pytest.approx(config.lens.belt_angle_deg)
 
 
 def test_set_keys_keeps_comments_and_adds_a_missing_table() -> None:
