@@ -222,8 +222,13 @@ def test_cutout_lays_the_produce_on_another_surround_and_is_off_by_default() -> 
     flat = np.empty((32, 32, 3), np.float32)
     flat[:] = TRAY
     outs = [cut_out(pictures[0], flat, np.random.default_rng(s)) for s in range(8)]
-    for out in outs:
+    for out in outs:  # the bar (rows 12-19, columns 8-23) is centred already: kept as is
         assert np.array_equal(out[13:19, 9:23], pictures[0, 13:19, 9:23])
+    low = _picture((200, 200, 210), (100, 100, 110))
+    low[12:20, 8:24] = low[0, 0]
+    low[20:28, 8:24] = GREEN  # the bar 8 px lower: moved up to the centre
+    moved = cut_out(low, flat, np.random.default_rng(1))
+    assert np.array_equal(moved[12:20, 8:24], low[20:28, 8:24])
     on_tray = [o for o in outs if np.abs(o[26:, :].astype(float) - TRAY).mean() < 6]
     assert 0 < len(on_tray) < len(outs)  # about half on the background, half on a colour
     off = CameraAugmentConfig()

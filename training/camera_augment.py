@@ -66,7 +66,8 @@ class CameraAugmentConfig:
     """Chance that a render first cuts the produce out of its picture (excess green, the
     loop's produce rule) and lays it on another surround: half of them on the training
     pictures' own median background (what `[locate] surround = "model"` gives the model),
-    half on a random belt or carrier colour. 0 (the default): off."""
+    half on a random belt or carrier colour, centred (as the loop's window is on produce
+    found on a bare belt). 0 (the default): off."""
     max_pool_mb: float = 800.0
     """Fewer variants are kept when the pool would need more memory than this."""
 
@@ -155,8 +156,12 @@ def produce_alpha(picture: np.ndarray) -> np.ndarray:
 
 
 def cut_out(picture: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The produce of `picture` laid on the training background `background` (float32
-    (h, w, 3)) with half a spread of noise, or (half the time) on a random belt colour."""
+    """The produce of `picture`, moved so that its centre is the picture's (the loop
+    centres its window on what it finds, and on a bare belt that is the produce), laid on
+    the training background `background` (float32 (h, w, 3)) with a little noise, or
+    (half the time) on a random belt colour."""
+    import cv2
+
     h, w = picture.shape[:2]
     if rng.random() < 0.5:
         surround = background + rng.normal(0.0, 3.0, background.shape)
@@ -164,8 +169,17 @@ def cut_out(picture: np.ndarray, background: np.ndarray, rng: np.random.Generato
         surround = np.empty((h, w, 3), np.float32)
         surround[:] = _belt(rng)
         surround += rng.normal(0.0, float(rng.uniform(0, 8)), surround.shape)
-    a = produce_alpha(picture)[:, :, None]
-    out = a * picture.astype(np.float32) + (1.0 - a) * surround
+    alpha = produce_alpha(picture)
+    m = cv2.moments(alpha)
+    img = picture.astype(np.float32)
+    if m["m00"] > 0:  # centre of mass (pixel i covers [i, i+1)) to the picture's centre
+        dx = w / 2 - (m["m10"] / m["m00"] + 0.5)
+        dy = h / 2 - (m["m01"] / m["m00"] + 0.5)
+        shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float32)
+        img = np.asarray(cv2.warpAffine(img, shift, (w, h), flags=cv2.INTER_LINEAR), np.float32)
+        alpha = cv2.warpAffine(alpha, shift, (w, h), flags=cv2.INTER_LINEAR)
+    a = np.clip(alpha, 0.0, 1.0)[:, :, None]
+    out = a * img + (1.0 - a) * surround
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
