@@ -290,7 +290,12 @@ def measure(
         spurious=int(card["spurious"]),
         clean=clean,
         seconds=time.perf_counter() - t0,
-        extra={"refine": refine, "rim_fill": rim_fill and carried, "surround": surround},
+        extra={
+            "refine": refine,
+            "rim_fill": rim_fill and carried,
+            "carried": carried,
+            "surround": surround,
+        },
     )
 
 
@@ -305,7 +310,8 @@ def table(results: list[Result], trained_on: dict[str, str]) -> str:
     for r in results:
         gap = 100 * (r.correct_bin - r.clean)
         refine = "" if r.extra.get("refine", True) else " (refine off)"
-        if r.extra.get("refine", True) and not r.extra.get("rim_fill", True):
+        carried = r.extra.get("carried", True)
+        if r.extra.get("refine", True) and carried and not r.extra.get("rim_fill", True):
             refine = " (rim fill off)"
         if r.extra.get("surround", "keep") != "keep":
             refine += f" (surround = {r.extra['surround']})"
