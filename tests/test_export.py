@@ -101,6 +101,14 @@ def test_metadata_travels_with_the_model(int8_export: E.ExportResult, run_dir: P
     assert rob["clean"] == pytest.approx(meta.metrics["val"]["exported_accuracy"], abs=1e-4)
     assert len(rob["per_kind"]) == 10 and set(rob["scale"]) == {"x0.95", "x0.98", "x1.02", "x1.05"}
     assert 0.0 <= rob["mean_corruption"] <= 1.0
+    # the training pictures' background, for [locate] surround = "model"
+    from sorter.perception.surround import Background
+    from training import data as D
+
+    bg = Background.from_dict(meta.extra["background"])
+    x_train, _ = D.load_split_images(run_dir, "train")
+    assert bg.images == len(x_train) == 84
+    assert np.allclose(bg.grid, Background.of_images(x_train).grid, atol=0.05)
     # the sidecar is the same document as the embedded copy
     sidecar = json.loads(int8_export.sidecar.read_text())
     assert sidecar == meta.to_dict()
