@@ -153,7 +153,7 @@ def test_default_recipe_run_writes_robustness_and_evaluate_recomputes_it(
     assert r.mean_corruption == pytest.approx(rob["mean_corruption"])
     assert (r.run_dir / "robustness.md").is_file() and (r.run_dir / "robustness.png").is_file()
     cfg = json.loads((r.run_dir / "config.json").read_text())
-    assert cfg["camera_augment"]["variants"] == 6 and cfg["schedule"] == "cosine"
+    assert cfg["camera_augment"]["variants"] == 12 and cfg["schedule"] == "cosine"
     assert cfg["epochs_planned"] == 3 and cfg["device_estimate"]["pi4_1t_ms"] > 0
     assert cli_run(["evaluate", str(r.run_dir), str(data), "--robustness"]) == 0
     out = capsys.readouterr().out

@@ -78,7 +78,7 @@ _MILD = CameraAugmentConfig(
 )
 """The previous default's renders (six per image)."""
 _MILD2 = replace(_MILD, white_balance=0.05, gain=0.08, noise=8.0)
-DEFAULT_RECIPE = "camera-mild-long"
+DEFAULT_RECIPE = "camera-mild-long-v12-wd"
 """What `sorter-train` does by default (training.defaults, CameraAugmentConfig defaults)."""
 
 _FIXED: dict[str, Any] = {

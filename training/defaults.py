@@ -27,7 +27,7 @@ class RecipeDefaults:
     """Class weights (n / (k n_c)) ** power."""
     ensemble: int = 0
     """Teachers trained and distilled into the model (0: a single network)."""
-    weight_decay: float = 0.0
+    weight_decay: float = 0.05
     """Decoupled weight decay of the kernels (0: plain Adam)."""
 
 
