@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             table(runs),
             "",
             f"Host fates: {statuses} ({sum(len(r.unsent) for r in runs)} of them not sent: no "
-            "belt position within 0.1 s). Machine: {info['cpu']}, {info['cores']} cores, "
+            f"belt position within 0.1 s). Machine: {info['cpu']}, {info['cores']} cores, "
             f"{info['os']}, {info['qemu-system-avr']}; load average {load_before[0]:.1f} "
             f"before, {load_after[0]:.1f} after.",
             "",
