@@ -16,6 +16,7 @@ from sorter.perception.measure import (
     centre_of,
     coverage,
     crop_at,
+    fill_rim,
     item_view,
     measure,
     shape_of,
@@ -196,6 +197,45 @@ def test_item_view_fills_a_cups_rim_and_the_belt_but_not_the_produce() -> None:
     assert np.array_equal(filled[45:55, 3:97], plain[45:55, 3:97])
     with pytest.raises(FieldError):
         LocatorConfig(rim_mm=-1.0)
+
+
+def test_item_view_fills_a_green_cups_rim_too() -> None:
+    """A green cup's rim is as green as produce by the excess-green rule (2G - R - B = 120):
+    it is filled like any rim, and only produce connected to the cucumber is kept."""
+    cx, cy, opening, rim = 160.0, 120.0, 50.0, 5.0
+    tray = np.array([200, 205, 225], np.float32)
+
+    def draw(big: np.ndarray, k: int) -> None:
+        centre = (round(cx * k), round(cy * k))
+        cv2.circle(big, centre, round((opening + rim) * k), (46, 120, 74), -1)
+        cv2.circle(big, centre, round(opening * k), tuple(int(v) for v in tray), -1)
+        cv2.ellipse(big, centre, (30 * k, 6 * k), 0.0, 0, 360, (40, 110, 35), -1)
+
+    frame = supersampled(draw, (320, 240))
+    locator = Locator(LocatorConfig(min_area_px=2000))
+    (det,) = locator.locate(frame)
+    plain, _ = item_view(frame, det, locator, (100, 100))
+    filled, _ = item_view(frame, det, locator, (100, 100), rim_px=rim)
+    yy, xx = np.mgrid[0:100, 0:100] + 0.5 - 50.0
+    outside = np.hypot(xx, yy) > opening + 1.0  # the rim and the belt in the corners
+    assert np.abs(plain[outside].astype(np.float32) - tray).max() > 100
+    # Within a few grey levels of the cup's own inside, nothing green left.
+    assert np.abs(filled[outside].astype(np.float32) - tray).max() < 12
+    assert np.array_equal(filled[45:55, 25:75], plain[45:55, 25:75])  # the cucumber
+
+
+def test_fill_rim_keeps_a_tip_reaching_over_the_rim_and_drops_green_not_connected() -> None:
+    crop = np.empty((40, 40, 3), np.uint8)
+    crop[:] = (200, 205, 225)
+    interior = np.zeros((40, 40), bool)
+    interior[6:34, 6:34] = True
+    crop[:6, :] = (46, 120, 74)  # a green rim along the top, outside the interior
+    crop[18:22, 2:30] = (40, 110, 35)  # a cucumber whose tip reaches over the left rim
+    crop[:2, 30:40] = (40, 110, 35)
+    filled = fill_rim(crop, interior)
+    assert np.array_equal(filled[19:21, 2:6], crop[19:21, 2:6])  # the tip stays
+    top = filled[:4, 10:30].reshape(-1, 3).astype(np.float32)
+    assert np.abs(top - np.array([200, 205, 225], np.float32)).max() < 30  # rim filled
 
 
 @pytest.mark.parametrize("carrier", ["cup", "tray"])

@@ -118,6 +118,10 @@ class Measurement:
 
 EMPTY_SHAPE = Shape(0.0, 0.0, 0.0, 0.0, 0.0)
 
+CORE_MARGIN_PX = 3
+"""`produce_reaching_out`: how far inside the carrier's interior produce must be to count
+as the item's (the rim's edge pixels, mixed by blur and motion, are nearer than this)."""
+
 
 def _largest_filled(mask: np.ndarray) -> np.ndarray | None:
     """The largest external blob of a 0/255 mask, holes filled (0/255), or None."""
@@ -361,22 +365,50 @@ def fill_rim(
     background: Background | None = None,
 ) -> np.ndarray:
     """The crop with its pixels outside `interior` (bool, the carrier's inside in the
-    crop's pixels), produce pixels (excess green) excepted, inpainted from the interior;
+    crop's pixels) and within `MeasureConfig.band_px` inside its edge (mixed with the rim),
+    produce pixels excepted (`produce_reaching_out`), inpainted from the interior;
     with `background`, when the crop shows no carrier (less than MIN_CARRIER_FRACTION of
     it is interior that is not produce: produce on the bare belt), everything outside the
     interior and the produce replaced by it instead (`fill_surround`); `item_view`'s fill."""
     cfg = config or MeasureConfig()
     # Never paint over the produce: a long cucumber reaches the window's edge.
-    whole = np.full(crop.shape[:2], 255, np.uint8)
-    produce = produce_mask(crop, whole, cfg.green_min) > 0
+    produce = produce_reaching_out(crop, interior, cfg)
     if background is not None:
         carrier = np.count_nonzero(interior & ~produce)
         if carrier < MIN_CARRIER_FRACTION * interior.size:  # produce on the bare belt
             return fill_surround(crop, interior | produce, background, float(cfg.band_px))
-    hole = (~interior & ~produce).astype(np.uint8)
-    if not hole.any() or not interior.any():
+    # The interior's edge pixels are part rim (the opening's edge crosses them, the lens
+    # and the motion blur mix them): filled too, else their rim colour spreads outwards.
+    source = shrink(interior.astype(np.uint8) * 255, cfg.band_px) > 0
+    hole = (~source & ~produce).astype(np.uint8)
+    if not hole.any() or not source.any():
         return crop
     return cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA)
+
+
+def produce_reaching_out(
+    crop: np.ndarray, interior: np.ndarray, config: MeasureConfig | None = None
+) -> np.ndarray:
+    """The crop's produce pixels (excess green, bool) that `fill_rim` must not paint over:
+    the parts of the produce mask connected to produce deep inside the carrier (`interior`
+    eroded by CORE_MARGIN_PX, clear of the rim's mixed edge pixels). A long cucumber's tip
+    reaching over the rim is connected to its body and kept; a green cup's or tray's rim,
+    which is as green as produce by the excess-green rule, is not connected to anything
+    inside and is filled like any other rim. With no interior at all (the bare belt) every
+    produce pixel counts."""
+    cfg = config or MeasureConfig()
+    whole = np.full(crop.shape[:2], 255, np.uint8)
+    produce = produce_mask(crop, whole, cfg.green_min)
+    if not interior.any():
+        return produce > 0
+    core = shrink(interior.astype(np.uint8) * 255, CORE_MARGIN_PX) > 0
+    n, labels = cv2.connectedComponents(produce, connectivity=8)
+    if n <= 1:
+        return produce > 0
+    inside = np.unique(labels[core & (produce > 0)])
+    keep = np.zeros(n, bool)
+    keep[inside[inside > 0]] = True
+    return np.asarray(keep[labels])
 
 
 def crop_at(image: np.ndarray, cx: float, cy: float, window_px: tuple[int, int]) -> np.ndarray:
