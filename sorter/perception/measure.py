@@ -365,8 +365,8 @@ def fill_rim(
     background: Background | None = None,
 ) -> np.ndarray:
     """The crop with its pixels outside `interior` (bool, the carrier's inside in the
-    crop's pixels) and within `MeasureConfig.band_px` inside its edge (mixed with the rim),
-    produce pixels excepted (`produce_reaching_out`), inpainted from the interior;
+    crop's pixels), produce pixels excepted (`produce_reaching_out`), inpainted from the
+    interior;
     with `background`, when the crop shows no carrier (less than MIN_CARRIER_FRACTION of
     it is interior that is not produce: produce on the bare belt), everything outside the
     interior and the produce replaced by it instead (`fill_surround`); `item_view`'s fill."""
@@ -377,11 +377,8 @@ def fill_rim(
         carrier = np.count_nonzero(interior & ~produce)
         if carrier < MIN_CARRIER_FRACTION * interior.size:  # produce on the bare belt
             return fill_surround(crop, interior | produce, background, float(cfg.band_px))
-    # The interior's edge pixels are part rim (the opening's edge crosses them, the lens
-    # and the motion blur mix them): filled too, else their rim colour spreads outwards.
-    source = shrink(interior.astype(np.uint8) * 255, cfg.band_px) > 0
-    hole = (~source & ~produce).astype(np.uint8)
-    if not hole.any() or not source.any():
+    hole = (~interior & ~produce).astype(np.uint8)
+    if not hole.any() or not interior.any():
         return crop
     return cv2.inpaint(crop, hole, 3, cv2.INPAINT_TELEA)
 
