@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -25,7 +26,7 @@ from sorter.replay.belt_sim import (
     simulate_belt,
     true_centre,
 )
-from sorter.replay.realism import Realism
+from sorter.replay.realism import Realism, item_sprite
 from sorter.replay.truth import load_truth
 from tests.fakes.belt_data import make_grade_tree
 
@@ -284,3 +285,15 @@ def test_spacing_leaves_belt_between_trays_rims_included() -> None:
         BeltSimConfig(spacing_px=150.0, realism=tray).check()
     BeltSimConfig(spacing_px=156.0, realism=tray).check()
     BeltSimConfig(spacing_px=150.0).check()  # no tray: 120 px items
+
+
+def test_bare_cut_out_keeps_the_produces_dark_edge() -> None:
+    """The produce's dark edge (its skin turning from the light: too dark for the excess
+    green rule) belongs to it: the bare belt's cut-out keeps it, not the tray."""
+    picture = np.empty((120, 120, 3), np.float32)
+    picture[:] = (190, 195, 205)  # a light tray
+    cv2.ellipse(picture, (60, 60), (40, 12), 0.0, 0, 360, (32, 40, 32), -1)  # dark edge
+    cv2.ellipse(picture, (60, 60), (36, 8), 0.0, 0, 360, (60, 140, 50), -1)  # green body
+    alpha = item_sprite(picture, Realism(carrier="bare"), "black")[:, :, 3]
+    assert alpha[60, 60] > 0.99 and alpha[60, 22] > 0.9 and alpha[49, 60] > 0.9  # the edge
+    assert alpha[60, 10] < 0.01 and alpha[40, 60] < 0.01  # the tray is not the produce

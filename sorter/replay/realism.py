@@ -7,8 +7,8 @@ Two kinds, kept apart from the belt's motion and timing:
   picture's edge: a tray a little smaller than the field of view); "cup" shows it through
   a round cup whose opening is the field of view's width (the window's corners then show
   the cup's rim and the belt); "bare" lays the produce alone (cut out of its picture by
-  excess green) on the bare belt. Tray and cup colours are drawn per item from
-  `carrier_colours`.
+  excess green, with its dark edge) on the bare belt. Tray and cup colours are drawn per
+  item from `carrier_colours`.
 - the camera (`CameraModel.apply`): motion blur from the exposure time (the belt moves
   `speed * exposure` pixels while the shutter is open), vignetting (brightness falling
   off towards the corners) and white-balance drift (red and blue gains drifting in
@@ -147,7 +147,12 @@ def item_sprite(picture: np.ndarray, realism: Realism, colour_name: str) -> np.n
 
 
 def _bare(picture: np.ndarray) -> np.ndarray:
-    """The produce alone: its picture's excess-green pixels, edges feathered by a pixel."""
+    """The produce alone: its picture's excess-green pixels and, next to them (within
+    `BARE_EDGE_FRACTION` of the field of view), the pixels darker than the tray around
+    (below `BARE_EDGE_DARK` of its local brightness): the produce's dark edge, where the
+    skin turns from the light and excess green falls under the threshold, and its contact
+    shadow. Cut by excess green alone the produce came out about a picture pixel thinner
+    all round than the camera saw it (a smaller size grade). Edges feathered by a pixel."""
     p = picture
     exg = 2 * p[:, :, 1] - p[:, :, 0] - p[:, :, 2]
     mask = (exg > 20.0).astype(np.uint8) * 255
@@ -156,8 +161,33 @@ def _bare(picture: np.ndarray) -> np.ndarray:
         biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
         mask = (labels == biggest).astype(np.uint8) * 255
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    if mask.any():
+        mask = _with_dark_edge(p, mask)
     alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.8)
     return _rgba(p, alpha)
+
+
+BARE_EDGE_FRACTION = 1 / 32
+"""How far from the green pixels `_bare` looks for the produce's dark edge: one pixel of
+a 32 px picture (CUCUMBER-9's), as a fraction of the field of view's width."""
+BARE_EDGE_DARK = 0.85
+"""A pixel next to the produce darker than this fraction of the tray's local brightness
+is the produce's dark edge or its contact shadow (`_bare`)."""
+
+
+def _with_dark_edge(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`mask` (0/255) plus the dark pixels round it (see `_bare`)."""
+    ring = max(1, round(BARE_EDGE_FRACTION * p.shape[1]))
+    near = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring + 1,) * 2))
+    wide = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * ring + 1,) * 2))
+    luma = p @ np.array([0.299, 0.587, 0.114], np.float32)
+    tray = (wide == 0).astype(np.float32)  # the tray well clear of the produce
+    sigma = 0.08 * p.shape[1]
+    num = cv2.GaussianBlur(luma * tray, (0, 0), sigma)
+    local = num / np.maximum(cv2.GaussianBlur(tray, (0, 0), sigma), 1e-3)
+    edge = (near > 0) & (luma < BARE_EDGE_DARK * local) & (tray.sum() > 0)
+    out = np.where(edge | (mask > 0), 255, 0).astype(np.uint8)
+    return cv2.morphologyEx(out, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
 
 
 def sprite_centre(sprite: np.ndarray) -> tuple[float, float]:
