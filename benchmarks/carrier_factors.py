@@ -13,7 +13,8 @@ model (LiteRT). The fill of the cup's corners is also run as it was before the
 green-carrier fix (every excess-green pixel kept). The bare belt's views: the cut-out
 by excess green alone (the simulator before it kept the produce's dark edge) and as it
 is now, on the model's training background; the loop's window with `[locate] surround`
-keep and model. These are diagnostics on a test set: nothing is chosen with them.
+keep and model. And on the clean images themselves (no simulator), the corners outside
+the inscribed circle replaced. These are diagnostics on a test set: nothing is chosen with them.
 """
 
 from __future__ import annotations
@@ -102,7 +103,31 @@ def cup_views(data: Path) -> tuple[Views, list[str], list[str]]:
             "loop window, rim_mm = the rim (as the loop)",
             item_view(frame, det, locator, win, rim_px=5.0)[0],
         )
+        box = fill_rim(crop_at(frame, det.cx, det.cy, win), opening)
+        add("half-scale box centre, exact opening filled", box)
     return views, [it.label for it in items], [it.carrier_colour for it in items]
+
+
+def corner_views(data: Path) -> tuple[Views, list[str]]:
+    """The clean model-size images with the corners outside their inscribed circle
+    replaced: inpainted from inside, or the picture's own corners blurred."""
+    views: Views = {}
+    labels = []
+    for rel in holdout(data):
+        img = load_image(data / rel)
+        labels.append(Path(rel).parent.name)
+        h, w = img.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w] + 0.5
+        circle = np.hypot(xx - w / 2, yy - h / 2) <= min(h, w) / 2
+        views.setdefault("clean image", []).append(img)
+        views.setdefault("corners inpainted from inside (fill_rim)", []).append(
+            fill_rim(img, circle)
+        )
+        for sigma in (1.0, 4.0):
+            own = cv2.GaussianBlur(img, (0, 0), sigma * w / 32)
+            name = f"corners = its own corners blurred, sigma {sigma:g} px at 32 px"
+            views.setdefault(name, []).append(np.where(circle[:, :, None], img, own))
+    return views, labels
 
 
 def _cut_out(pic: np.ndarray, alpha: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -200,10 +225,12 @@ def main(
     for m in model:
         clf = Classifier(model_path=m, num_threads=1)
         bare, bare_labels = bare_views(data, _background(clf, data))
+        corners, corner_labels = corner_views(data)
         parts.append(
             f"### {m.name}\n\n"
             + _table("cups-blur view (per cup colour, %)", _scores(clf, cups, labels), colours)
         )
+        parts.append(_table("clean image, corners", _scores(clf, corners, corner_labels), None))
         parts.append(_table("bare view", _scores(clf, bare, bare_labels), None))
     info = machine.describe()
     doc = (
