@@ -228,6 +228,25 @@ def test_item_view_fills_a_green_cups_rim_too() -> None:
     assert np.array_equal(filled[45:55, 25:75], plain[45:55, 25:75])  # the cucumber
 
 
+def test_the_shape_of_produce_in_a_green_cup_is_the_produce_not_the_rim() -> None:
+    """A green cup's rim is excess green too; filled, that ring would be the whole cup."""
+    cx, cy = 160.0, 120.0
+
+    def draw(big: np.ndarray, k: int) -> None:
+        centre = (round(cx * k), round(cy * k))
+        cv2.circle(big, centre, 55 * k, (46, 120, 74), -1)
+        cv2.circle(big, centre, 50 * k, (200, 205, 225), -1)
+        cv2.ellipse(big, centre, (30 * k, 6 * k), 0.0, 0, 360, (40, 110, 35), -1)
+
+    frame = supersampled(draw, (320, 240))
+    locator = Locator(LocatorConfig(min_area_px=2000))
+    (det,) = locator.locate(frame)
+    m = measure(frame, det, locator)
+    assert m.shape_from == "produce"
+    assert m.length_px == pytest.approx(60.0, abs=2.0)  # not the cup's 110
+    assert m.width_px == pytest.approx(12.0, abs=2.0)
+
+
 def test_fill_rim_keeps_a_tip_reaching_over_the_rim_and_drops_green_not_connected() -> None:
     crop = np.empty((40, 40, 3), np.uint8)
     crop[:] = (200, 205, 225)

@@ -17,8 +17,10 @@ or removed at the two places they are called, nowhere else.)
 Shape, from the PRODUCE inside the item's blob: when items ride in trays or cups the blob
 is the tray, so the produce is taken as the blob's pixels with excess green
 2G - R - B > `MeasureConfig.green_min` (a standard vegetation index; cucumbers are green,
-trays and belts are not), its largest part; when too few pixels are green (the item is
-not green, or lies on a bare belt and is the blob itself) the shape is the blob's.
+most trays and belts are not), its largest part that is not a ring (a green cup's or
+tray's rim is as green as produce, but its outline encloses far more than its pixels);
+when too few pixels are green (the item is not green, or lies on a bare belt and is the
+blob itself) the shape is the blob's.
 On that mask:
 - the main axis is the principal axis of its pixel coordinates (PCA);
 - length_px = its extent along the main axis (end to end, pixel edges included: a
@@ -132,6 +134,28 @@ def _largest_filled(mask: np.ndarray) -> np.ndarray | None:
     out = np.zeros_like(mask)
     cv2.drawContours(out, [best], -1, 255, thickness=cv2.FILLED)
     return out
+
+
+RING_FILL_RATIO = 2.0
+"""A green part whose outline encloses more than this many times its own pixels is a ring
+round something (a green cup's or tray's rim), not produce (`_largest_solid`)."""
+
+
+def _largest_solid(mask: np.ndarray) -> np.ndarray | None:
+    """The largest connected part of a 0/255 mask that is not a ring (its filled area at
+    most RING_FILL_RATIO times its own pixels), holes filled (0/255), or None. A part
+    inside another's hole (a cucumber in a green cup) counts on its own."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    best, best_area = None, 0
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
+        own = int(stats[i, cv2.CC_STAT_AREA])
+        if own <= best_area // 2:  # cannot beat the best even filled to the ratio
+            break
+        filled = _largest_filled((labels == i).astype(np.uint8) * 255)
+        area = int(np.count_nonzero(filled)) if filled is not None else 0
+        if area > best_area and area <= RING_FILL_RATIO * own:
+            best, best_area = filled, area
+    return best
 
 
 def centre_of(weights: np.ndarray) -> tuple[float, float] | None:
@@ -307,7 +331,7 @@ def _measure(
         return unrefined, None, (x0, y0)
     area = float(np.count_nonzero(blob))
     green = produce_mask(roi, blob, cfg.green_min)
-    produce = _largest_filled(green) if np.count_nonzero(green) else None
+    produce = _largest_solid(green) if np.count_nonzero(green) else None
     if produce is not None and np.count_nonzero(produce) >= cfg.produce_min_fraction * area:
         shape, source = shape_of(produce), "produce"
     else:
