@@ -123,3 +123,34 @@ def test_int8_export_with_flip_averaging(smooth_run: Path, tmp_path: Path) -> No
     assert "REVERSE_V2" in ops and problems == []
     with pytest.raises(ConfigError, match="unknown view"):
         export_run(smooth_run, ExportOptions(out=tmp_path / "x.tflite", flip_views=("up",)))
+
+
+def test_run_scores_itself_with_its_test_views_and_export_builds_them_in(
+    smooth_run: Path, tmp_path: Path
+) -> None:
+    from training.data import load_split_images
+    from training.evaluate import load_run_model
+    from training.export_cli import _views
+    from training.train import predict
+
+    cfg = json.loads((smooth_run / "config.json").read_text())
+    assert cfg["test_views"] == ["id", "hv"]  # the default: the image and its 180-degree turn
+    x, y = load_split_images(smooth_run, "val")
+    infer = inference_model(load_run_model(smooth_run), batch_size=None)
+    tta = predict(flip_average(infer, ("id", "hv")), x).argmax(axis=1)
+    metrics = json.loads((smooth_run / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] == pytest.approx(float(np.mean(tta == y)))
+
+    res = export_run(
+        smooth_run, ExportOptions(out=tmp_path / "own.tflite"), progress=lambda _m: None
+    )
+    assert res.metadata.extra["test_time_flip_views"] == ["id", "hv"]
+    assert "REVERSE_V2" in graph_report((tmp_path / "own.tflite").read_bytes())[0]
+    res = export_run(
+        smooth_run,
+        ExportOptions(out=tmp_path / "none.tflite", flip_views=()),
+        progress=lambda _m: None,
+    )
+    assert res.metadata.extra["test_time_flip_views"] == []
+    assert "REVERSE_V2" not in graph_report((tmp_path / "none.tflite").read_bytes())[0]
+    assert _views(None) is None and _views("none") == () and _views("id,hv") == ("id", "hv")

@@ -198,10 +198,11 @@ def test_default_training_is_the_cross_validated_default_recipe(tmp_path: Path) 
         rec.batch_size,
         rec.early_stopping,
     )
-    assert (cfg.weight_decay, cfg.ema, cfg.label_smoothing, cfg.widths) == (
+    assert (cfg.weight_decay, cfg.ema, cfg.label_smoothing, cfg.widths, cfg.test_views) == (
         rec.weight_decay,
         rec.ema,
         rec.label_smoothing,
         rec.widths,
+        rec.flip_views,
     )
     assert rec.ensemble == DEFAULTS.ensemble and not rec.teachers and rec.arch == cfg.arch

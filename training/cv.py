@@ -78,7 +78,7 @@ _MILD = CameraAugmentConfig(
 )
 """The previous default's renders (six per image)."""
 _MILD2 = replace(_MILD, white_balance=0.05, gain=0.08, noise=8.0)
-DEFAULT_RECIPE = "camera-mild-long-v12-wd"
+DEFAULT_RECIPE = "camera-narrow18-tta-xl-v12-wd"
 """What `sorter-train` does by default (training.defaults, CameraAugmentConfig defaults)."""
 
 _FIXED: dict[str, Any] = {
@@ -115,6 +115,24 @@ CV_RECIPES: dict[str, Recipe] = {
         camera=replace(_MILD, variants=12),
         epochs_factor=2.0,
         weight_decay=0.05,
+        **_FIXED,
+    ),
+    "camera-narrow18-tta-v12-wd": Recipe(
+        augment=FLIP_ONLY,
+        camera=replace(_MILD, variants=12),
+        epochs_factor=2.0,
+        weight_decay=0.05,
+        widths=(18, 36, 72),
+        flip_views=("id", "hv"),
+        **_FIXED,
+    ),
+    "camera-narrow18-tta-xl-v12-wd": Recipe(
+        augment=FLIP_ONLY,
+        camera=replace(_MILD, variants=12),
+        epochs_factor=4.0,
+        weight_decay=0.05,
+        widths=(18, 36, 72),
+        flip_views=("id", "hv"),
         **_FIXED,
     ),
     "camera-mild-ens3": Recipe(augment=FLIP_ONLY, camera=_MILD, ensemble=3, **_FIXED),
@@ -162,6 +180,7 @@ def train_fold(
         label_smoothing=rec.label_smoothing,
         schedule=rec.schedule,
         widths=rec.widths,
+        test_views=rec.flip_views,
         ema=rec.ema,
         weight_decay=rec.weight_decay,
         teachers=teachers,

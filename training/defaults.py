@@ -12,7 +12,7 @@ from dataclasses import dataclass
 class RecipeDefaults:
     """Defaults shared by `training.train.TrainConfig` and `sorter-train`."""
 
-    epochs: int = 120
+    epochs: int = 240
     """Planned epochs (fixed budget, cosine decay; the time budget may cut them)."""
     batch_size: int = 64
     """Images per step."""
@@ -29,13 +29,20 @@ class RecipeDefaults:
     """Teachers trained and distilled into the model (0: a single network)."""
     weight_decay: float = 0.05
     """Decoupled weight decay of the kernels (0: plain Adam)."""
+    widths: tuple[int, ...] = (18, 36, 72)
+    """pi-cnn's stage widths: three quarters of training.model.PI_CNN_WIDTHS, so that two
+    passes (`test_views`) cost what one of the wider network did (Pi 4 estimate)."""
+    test_views: tuple[str, ...] = ("id", "hv")
+    """Test-time views averaged inside the model (training.model.FLIP_VIEWS names): the
+    image and its 180-degree turn. The run scores itself with them and `sorter-export`
+    builds them into the exported graph unless told otherwise."""
 
 
 DEFAULTS = RecipeDefaults()
 """The default recipe."""
 BASE_EPOCHS = 60
 """`sorter-train cv --epochs` default: a recipe of training.cv trains this x its
-`epochs_factor` (the default recipe's factor 2 gives `DEFAULTS.epochs`)."""
+`epochs_factor` (the default recipe's factor 4 gives `DEFAULTS.epochs`)."""
 DEFAULT_BUDGET_MIN = 30.0
 """Minutes a default `sorter-train` run may take on the machine it runs on (the planned
 epochs are cut to fit, from the measured time of the first epochs)."""

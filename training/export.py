@@ -31,7 +31,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,10 @@ class ExportOptions:
     """Seeds the choice of calibration images."""
     attribution: str = DEFAULT_ATTRIBUTION
     """Licence/attribution of the training data, recorded in the metadata."""
-    flip_views: tuple[str, ...] = ()
+    flip_views: tuple[str, ...] | None = None
     """Test-time flip averaging built into the exported graph (`training.model.FLIP_VIEWS`
-    names, e.g. ("id", "h", "v", "hv")); empty for none. Costs one forward pass per view."""
+    names, e.g. ("id", "h", "v", "hv")); empty for none; None: the run's own `test_views`
+    (config.json; none for runs made before it existed). Costs one forward pass per view."""
     robustness: bool = True
     """Score the exported model under the camera-path corruption suite on the run's
     validation (else test) images and record the summary in the metadata; a run without
@@ -447,7 +448,7 @@ def build_metadata(
         attribution=opts.attribution,
         extra={
             "arch": run.config.get("arch", run.model.name),
-            "test_time_flip_views": list(opts.flip_views),
+            "test_time_flip_views": list(opts.flip_views or ()),
             "training_accuracy": training_metrics,
             **_cross_validation(run.path),
             **_background(run.path),
@@ -572,13 +573,11 @@ def export_run(
     run_dir: str | Path, opts: ExportOptions, progress: Progress = log.info
 ) -> ExportResult:
     """Export a run (see the module docstring); raises FidelityError past the threshold."""
-    bad = [v for v in opts.flip_views if v not in FLIP_VIEWS]
-    if bad:
-        raise ConfigError(
-            f"--flip-average {','.join(opts.flip_views)}: unknown view(s) {', '.join(bad)}; "
-            f"choose from {', '.join(FLIP_VIEWS)}"
-        )
+    _check_views(opts.flip_views or ())
     run = load_run(run_dir)
+    if opts.flip_views is None:  # the run's own test-time views
+        opts = replace(opts, flip_views=tuple(run.config.get("test_views", ())))
+        _check_views(opts.flip_views or ())
     mode = "int8" if opts.quantize else "float"
     out = opts.out or run.path / f"model-{mode}.tflite"
     progress(f"run {run.path}: {run.config.get('arch', run.model.name)}, {len(run.labels)} grades")
@@ -605,6 +604,15 @@ def export_run(
     sidecar.write_text(meta.to_json() + "\n")
     ModelMetadata.load(out)  # read back through the runtime's reader
     return ExportResult(out, sidecar, len(final), meta, results, forced=failed)
+
+
+def _check_views(views: tuple[str, ...]) -> None:
+    bad = [v for v in views if v not in FLIP_VIEWS]
+    if bad:
+        raise ConfigError(
+            f"--flip-average {','.join(views)}: unknown view(s) {', '.join(bad)}; "
+            f"choose from {', '.join(FLIP_VIEWS)}"
+        )
 
 
 def _split_size(run_dir: Path, split: str) -> int:

@@ -47,12 +47,13 @@ def export(
     ] = False,
     runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
     flip_average: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Test-time flip views averaged inside the model, comma-separated from id, h, "
-            "v, hv (e.g. id,h,v,hv); empty for none."
+            "v, hv (e.g. id,h,v,hv); 'none' for none. Default: the run's own (test_views in "
+            "its config.json; id,hv for a default sorter-train run)."
         ),
-    ] = "",
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -88,7 +89,7 @@ def export(
             calibration_images=calibration_images,
             threshold_points=threshold,
             force=force,
-            flip_views=tuple(v.strip() for v in flip_average.split(",") if v.strip()),
+            flip_views=_views(flip_average),
             robustness=robustness,
         )
         result = export_run(run, opts, progress=progress)
@@ -116,6 +117,14 @@ def export(
         typer.echo(
             f"warning: accuracy drop beyond {threshold:g} points; written (--force)", err=True
         )
+
+
+def _views(flip_average: str | None) -> tuple[str, ...] | None:
+    """--flip-average: None keeps the run's own views; 'none' (or empty) is none."""
+    if flip_average is None:
+        return None
+    views = tuple(v.strip() for v in flip_average.split(",") if v.strip())
+    return () if views == ("none",) else views
 
 
 def main() -> None:

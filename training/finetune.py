@@ -41,7 +41,7 @@ from sorter.grading.metrics import compute_metrics
 from training import data as D
 from training.budget import EpochBudget
 from training.evaluate import load_run_model
-from training.model import inference_model
+from training.model import inference_model, scoring_model
 from training.train import _Plan, balanced_accuracy, predict
 
 log = logging.getLogger(__name__)
@@ -243,8 +243,10 @@ def _fit(
     return history, budget, time.monotonic() - t_fit
 
 
-def _accuracies(model: keras.Model, d: _Data) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    infer = inference_model(model, batch_size=None)
+def _accuracies(
+    model: keras.Model, d: _Data, views: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    infer = scoring_model(model, views)
     metrics: dict[str, Any] = {}
     probs: dict[str, np.ndarray] = {}
     for k in ("val", "test"):
@@ -297,14 +299,16 @@ def _count(items: list[tuple[str, str]]) -> dict[str, int]:
     return out
 
 
-def _robustness(cfg: FinetuneConfig, d: _Data, model: keras.Model, run_dir: Path) -> None:
+def _robustness(
+    cfg: FinetuneConfig, d: _Data, model: keras.Model, run_dir: Path, views: tuple[str, ...]
+) -> None:
     from training import robustness as R
 
     which = "val" if len(d.arrays["val"][0]) else "test"
     x, y = d.arrays[which]
     if not len(x):
         return
-    infer = inference_model(model, batch_size=None)
+    infer = scoring_model(model, views)
     doc = R.robustness(lambda b: predict(infer, b), x, y, seed=0)
     doc["split"] = which
     doc["model"] = "float (Keras)"
@@ -320,7 +324,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     d = _prepare(cfg)
     model = load_run_model(run)
-    before, _ = _accuracies(model, d)
+    views = tuple(base_cfg.get("test_views", ()))  # as the export will build it
+    before, _ = _accuracies(model, d, views)
     out = _run_dir(cfg)
     log.info(
         "fine-tuning %s on %d belt crops (+%d held out) and %d original images; run folder %s",
@@ -335,7 +340,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     history, budget, fit_s = _fit(cfg, d, model, t0)
     model.save(out / "model.keras")
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    metrics, probs = _accuracies(model, d)
+    metrics, probs = _accuracies(model, d, views)
     acc = {k: (float(metrics[k]["accuracy"]) if k in metrics else None) for k in ("val", "test")}
     was = {k: (float(before[k]["accuracy"]) if k in before else None) for k in ("val", "test")}
     doc = {
@@ -349,7 +354,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     }
     (out / "metrics.json").write_text(json.dumps(doc, indent=1) + "\n")
     if cfg.robustness:
-        _robustness(cfg, d, model, out)
+        _robustness(cfg, d, model, out, views)
     if cfg.reports:
         _reports(out, model, history, metrics, d, probs)
     epochs_run = len(history.get("loss", []))

@@ -270,6 +270,13 @@ def flip_average(
     return keras.Model(inp, out, name=f"{model.name}_tta")
 
 
+def scoring_model(model: keras.Model, views: tuple[str, ...] = ()) -> keras.Model:
+    """The inference copy of a trained `model` (any batch size) averaged over the test-time
+    `views` (none: one pass), as `sorter-export` builds it: what a run scores itself with."""
+    infer = inference_model(model, batch_size=None)
+    return flip_average(infer, views) if views else infer
+
+
 def count_params(model: keras.Model) -> int:
     """Total parameters (trainable and not)."""
     return int(model.count_params())

@@ -36,10 +36,10 @@ from training.model import (
     ARCHS,
     DEFAULT_ARCH,
     DEFAULT_LEARNING_RATE,
-    PI_CNN_WIDTHS,
     AugmentConfig,
     build_model,
     inference_model,
+    scoring_model,
 )
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,11 @@ class TrainConfig:
     time_budget_min: float | None = None
     """Minutes the whole run may take; the planned epochs are cut to fit, measured on the
     first epochs (None: no budget)."""
-    widths: tuple[int, ...] = PI_CNN_WIDTHS
+    widths: tuple[int, ...] = DEFAULTS.widths
     """pi-cnn stage widths."""
+    test_views: tuple[str, ...] = DEFAULTS.test_views
+    """Test-time flip views averaged inside the model (training.model.FLIP_VIEWS names; empty
+    for none): the run scores itself with them, and `sorter-export` builds them in."""
     ema: float = 0.0
     """Keep an exponential moving average of the weights with this momentum (e.g. 0.99) and
     end with it (0: off)."""
@@ -427,8 +430,9 @@ def make_optimizer(lr: float, ema: float = 0.0, weight_decay: float = 0.0) -> An
 def _score(
     cfg: TrainConfig, p: _Prepared, model: keras.Model
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any] | None]:
-    """metrics.json, the probabilities per split, and the robustness report (or None)."""
-    infer = inference_model(model, batch_size=None)
+    """metrics.json, the probabilities per split, and the robustness report (or None),
+    all with the run's test-time views averaged, as the exported model will be."""
+    infer = scoring_model(model, cfg.test_views)
     metrics: dict[str, Any] = {"labels": p.labels}
     probs: dict[str, np.ndarray] = {}
     for k in ("val", "test"):
@@ -472,7 +476,7 @@ def train(cfg: TrainConfig) -> RunResult:
         strategy = worker[0] if worker else _strategy(cfg.multi_gpu)
         with strategy.scope():
             model = _model(cfg, p, lr, soft)
-        device = check_device(inference_model(model, batch_size=1))
+        device = check_device(inference_model(model, batch_size=1), len(cfg.test_views) or 1)
         # Budget: what is left after loading and rendering, minus ~10% for the reports.
         budget = EpochBudget(cfg.epochs, budget_s and 0.9 * budget_s, time.monotonic() - t0)
         plan = _Plan(budget, lr if cfg.schedule == "cosine" else None)
@@ -626,6 +630,7 @@ def _config_doc(
         "label_smoothing": cfg.label_smoothing,
         "schedule": cfg.schedule,
         "widths": list(cfg.widths),
+        "test_views": list(cfg.test_views),
         "ema": cfg.ema,
         "weight_decay": cfg.weight_decay,
         "augment": cfg.augment.as_dict(),
