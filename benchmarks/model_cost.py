@@ -33,6 +33,7 @@ def count_macs(model: Any) -> int:
 def cost_of(ctx: Context, arch: str) -> dict[str, Any]:
     """params and MACs of `arch`'s inference model; float/int8 sizes of its seed-0 export."""
     from sorter.perception.preprocess import load_image
+    from training.defaults import DEFAULTS
     from training.model import build_model, inference_model
 
     tree = models.split_tree(ctx)
@@ -41,7 +42,9 @@ def cost_of(ctx: Context, arch: str) -> dict[str, Any]:
     n_classes = len([p for p in (tree / "train").iterdir() if p.is_dir()])
     model = build_model(arch, (int(size[0]), int(size[1])), n_classes, augment=False)
     infer = inference_model(model, batch_size=1)
-    info: dict[str, Any] = {"params": int(infer.count_params()), "macs": count_macs(infer)}
+    # The default arch's runs average two views (training.defaults test_views): both passes.
+    views = len(DEFAULTS.test_views) if arch == models.archs()[0] else 1
+    info: dict[str, Any] = {"params": int(infer.count_params()), "macs": views * count_macs(infer)}
     for kind, quantize in (("float", False), ("int8", True)):
         if ctx.smoke and arch != models.archs()[0]:
             info[kind], info["why"] = None, "smoke run: exported for the default arch only"

@@ -105,6 +105,8 @@ def trained(ctx: Context, arch: str, seed: int) -> Any:
             # The default recipe (camera-path renders, fixed cosine budget); the softmax
             # baseline and smoke runs (where tracing costs more than the tiny fit) plain.
             **({"augment": AugmentConfig.off(), "camera": None} if plain else {}),
+            # The default network averages its 180-degree turn; the baselines run once.
+            **({} if arch == archs()[0] else {"test_views": ()}),
             reports=False,
             robustness=False,
             verbose=0,

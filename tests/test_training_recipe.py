@@ -121,7 +121,7 @@ def test_device_estimate_warns_past_five_ms(caplog: pytest.LogCaptureFixture) ->
 
     small = inference_model(build_model("pi-cnn", (32, 32), 9, augment=False), batch_size=1)
     with caplog.at_level(logging.WARNING):
-        est = B.check_device(small)
+        est = B.check_device(small, 2)  # the default: the crop and its 180-degree turn
     assert 3.0 < est["pi4_1t_ms"] < B.PI4_LIMIT_MS and "Raspberry Pi" not in caplog.text
     big = inference_model(build_model("pi-cnn", (96, 96), 9, augment=False), batch_size=1)
     with caplog.at_level(logging.WARNING):
@@ -206,3 +206,6 @@ def test_default_training_is_the_cross_validated_default_recipe(tmp_path: Path) 
         rec.flip_views,
     )
     assert rec.ensemble == DEFAULTS.ensemble and not rec.teachers and rec.arch == cfg.arch
+    from training.model import PI_CNN_WIDTHS
+
+    assert DEFAULTS.widths == PI_CNN_WIDTHS  # `pi-cnn` names the default network

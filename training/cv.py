@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from training.camera_augment import CameraAugmentConfig
-from training.model import PI_CNN_WIDTHS, AugmentConfig
+from training.model import PI_CNN_WIDE, AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Recipe:
     """Adam rate (None: the arch's default)."""
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing."""
-    widths: tuple[int, ...] = PI_CNN_WIDTHS
+    widths: tuple[int, ...] = PI_CNN_WIDE
     """pi-cnn stage widths."""
     flip_views: tuple[str, ...] = ()
     """Test-time flip averaging built into the int8 export."""

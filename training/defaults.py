@@ -30,8 +30,8 @@ class RecipeDefaults:
     weight_decay: float = 0.05
     """Decoupled weight decay of the kernels (0: plain Adam)."""
     widths: tuple[int, ...] = (18, 36, 72)
-    """pi-cnn's stage widths: three quarters of training.model.PI_CNN_WIDTHS, so that two
-    passes (`test_views`) cost what one of the wider network did (Pi 4 estimate)."""
+    """pi-cnn's stage widths (training.model.PI_CNN_WIDTHS): three quarters of the earlier
+    PI_CNN_WIDE, so that two passes (`test_views`) cost what one of those did (Pi 4)."""
     test_views: tuple[str, ...] = ("id", "hv")
     """Test-time views averaged inside the model (training.model.FLIP_VIEWS names): the
     image and its 180-degree turn. The run scores itself with them and `sorter-export`

@@ -150,8 +150,11 @@ def _conv_bn(x: Any, filters: int, name: str) -> Any:
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-PI_CNN_WIDTHS = (24, 48, 96)
-"""Filters of pi-cnn's three stages (`build_model(widths=...)` changes them)."""
+PI_CNN_WIDTHS = (18, 36, 72)
+"""Filters of pi-cnn's three stages (`build_model(widths=...)` changes them). Two passes
+(the default 180-degree test-time average) cost what one pass of PI_CNN_WIDE did."""
+PI_CNN_WIDE = (24, 48, 96)
+"""The earlier default widths (one pass; the recipes cross-validated before 2026-12-02)."""
 
 
 def _pi_cnn(x: Any, widths: tuple[int, ...] = PI_CNN_WIDTHS, dense: int = 128) -> Any:
