@@ -88,6 +88,17 @@ _FIXED: dict[str, Any] = {
     "batch_size": 64,
 }
 
+_NARROW_TTA = Recipe(
+    augment=FLIP_ONLY,
+    camera=replace(_MILD, variants=12),
+    epochs_factor=2.0,
+    weight_decay=0.05,
+    widths=(18, 36, 72),
+    flip_views=("id", "hv"),
+    **_FIXED,
+)
+"""Widths 18/36/72 with the 180-degree turn averaged inside the model, 120 epochs."""
+
 CV_RECIPES: dict[str, Recipe] = {
     "baseline": Recipe(),
     "fixed": Recipe(**_FIXED),
@@ -117,24 +128,8 @@ CV_RECIPES: dict[str, Recipe] = {
         weight_decay=0.05,
         **_FIXED,
     ),
-    "camera-narrow18-tta-v12-wd": Recipe(
-        augment=FLIP_ONLY,
-        camera=replace(_MILD, variants=12),
-        epochs_factor=2.0,
-        weight_decay=0.05,
-        widths=(18, 36, 72),
-        flip_views=("id", "hv"),
-        **_FIXED,
-    ),
-    "camera-narrow18-tta-xl-v12-wd": Recipe(
-        augment=FLIP_ONLY,
-        camera=replace(_MILD, variants=12),
-        epochs_factor=4.0,
-        weight_decay=0.05,
-        widths=(18, 36, 72),
-        flip_views=("id", "hv"),
-        **_FIXED,
-    ),
+    "camera-narrow18-tta-v12-wd": _NARROW_TTA,
+    "camera-narrow18-tta-xl-v12-wd": replace(_NARROW_TTA, epochs_factor=4.0),
     "camera-mild-ens3": Recipe(augment=FLIP_ONLY, camera=_MILD, ensemble=3, **_FIXED),
     "camera-mild2": Recipe(augment=FLIP_ONLY, camera=_MILD2, **_FIXED),
     "camera-wide": Recipe(augment=FLIP_ONLY, camera=_CAM, widths=(32, 48, 96), **_FIXED),
