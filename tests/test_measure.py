@@ -174,16 +174,23 @@ def test_crop_centre_on_a_simulated_belt_within_half_a_pixel(tmp_path: Path) -> 
     assert refined.mean() < box.mean()
 
 
-def test_item_view_fills_a_cups_rim_and_the_belt_but_not_the_produce() -> None:
-    cx, cy, opening, rim = 160.0, 120.0, 50.0, 5.0  # a 100 px cup opening, 5 px dark rim
+def _cup_frame(rim_colour: tuple[int, int, int], half_length: int) -> np.ndarray:
+    """A 320x240 frame: a cup (100 px opening, 5 px rim of `rim_colour`, light inside) at
+    (160, 120) holding a cucumber `2 * half_length` px long."""
+    cx, cy, opening, rim = 160.0, 120.0, 50.0, 5.0
 
     def draw(big: np.ndarray, k: int) -> None:
         centre = (round(cx * k), round(cy * k))
-        cv2.circle(big, centre, round((opening + rim) * k), (30, 30, 32), -1)
+        cv2.circle(big, centre, round((opening + rim) * k), rim_colour, -1)
         cv2.circle(big, centre, round(opening * k), (200, 205, 225), -1)
-        cv2.ellipse(big, centre, (48 * k, 6 * k), 0.0, 0, 360, (40, 110, 35), -1)
+        cv2.ellipse(big, centre, (half_length * k, 6 * k), 0.0, 0, 360, (40, 110, 35), -1)
 
-    frame = supersampled(draw, (320, 240))
+    return supersampled(draw, (320, 240))
+
+
+def test_item_view_fills_a_cups_rim_and_the_belt_but_not_the_produce() -> None:
+    rim = 5.0  # a 100 px cup opening, 5 px dark rim
+    frame = _cup_frame((30, 30, 32), 48)
     locator = Locator(LocatorConfig(min_area_px=2000))
     (det,) = locator.locate(frame)
     plain, m = item_view(frame, det, locator, (100, 100))
@@ -202,16 +209,9 @@ def test_item_view_fills_a_cups_rim_and_the_belt_but_not_the_produce() -> None:
 def test_item_view_fills_a_green_cups_rim_too() -> None:
     """A green cup's rim is as green as produce by the excess-green rule (2G - R - B = 120):
     it is filled like any rim, and only produce connected to the cucumber is kept."""
-    cx, cy, opening, rim = 160.0, 120.0, 50.0, 5.0
+    opening, rim = 50.0, 5.0
     tray = np.array([200, 205, 225], np.float32)
-
-    def draw(big: np.ndarray, k: int) -> None:
-        centre = (round(cx * k), round(cy * k))
-        cv2.circle(big, centre, round((opening + rim) * k), (46, 120, 74), -1)
-        cv2.circle(big, centre, round(opening * k), tuple(int(v) for v in tray), -1)
-        cv2.ellipse(big, centre, (30 * k, 6 * k), 0.0, 0, 360, (40, 110, 35), -1)
-
-    frame = supersampled(draw, (320, 240))
+    frame = _cup_frame((46, 120, 74), 30)
     locator = Locator(LocatorConfig(min_area_px=2000))
     (det,) = locator.locate(frame)
     plain, _ = item_view(frame, det, locator, (100, 100))
