@@ -154,3 +154,25 @@ def test_run_scores_itself_with_its_test_views_and_export_builds_them_in(
     assert res.metadata.extra["test_time_flip_views"] == []
     assert "REVERSE_V2" not in graph_report((tmp_path / "none.tflite").read_bytes())[0]
     assert _views(None) is None and _views("none") == () and _views("id,hv") == ("id", "hv")
+
+
+def test_teachers_give_soft_targets_averaged_over_their_own_test_views(tmp_path: Path) -> None:
+    """Distillation asks each teacher as it scores itself: a run whose config.json names
+    test views is averaged over them; one without (older runs) is asked once."""
+    from training.train import _teacher_probs
+
+    model = build_model("softmax", (4, 4), 3, augment=False, seed=1)
+    pool = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 4, 3), dtype=np.uint8)
+    flat = pool.reshape(-1, 4, 4, 3)
+    plain = np.asarray(inference_model(model, batch_size=None)(flat))
+    turned = np.asarray(inference_model(model, batch_size=None)(flat[:, ::-1, ::-1]))
+    with_views, without = tmp_path / "tta", tmp_path / "old"
+    for run, cfg in ((with_views, {"test_views": ["id", "hv"]}), (without, {})):
+        run.mkdir()
+        model.save(run / "model.keras")
+        (run / "config.json").write_text(json.dumps(cfg))
+    got = _teacher_probs((with_views,), pool)
+    assert got.shape == (2, 5, 3)
+    np.testing.assert_allclose(got.reshape(-1, 3), (plain + turned) / 2, atol=1e-5)
+    np.testing.assert_allclose(_teacher_probs((without,), pool).reshape(-1, 3), plain, atol=1e-5)
+    assert not np.allclose(plain, turned, atol=1e-3)  # the views do differ

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -209,3 +210,25 @@ def test_default_training_is_the_cross_validated_default_recipe(tmp_path: Path) 
     from training.model import PI_CNN_WIDTHS
 
     assert DEFAULTS.widths == PI_CNN_WIDTHS  # `pi-cnn` names the default network
+
+
+def test_a_distilled_recipe_takes_its_fold_teacher_and_new_renders_on_the_same_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`camera-narrow18-tta-xl-v12-wd-ba` learns from the default's run of the same fold,
+    on renders seeded apart from the teacher's (seed_offset), the fold split unchanged."""
+    import training.train as T
+    from training import cv
+
+    seen: list[Any] = []
+    monkeypatch.setattr(T, "train", seen.append)
+    name = "camera-narrow18-tta-xl-v12-wd-ba"
+    with pytest.raises(RuntimeError, match="teacher runs missing"):
+        cv.train_fold(tmp_path, tmp_path, name, 2, 5, 60, 7)
+    teacher = tmp_path / f"{cv.DEFAULT_RECIPE}-f2"
+    teacher.mkdir()
+    (teacher / "model.keras").write_bytes(b"")
+    cv.train_fold(tmp_path, tmp_path, name, 2, 5, 60, 7)
+    (cfg,) = seen
+    assert (cfg.seed, cfg.split_seed, cfg.fold, cfg.folds) == (8, 7, 2, 5)
+    assert cfg.teachers == (teacher,) and cfg.epochs == 240

@@ -67,6 +67,9 @@ class Recipe:
     """Distil this many teachers of the same recipe, trained on the same fold (0: none)."""
     weight_decay: float = 0.0
     """Decoupled weight decay of the kernels (0: plain Adam)."""
+    seed_offset: int = 0
+    """Weights, shuffle and renders seeded `seed + seed_offset` (the fold split stays on
+    `seed`): a student then learns from views its teachers never saw."""
 
 
 _CAM = CameraAugmentConfig(
@@ -130,6 +133,13 @@ CV_RECIPES: dict[str, Recipe] = {
     ),
     "camera-narrow18-tta-v12-wd": _NARROW_TTA,
     "camera-narrow18-tta-xl-v12-wd": replace(_NARROW_TTA, epochs_factor=4.0),
+    "camera-narrow18-tta-xxl-v12-wd": replace(_NARROW_TTA, epochs_factor=8.0),
+    "camera-narrow18-tta-xl-v12-wd-ba": replace(
+        _NARROW_TTA,
+        epochs_factor=4.0,
+        teachers=("camera-narrow18-tta-xl-v12-wd",),
+        seed_offset=1,
+    ),
     "camera-mild-ens3": Recipe(augment=FLIP_ONLY, camera=_MILD, ensemble=3, **_FIXED),
     "camera-mild2": Recipe(augment=FLIP_ONLY, camera=_MILD2, **_FIXED),
     "camera-wide": Recipe(augment=FLIP_ONLY, camera=_CAM, widths=(32, 48, 96), **_FIXED),
@@ -164,7 +174,8 @@ def train_fold(
         epochs=max(1, round(epochs * rec.epochs_factor)),
         batch_size=rec.batch_size,
         learning_rate=rec.learning_rate,
-        seed=seed,
+        seed=seed + rec.seed_offset,
+        split_seed=seed,
         val_fraction=rec.val_fraction,
         folds=folds,
         fold=fold,

@@ -361,12 +361,15 @@ def _prepare(cfg: TrainConfig) -> _Prepared:
 
 
 def _teacher_probs(teachers: tuple[Path, ...], pool: np.ndarray) -> np.ndarray:
-    """Mean class probabilities of the teacher runs on every pool image: (K+1, N, C)."""
+    """Mean class probabilities of the teacher runs on every pool image: (K+1, N, C), each
+    teacher averaged over its own test-time views (as it scores itself)."""
     from training.evaluate import load_run_model
 
     total: np.ndarray | None = None
     for run in teachers:
-        infer = inference_model(load_run_model(Path(run)), batch_size=None)
+        conf = Path(run) / "config.json"
+        views = tuple(json.loads(conf.read_text()).get("test_views", ())) if conf.is_file() else ()
+        infer = scoring_model(load_run_model(Path(run)), views)
         probs = predict(infer, pool.reshape(-1, *pool.shape[2:])).reshape(*pool.shape[:2], -1)
         total = probs if total is None else total + probs
     assert total is not None
