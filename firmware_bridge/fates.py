@@ -10,7 +10,9 @@ time, and ends a SORT "timeout" only after asking:
 - each QUERY is itself retried (same seq) on the ACK timeout; a SORT ends "timeout" when
   the controller answers UNKNOWN (it never saw the item, was reset, or forgot it), when
   `FATE_QUERIES` QUERYs in a row got no answer, or when the link stays lost past
-  the fate's due time + `lost_grace_s`;
+  the fate's due time + `lost_grace_s`; a QUERY NAKed NOT_CONFIGURED (a controller that
+  started since knows nothing) is taken as a reset: the link shakes hands again and the
+  SORT is settled as after one;
 - a "timeout" is QUERYed again up to `RECHECKS` times within `RECHECK_S` (monotonic)
   until the controller gives a final fate (a copy of the SORT written before a reconnect
   can reach it after the QUERY that answered UNKNOWN), and any FIRED/LATE event
@@ -76,6 +78,8 @@ class FatesHost(Protocol):
     def _host_time(self, ctrl_us: int, near: float) -> float | None: ...
 
     def _remembered(self, cmd: Command) -> bool: ...
+
+    def _note_reset(self, why: str) -> None: ...
 
 
 class SortFates:
@@ -243,6 +247,12 @@ class SortFates:
         asked_for = sort.seq
 
         def on_reply(reply: p.Message) -> None:
+            if isinstance(reply, p.Nak) and reply.reason == p.NakReason.NOT_CONFIGURED:
+                # a controller that started since: its UNKNOWN would say nothing about
+                # the one the SORT went to; the handshake settles the SORT as after a reset
+                if self.host.options.handshake and self.host.state == "connected":
+                    self.host._note_reset("it answered QUERY unconfigured (was it reset?)")
+                return
             if not isinstance(reply, p.FateReply):
                 return
             if reply.fate == p.Fate.UNKNOWN and sort.seq != asked_for:

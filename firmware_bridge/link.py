@@ -544,6 +544,13 @@ class ControllerLink:
             except (serial.SerialException, OSError, LinkError) as err:
                 self._lost(err)
                 return
+            except (TypeError, AttributeError, ValueError):
+                # the reader closed the port under this write (pyserial's socket:// port
+                # then selects on a socket that is None): the link is already lost
+                with self._port_lock:
+                    if self._port is port:
+                        raise
+                return
             self._last_tx_mono = time.monotonic()
             self._last_tx_clock = self.clock.now()
             self.stats.frames_sent += 1

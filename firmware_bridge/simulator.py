@@ -35,7 +35,7 @@ from firmware_bridge.framing import Deframer, Frame
 
 log = logging.getLogger(__name__)
 
-FW_VERSION = (1, 1, 0)
+FW_VERSION = (1, 1, 1)
 """Version the simulator reports in HELLO_INFO (it follows the firmware it twins)."""
 MAX_AHEAD = 1 << 30
 """A target further ahead than this (us or ticks) is NAKed BAD_TARGET."""
@@ -384,6 +384,9 @@ class SimController:
             self._send(p.SyncReply(frame.seq, msg.echo, now, self.position(now)))
             return
         if isinstance(msg, p.Query):
+            if not st.configured:  # reset or new: it remembers nothing from before
+                self._nak(frame, p.NakReason.NOT_CONFIGURED)
+                return
             fate, when = self._fate_of(msg.item, msg.epoch)
             self._send(p.FateReply(frame.seq, msg.item, fate, when, msg.epoch))
             return

@@ -96,6 +96,8 @@ class FaultRunResult:
     hidden_fired_after_reset: int
     hidden_fired_other: int
     timing_errors_ms: list[float]
+    hidden_details: list[tuple[int, str]] = field(default_factory=list)
+    """(item, the host's detail) of each timeout that had fired (for the report)."""
 
     def problems(self) -> dict[str, list[object]]:
         """The checks that failed (empty when the run kept every promise)."""
@@ -137,6 +139,7 @@ class FaultRunResult:
         ]
         lines = ["| figure | value |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in rows]
+        lines += [f"\ntimeout that had fired: item {i}: {d}" for i, d in self.hidden_details]
         return "\n".join(lines)
 
 
@@ -255,6 +258,7 @@ def _judge(
     fired_keys = {(msg.epoch, msg.item) for _, msg in tap.fired}
     mismatch: list[tuple[int, str, str]] = []
     hidden_reset = hidden_other = 0
+    hidden_details: list[tuple[int, str]] = []
     for item, cmd in by_item.items():
         sort = cmd.msg
         assert isinstance(sort, p.Sort) and item is not None
@@ -264,6 +268,7 @@ def _judge(
         elif cmd.status in {"late", "nak", "cancelled"} and did_fire:
             mismatch.append((item, str(cmd.status), "fired"))
         elif cmd.status == "timeout" and did_fire:
+            hidden_details.append((item, cmd.detail))
             if "reset" in cmd.detail:
                 hidden_reset += 1
             else:
@@ -291,4 +296,5 @@ def _judge(
         hidden_fired_after_reset=hidden_reset,
         hidden_fired_other=hidden_other,
         timing_errors_ms=timing,
+        hidden_details=hidden_details,
     )

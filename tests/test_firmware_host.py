@@ -332,6 +332,14 @@ def test_sort_before_config_is_naked_not_configured(lib: ctypes.CDLL) -> None:
     assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.NOT_CONFIGURED
 
 
+def test_query_before_config_is_naked_not_configured(lib: ctypes.CDLL) -> None:
+    c = Core(lib)
+    c.take()  # the boot STATUS
+    (nak,) = c.send(p.Query(3, epoch=5), now=5)
+    assert isinstance(nak, p.Nak) and nak.reason == p.NakReason.NOT_CONFIGURED
+    assert nak.acked_type == p.MsgType.QUERY
+
+
 def test_cancel_removes_a_pending_item(core: Core) -> None:
     core.send(p.Sort(21, 1, p.SortMode.TIME, 400_000, 100), now=10)
     (ack,) = core.send(p.Cancel(21), now=20)

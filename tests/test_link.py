@@ -633,6 +633,84 @@ def test_a_late_fired_event_corrects_a_timeout(vclock: VirtualClock) -> None:
         assert isinstance(fired, p.Fired) and cmd.ctrl_time == fired.time
 
 
+def test_a_query_answered_by_a_controller_reset_since_is_not_its_word(
+    vclock: VirtualClock,
+) -> None:
+    """The SORT fired, its FIRED was lost, and the controller was reset before the link
+    asked (its boot STATUS lost too): the fresh controller knows nothing and NAKs the
+    QUERY NOT_CONFIGURED, so the link shakes hands again and reports the SORT "timeout"
+    because it may have fired before the reset, never "the controller does not know the
+    item" (a fresh controller's UNKNOWN, taken for the old one's word: did not fire)."""
+    from firmware_bridge.simulator import SimController, SimOptions
+
+    boot_status = {"drop": 0}
+    sim = SimulatorPort("sim://?gates=2", vclock)
+
+    def drop_out(m: p.Message) -> bool:
+        if isinstance(m, p.Status) and boot_status["drop"]:
+            boot_status["drop"] -= 1
+            return True
+        return isinstance(m, p.Fired)
+
+    port = FilterPort(sim, drop_out=drop_out)
+    link = ControllerLink(
+        "sim://", clock=vclock, ack_timeout_s=0.03, retries=1, port_factory=lambda: port
+    )
+    with link:
+        cmd = link.sort(1, 1, vclock.now() + 0.2, window_s=0.05)
+        assert wait_for(lambda: cmd.acked)
+        old = sim.controller
+        vclock.advance(0.22)
+        assert [r.item for r in old.fire_log] == [1]
+        with sim._lock:  # power glitch: a fresh controller, same port, not configured
+            boot_status["drop"] = 1
+            sim.controller = SimController(SimOptions(gates=2), sim.now_us() + 777)
+            sim._tick(sim.now_us())
+        vclock.advance(0.5)  # past the fate's due time: the link asks
+        assert wait_for(lambda: cmd.done() and link.stats.reconnects == 1, timeout=10)
+        assert cmd.status == "timeout", cmd.detail
+        assert "reset" in cmd.detail and "may have fired" in cmd.detail, cmd.detail
+        assert link.stats.queries >= 1 and sim.controller.state.configured
+        assert sim.controller.fire_log == []  # never sent again to the new controller
+        after = link.sort(2, 0)
+        vclock.advance(0.05)
+        assert after.wait(5) == "fired"
+
+
+class ClosedUnderWritePort(FilterPort):
+    """A port that another thread closes in the middle of a write, once: pyserial's
+    socket:// port then fails with TypeError (its socket is already None)."""
+
+    def __init__(self, sim_port: SimulatorPort) -> None:
+        super().__init__(sim_port)
+        self.link: ControllerLink | None = None
+        self.armed = False
+
+    def write(self, data: bytes) -> int:
+        if self.armed and self.link is not None:
+            self.armed = False
+            self.link._lost(OSError("socket disconnected"))  # what the reader does
+            raise TypeError("argument must be an int, or have a fileno() method.")
+        return super().write(data)
+
+
+def test_a_port_closed_under_a_write_is_a_lost_link_not_an_exception() -> None:
+    ports: list[ClosedUnderWritePort] = []
+
+    def factory() -> ClosedUnderWritePort:
+        ports.append(ClosedUnderWritePort(SimulatorPort("sim://?gates=2")))
+        return ports[-1]
+
+    link = ControllerLink("sim://", ack_timeout_s=0.05, port_factory=factory)
+    with link:
+        ports[-1].link = link
+        ports[-1].armed = True
+        cmd = link.sort(1, 0, link.clock.now() + 0.3, window_s=0.05)  # must not raise
+        assert cmd.wait(5) in {"timeout", "late", "fired"}
+        assert wait_for(lambda: link.state == "connected" and link.stats.reconnects == 1)
+        assert link.sort(2, 1).wait(5) == "fired"
+
+
 class BootingPort(FilterPort):
     """A controller that ignores the host until it has booted, then says STATUS (an Uno
     whose bootloader runs for `boot_s` after the port opened)."""

@@ -141,6 +141,19 @@ def test_naks_for_bad_sorts() -> None:
     assert not bench.sim.fire_log
 
 
+def test_query_before_config_is_naked_not_configured() -> None:
+    """A controller not configured since it started (reset, or new) remembers nothing from
+    before: it NAKs QUERY rather than answer UNKNOWN for an item it may have fired."""
+    bench = Bench()
+    bench.at(0)
+    assert bench.send(p.Query(3, epoch=5)) == [
+        p.Nak(0, p.MsgType.QUERY, p.NakReason.NOT_CONFIGURED)
+    ]
+    bench.configure()
+    (fate,) = replies(bench.send(p.Query(3, epoch=5)))
+    assert isinstance(fate, p.FateReply) and fate.fate == p.Fate.UNKNOWN
+
+
 def test_max_lead_comes_with_config() -> None:
     bench = Bench()
     bench.send(p.Config(500, 1000, (10,), max_lead_ms=2000))

@@ -437,8 +437,15 @@ static void do_sync(core_t *c, const frame_t *f)
     send_msg(c, MSG_SYNC_REPLY, p, 14);
 }
 
+/* QUERY: PENDING, the remembered fate, or UNKNOWN. A controller not configured since it
+ * started remembers nothing from before (it was reset, or is new): NAK NOT_CONFIGURED, so
+ * that the host never takes its UNKNOWN for the word of the controller it sent to. */
 static void do_query(core_t *c, const frame_t *f)
 {
+    if (!c->configured) {
+        send_answer(c, f->seq, f->type, NAK_NOT_CONFIGURED);
+        return;
+    }
     uint32_t when;
     uint32_t item = get_u32(f->payload);
     uint16_t epoch = get_u16(f->payload + 4);

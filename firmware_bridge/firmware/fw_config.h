@@ -4,7 +4,7 @@
 
 #define FW_VERSION_MAJOR 1
 #define FW_VERSION_MINOR 1
-#define FW_VERSION_PATCH 0
+#define FW_VERSION_PATCH 1
 
 #define PROTO_VERSION 1u
 #define MAX_PAYLOAD 32u
