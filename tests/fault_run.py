@@ -139,7 +139,9 @@ class FaultRunResult:
         ]
         lines = ["| figure | value |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in rows]
-        lines += [f"\ntimeout that had fired: item {i}: {d}" for i, d in self.hidden_details]
+        if self.hidden_details:
+            lines += ["", "Timeouts that had fired (item: the host's detail):", ""]
+            lines += [f"- item {i}: {d}" for i, d in self.hidden_details]
         return "\n".join(lines)
 
 
