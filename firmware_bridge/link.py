@@ -355,6 +355,11 @@ class ControllerLink:
         """Ask the controller what became of `item` (blocking), in the link's current
         epoch unless `epoch` is given."""
         reply = self.request(p.Query(item, self._epoch if epoch is None else epoch), timeout)
+        if isinstance(reply, p.Nak):
+            raise LinkError(
+                f"{self.url}: QUERY for item {item} NAKed {_nak_name(reply.reason)}; "
+                "the controller was reset since (it knows no fates): reconnect"
+            )
         assert isinstance(reply, p.FateReply)
         return reply
 

@@ -666,6 +666,9 @@ def test_a_query_answered_by_a_controller_reset_since_is_not_its_word(
             boot_status["drop"] = 1
             sim.controller = SimController(SimOptions(gates=2), sim.now_us() + 777)
             sim._tick(sim.now_us())
+        with pytest.raises(LinkError, match="item 1 NAKed NOT_CONFIGURED") as err:
+            link.query(1)  # asked directly: a one-line error, not a bare assertion
+        assert "\n" not in str(err.value)
         vclock.advance(0.5)  # past the fate's due time: the link asks
         assert wait_for(lambda: cmd.done() and link.stats.reconnects == 1, timeout=10)
         assert cmd.status == "timeout", cmd.detail
