@@ -215,7 +215,7 @@ def test_default_training_is_the_cross_validated_default_recipe(tmp_path: Path) 
 def test_a_distilled_recipe_takes_its_fold_teacher_and_new_renders_on_the_same_fold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`camera-narrow18-tta-xl-v12-wd-ba` learns from the default's run of the same fold,
+    """`camera-narrow18-tta-xl-v12-wd-ba` learns from its teacher's run of the same fold,
     on renders seeded apart from the teacher's (seed_offset), the fold split unchanged."""
     import training.train as T
     from training import cv
@@ -225,7 +225,7 @@ def test_a_distilled_recipe_takes_its_fold_teacher_and_new_renders_on_the_same_f
     name = "camera-narrow18-tta-xl-v12-wd-ba"
     with pytest.raises(RuntimeError, match="teacher runs missing"):
         cv.train_fold(tmp_path, tmp_path, name, 2, 5, 60, 7)
-    teacher = tmp_path / f"{cv.DEFAULT_RECIPE}-f2"
+    teacher = tmp_path / "camera-narrow18-tta-xl-v12-wd-f2"
     teacher.mkdir()
     (teacher / "model.keras").write_bytes(b"")
     cv.train_fold(tmp_path, tmp_path, name, 2, 5, 60, 7)
