@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -170,3 +171,39 @@ def test_pool_dataset_mixes_clean_and_rendered_views() -> None:
             assert sorted(yb.numpy().tolist()) == list(range(8))
             seen.extend(int(v) for v in tf.reduce_max(xb, axis=(1, 2, 3)).numpy())
     assert 0.25 < np.mean(np.array(seen) == 0) < 0.75
+
+
+def test_cup_corners_are_filled_from_the_opening_produce_kept() -> None:
+    """A cup's corners (outside the circle of the window's width) are inpainted from the
+    opening as the loop's `rim_mm` fill does; the opening is untouched, and produce reaching
+    out of it from inside (a cucumber along the diagonal) is kept, not painted over."""
+    tray, corner, green = (150, 140, 120), (20, 20, 30), (40, 160, 40)
+    win = np.empty((96, 96, 3), np.uint8)
+    win[:] = corner
+    yy, xx = np.mgrid[:96, :96]
+    opening = (xx - 47.5) ** 2 + (yy - 47.5) ** 2 <= 48**2
+    win[opening] = tray
+    diag = np.abs(xx - yy) <= 3
+    win[diag] = green
+    out = C.cup_corners_filled(win)
+    assert np.array_equal(out[opening], win[opening])
+    assert np.array_equal(out[diag], win[diag])
+    far = ~opening & ~diag & (np.abs(xx - yy) > 12)
+    assert far.sum() > 500
+    # The dark corners are gone: filled from what borders them (tray and produce).
+    assert np.abs(out[far].astype(int) - corner).sum(axis=1).min() > 100
+    # Off-centre (the locator 4 px off): the circle moves with the cup.
+    moved = C.cup_corners_filled(win, dx=4.0)
+    assert not np.array_equal(moved, out)
+
+
+def test_cup_views_only_when_asked_and_the_other_draws_unchanged() -> None:
+    """cup_p draws last and only when on: a recipe without cups keeps its random stream."""
+    off = [A.random_view(np.random.default_rng(5), A.CameraAugmentConfig()) for _ in range(3)]
+    on = [
+        A.random_view(np.random.default_rng(5), A.CameraAugmentConfig(cup_p=1.0)) for _ in range(3)
+    ]
+    assert not any(v.cup_fill for v in off) and all(v.cup_fill for v in on)
+    assert [replace(v, cup_fill=False) for v in on] == off
+    img = np.asarray(X[0])
+    assert not np.array_equal(C.render(img, on[0], 3), C.render(img, off[0], 3))

@@ -69,6 +69,10 @@ class CameraAugmentConfig:
     pictures' own median background (what `[locate] surround = "model"` gives the model),
     half on a random belt or carrier colour, centred (as the loop's window is on produce
     found on a bare belt). 0 (the default): off."""
+    cup_p: float = 0.0
+    """Chance that a render shows the window of an item in a round cup, its corners filled
+    from the cup's opening as the loop fills them (`[locate] rim_mm`; View.cup_fill): the
+    picture's corners, which a cup hides, then carry nothing to learn. 0 (the default): off."""
     max_pool_mb: float = 800.0
     """Fewer variants are kept when the pool would need more memory than this."""
 
@@ -120,6 +124,8 @@ def random_view(rng: np.random.Generator, cfg: CameraAugmentConfig) -> C.View:
         ),
         noise=float(rng.uniform(0, cfg.noise)),
         jpeg_quality=jpeg,
+        # Drawn only when on, so that recipes without cups keep their random stream.
+        cup_fill=bool(cfg.cup_p > 0 and rng.random() < cfg.cup_p),
     )
 
 
@@ -288,4 +294,5 @@ def describe(cfg: CameraAugmentConfig) -> str:
         f"window x{cfg.factor[0]:g}-{cfg.factor[1]:g}, shift ±{cfg.shift_px:g} px, "
         f"rotation ±{cfg.rotate_deg:g}°, scale ±{100 * cfg.scale:g}%"
         + (f", produce cut out on other surrounds {cfg.cutout_p:.0%}" if cfg.cutout_p else "")
+        + (f", cup corners filled {cfg.cup_p:.0%}" if cfg.cup_p else "")
     )

@@ -84,6 +84,10 @@ class View:
     """JPEG round trip of the camera window at this quality."""
     flip180: bool = False
     """The item lies the other way round (a 180-degree turn, label-preserving)."""
+    cup_fill: bool = False
+    """The item rides in a round cup whose opening is the window's width, and the loop
+    fills the window's corners as `[locate] rim_mm` does: everything outside the opening,
+    produce excepted, inpainted from inside it (`sorter.perception.measure.fill_rim`)."""
 
 
 def _window(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
@@ -183,7 +187,22 @@ def crop(frame: np.ndarray, window: tuple[int, int], view: View) -> np.ndarray:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(view.jpeg_quality)])
         if ok:
             out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if view.cup_fill:
+        out = cup_corners_filled(out, -view.dx_model * view.factor, -view.dy_model * view.factor)
     return out
+
+
+def cup_corners_filled(window: np.ndarray, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:
+    """`window` (uint8 RGB) as the loop gives it for an item in a round cup: outside the
+    circle of the window's width (centred `dx`, `dy` px off the window's centre, where the
+    cup is when the locator is off), produce excepted, filled from inside the circle."""
+    from sorter.perception.measure import fill_rim
+
+    h, w = window.shape[:2]
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    r = min(h, w) / 2
+    inside = (xx - (w - 1) / 2 - dx) ** 2 + (yy - (h - 1) / 2 - dy) ** 2 <= r * r
+    return fill_rim(window, inside)
 
 
 def render(image: np.ndarray, view: View, seed: int = 0) -> np.ndarray:

@@ -134,6 +134,9 @@ CV_RECIPES: dict[str, Recipe] = {
     "camera-narrow18-tta-v12-wd": _NARROW_TTA,
     "camera-narrow18-tta-xl-v12-wd": replace(_NARROW_TTA, epochs_factor=4.0),
     "camera-narrow18-tta-xxl-v12-wd": replace(_NARROW_TTA, epochs_factor=8.0),
+    "camera-narrow18-tta-xxl-v12-wd-cup": replace(
+        _NARROW_TTA, epochs_factor=8.0, camera=replace(_MILD, variants=12, cup_p=0.25)
+    ),
     "camera-narrow18-tta-xl-v12-wd-ba": replace(
         _NARROW_TTA,
         epochs_factor=4.0,
