@@ -2,7 +2,7 @@
 classifier's accuracy on the same items' clean images.
 
     python -m benchmarks.belt_suite [--data data/c9] [--model M.tflite ...] [--rates 10,20]
-        [--belts plain,trays,...] [--ablation] [--work DIR] [--out results.md]
+        [--belts plain,trays,...] [--ablation] [--fold K] [--work DIR] [--out results.md]
 
 Every belt is rendered by `sorter simulate-belt` from the FIXED hold-out list
 benchmarks/belt_holdout.txt (fold 0 of the stratified 5-fold split with seed 0,
@@ -16,6 +16,9 @@ files. These belts are a test: never train on them or choose a recipe with them.
 The hold-out is not held out from every model: the shipped model (models/) was trained on
 all 2475 images, these included; a model trained with `sorter-train --folds 5 --fold 0`
 never saw them. The table says which.
+
+`--fold K` holds out fold K of the same split instead (written into --work), for the
+model of `sorter-train cv ... --fold K`: a second look at the gap, on other items.
 
 `--ablation` renders the plain belt with one realism option changed at a time (at the
 first rate), to see where a gap comes from.
@@ -114,9 +117,10 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def holdout(data: Path) -> list[str]:
+def holdout(data: Path, split_file: Path = HOLDOUT) -> list[str]:
     """The hold-out relpaths (benchmarks/belt_holdout.txt), checked against `data`."""
-    rels = [r.strip() for r in HOLDOUT.read_text(encoding="utf-8").splitlines() if r.strip()]
+    text = split_file.read_text(encoding="utf-8")
+    rels = [r.strip() for r in text.splitlines() if r.strip()]
     missing = [r for r in rels if not (data / r).is_file()]
     if missing:
         raise SystemExit(
@@ -126,14 +130,16 @@ def holdout(data: Path) -> list[str]:
     return rels
 
 
-def write_holdout(data: Path) -> None:
-    """Regenerate benchmarks/belt_holdout.txt (fold 0 of 5, seed 0) from a c9 tree."""
+def write_holdout(data: Path, fold: int = 0, path: Path = HOLDOUT) -> Path:
+    """Write fold `fold` of 5 (seed 0) of a c9 tree as a hold-out list (by default
+    regenerate benchmarks/belt_holdout.txt, fold 0); returns the path."""
     from sorter.replay.belt_sim import list_images
     from training.folds import fold_of
 
     where = fold_of(list_images(data), 5, 0)
-    rels = sorted(r for r, f in where.items() if f == 0)
-    HOLDOUT.write_text("\n".join(rels) + "\n", encoding="utf-8")
+    rels = sorted(r for r, f in where.items() if f == fold)
+    path.write_text("\n".join(rels) + "\n", encoding="utf-8")
+    return path
 
 
 def _cli(*args: str) -> list[str]:
@@ -147,14 +153,17 @@ def _run(cmd: list[str], what: str) -> str:
     return proc.stdout
 
 
-def render(data: Path, work: Path, name: str, options: dict[str, Any], rate: float) -> Path:
+def render(
+    data: Path, work: Path, name: str, options: dict[str, Any], rate: float,
+    split_file: Path = HOLDOUT,
+) -> Path:  # fmt: skip
     """`sorter simulate-belt` for one belt (cached in `work`); returns the video path."""
     opts = {**BASE, **options}
     suffix = ".avi" if opts.get("codec") == "MJPG" else ".mp4"
     video = work / f"{name}-{rate:g}{suffix}"
     if video.is_file() and video.with_suffix(".json").is_file():
         return video
-    cmd = _cli("simulate-belt", str(data), str(video), "--split-file", str(HOLDOUT))
+    cmd = _cli("simulate-belt", str(data), str(video), "--split-file", str(split_file))
     cmd += ["--speed", f"{rate * SPACING_PX:g}", "--spacing", f"{SPACING_PX:g}"]
     cmd += ["--seed", str(SEED), "--lead-in", "0.5", "-q"]
     for key, value in opts.items():
@@ -263,10 +272,11 @@ def measure(
     refine: bool = True,
     rim_fill: bool = True,
     surround: str = "keep",
+    split_file: Path = HOLDOUT,
 ) -> Result:
     """Render (cached) and replay one belt with one model."""
     t0 = time.perf_counter()
-    video = render(data, work, name, options, rate)
+    video = render(data, work, name, options, rate, split_file)
     carried = options.get("carrier") in ("tray", "cup")
     rim_px = float(options.get("rim", 6.0)) + float(options.get("rim-inside", 0.0))
     card = replay(
@@ -364,12 +374,16 @@ def main(
     work: Path = typer.Option(Path(tempfile.gettempdir()) / "belt-suite", help="Scratch."),
     out: Path | None = typer.Option(None, help="Write the table (markdown) here too."),
     make_holdout: bool = typer.Option(False, help="Rewrite belt_holdout.txt from --data."),
+    fold: int = typer.Option(
+        0, min=0, max=4, help="Hold out this fold of 5 instead (for that fold's model)."
+    ),
 ) -> None:
     """Render the belts, replay them, print the table."""
     if make_holdout:
         write_holdout(data)
-    rels = holdout(data)
     work.mkdir(parents=True, exist_ok=True)
+    split_file = HOLDOUT if fold == 0 else write_holdout(data, fold, work / f"holdout-f{fold}.txt")
+    rels = holdout(data, split_file)
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     surrounds = [s.strip() for s in surround.split(",") if s.strip()] or ["keep"]
     suite = ABLATION if ablation else {n: BELTS[n] for n in belts.split(",") if n}
@@ -394,7 +408,7 @@ def main(
                 for refine, rim_fill, sur in variants:
                     r = measure(
                         data, work, belt, opts, rate, m, clean, refine=refine, rim_fill=rim_fill,
-                        surround=sur,
+                        surround=sur, split_file=split_file,
                     )  # fmt: skip
                     r.belt = name
                     results.append(r)
