@@ -160,7 +160,8 @@ def render(
     """`sorter simulate-belt` for one belt (cached in `work`); returns the video path."""
     opts = {**BASE, **options}
     suffix = ".avi" if opts.get("codec") == "MJPG" else ".mp4"
-    video = work / f"{name}-{rate:g}{suffix}"
+    held = "" if split_file == HOLDOUT else f"-{split_file.stem}"  # never another fold's cache
+    video = work / f"{name}-{rate:g}{held}{suffix}"
     if video.is_file() and video.with_suffix(".json").is_file():
         return video
     cmd = _cli("simulate-belt", str(data), str(video), "--split-file", str(split_file))
