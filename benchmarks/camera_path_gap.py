@@ -45,19 +45,16 @@ def gap_row(predict: Any, x: np.ndarray, y: np.ndarray, amounts: list[float]) ->
     from training import corruptions as C
 
     cam = C.apply(C.CAMERA_CLEAN, x, 0)
-    top_clean = np.asarray(predict(x)).argmax(axis=1)
-    top_cam = np.asarray(predict(cam)).argmax(axis=1)
-    row: dict[str, Any] = {
-        "images": len(x),
-        "changed": int(np.sum(top_clean != top_cam)),
-        "grey_levels": float(np.abs(x.astype(np.int16) - cam.astype(np.int16)).mean()),
-        "clean": {},
-        "camera": {},
-    }
+    top: dict[str, dict[float, np.ndarray]] = {"clean": {}, "camera": {}}
     for a in [0.0, *amounts]:
-        row["clean"][a] = float(np.mean(np.asarray(predict(unsharp(x, a))).argmax(1) == y))
-        row["camera"][a] = float(np.mean(np.asarray(predict(unsharp(cam, a))).argmax(1) == y))
-    return row
+        top["clean"][a] = np.asarray(predict(unsharp(x, a))).argmax(axis=1)
+        top["camera"][a] = np.asarray(predict(unsharp(cam, a))).argmax(axis=1)
+    return {
+        "images": len(x),
+        "changed": int(np.sum(top["clean"][0.0] != top["camera"][0.0])),
+        "grey_levels": float(np.abs(x.astype(np.int16) - cam.astype(np.int16)).mean()),
+        **{key: {a: float(np.mean(t == y)) for a, t in by.items()} for key, by in top.items()},
+    }
 
 
 def table(rows: dict[str, dict[str, Any]], amounts: list[float]) -> str:
@@ -91,7 +88,14 @@ def main(
     from sorter.grading.classifier import Classifier
     from training.data import load_split_images
 
-    amount_list = [float(a) for a in amounts.split(",") if a.strip()]
+    try:
+        amount_list = [float(a) for a in amounts.split(",") if a.strip()]
+    except ValueError:
+        typer.echo(f"error: --amounts {amounts!r}: not numbers; pass e.g. --amounts 0.25,0.5,1")
+        raise typer.Exit(2) from None
+    if any(not np.isfinite(a) or a < 0 for a in amount_list):
+        typer.echo(f"error: --amounts {amounts!r}: amounts are >= 0; pass e.g. 0.25,0.5,1")
+        raise typer.Exit(2)
     rows: dict[str, dict[str, Any]] = {}
     for run in runs:
         model = run / "model-int8.tflite"
