@@ -252,10 +252,17 @@ def build_pool(
 
 
 def pool_dataset(
-    pool: np.ndarray, y: np.ndarray, clean_fraction: float, batch_size: int, seed: int
+    pool: np.ndarray,
+    y: np.ndarray,
+    clean_fraction: float,
+    batch_size: int,
+    seed: int,
+    pairs: bool = False,
 ) -> Any:
     """tf.data: each epoch every image once, shuffled, clean or one random render. `y` is
-    (N,) labels, (N, C) targets, or (1 + k, N, C) targets per pool image."""
+    (N,) labels, (N, C) targets, or (1 + k, N, C) targets per pool image. `pairs`: each
+    image twice, side by side (rows 2i, 2i+1: that view, then a different render; batches
+    of 2 x batch_size), for `training.consistency.PairConsistency`."""
     import tensorflow as tf
 
     n_var = pool.shape[0] - 1
@@ -272,6 +279,14 @@ def pool_dataset(
         else:
             u = tf.cast(r % 10_000, tf.float32) / 10_000.0
             k = tf.where(u < clean_fraction, tf.zeros_like(i), 1 + (r // 10_000) % n_var)
+        if pairs:  # a second, different render: rows interleaved (view, other render)
+            r2 = r // (10_000 * max(n_var, 1))
+            if n_var > 1:  # any render after a clean view, else one of the n_var - 1 others
+                k2 = 1 + tf.where(k == 0, r2 % n_var, (k + r2 % (n_var - 1)) % n_var)
+            else:
+                k2 = tf.fill(tf.shape(k), tf.constant(n_var, k.dtype))
+            k = tf.reshape(tf.stack([k, k2], axis=1), [-1])
+            i = tf.repeat(i, 2)
         ki = tf.stack([k, i], axis=1)
         return tf.gather_nd(images, ki), (
             tf.gather_nd(labels, ki) if per_view else tf.gather(labels, i)

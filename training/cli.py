@@ -138,6 +138,12 @@ def train(
     weight_decay: float = typer.Option(
         DEFAULTS.weight_decay, help="Decoupled weight decay of the kernels (0: plain Adam)."
     ),
+    consistency: float = typer.Option(
+        0.0,
+        help="Weight of a Jensen-Shannon term between two camera renders of each picture "
+        "(training.consistency; each step shows every picture twice; 0: off).",
+        min=0.0,
+    ),
     teacher: list[Path] = typer.Option([], help="Run folder to distil from (repeatable)."),
     ensemble: int = typer.Option(
         DEFAULTS.ensemble, help="Train N teachers, distil them into one model (0: off)."
@@ -182,6 +188,7 @@ def train(
         time_budget_min=time_budget_min or None,
         class_weight_power=class_weight_power,
         weight_decay=weight_decay,
+        consistency=consistency,
         teachers=tuple(teacher),
         mixed_precision=mixed_precision,
         multi_gpu=multi_gpu,

@@ -67,6 +67,8 @@ class Recipe:
     """Distil this many teachers of the same recipe, trained on the same fold (0: none)."""
     weight_decay: float = 0.0
     """Decoupled weight decay of the kernels (0: plain Adam)."""
+    consistency: float = 0.0
+    """Jensen-Shannon weight between two renders of each picture (0: off)."""
     seed_offset: int = 0
     """Weights, shuffle and renders seeded `seed + seed_offset` (the fold split stays on
     `seed`): a student then learns from views its teachers never saw."""
@@ -134,6 +136,8 @@ CV_RECIPES: dict[str, Recipe] = {
     "camera-narrow18-tta-v12-wd": _NARROW_TTA,
     "camera-narrow18-tta-xl-v12-wd": replace(_NARROW_TTA, epochs_factor=4.0),
     "camera-narrow18-tta-xxl-v12-wd": replace(_NARROW_TTA, epochs_factor=8.0),
+    "camera-narrow18-tta-xxxl-v12-wd": replace(_NARROW_TTA, epochs_factor=16.0),
+    "camera-narrow18-tta-xxl-v12-wd-js": replace(_NARROW_TTA, epochs_factor=8.0, consistency=12.0),
     "camera-narrow18-tta-xxl-v12-wd-cup": replace(
         _NARROW_TTA, epochs_factor=8.0, camera=replace(_MILD, variants=12, cup_p=0.25)
     ),
@@ -192,6 +196,7 @@ def train_fold(
         test_views=rec.flip_views,
         ema=rec.ema,
         weight_decay=rec.weight_decay,
+        consistency=rec.consistency,
         teachers=teachers,
         reports=False,
         robustness=False,

@@ -110,6 +110,10 @@ class TrainConfig:
     weight_decay: float = DEFAULTS.weight_decay
     """Decoupled weight decay (AdamW style: each step shrinks the conv and dense kernels by
     weight_decay x the current rate; batch norm and biases are left alone). 0: plain Adam."""
+    consistency: float = 0.0
+    """Weight of a Jensen-Shannon term between two camera renders of each picture
+    (training.consistency; needs the camera renders; each step then shows every picture
+    twice). 0: off."""
     teachers: tuple[Path, ...] = ()
     """Run folders whose averaged predictions are soft targets (distillation)."""
     distill_weight: float = 0.7
@@ -178,6 +182,12 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--time-budget-min {cfg.time_budget_min}: must be positive")
     if not (math.isfinite(cfg.weight_decay) and 0 <= cfg.weight_decay < 1):
         raise ConfigError(f"--weight-decay {cfg.weight_decay}: must be in [0, 1)")
+    if not (math.isfinite(cfg.consistency) and cfg.consistency >= 0):
+        raise ConfigError(f"--consistency {cfg.consistency}: must be 0 or more")
+    if cfg.consistency > 0 and (cfg.camera is None or cfg.camera.variants < 1):
+        raise ConfigError(
+            f"--consistency {cfg.consistency}: needs the camera renders (drop --no-camera-augment)"
+        )
     if not 0 <= cfg.distill_weight <= 1:
         raise ConfigError(f"distill_weight {cfg.distill_weight}: must be in [0, 1]")
 
@@ -398,7 +408,9 @@ def _train_data(
         targets = w * _teacher_probs(cfg.teachers, pool) + (1 - w) * onehot
     elif soft:
         targets = np.eye(n, dtype=np.float32)[y]
-    train_ds = pool_dataset(pool, targets, cam.clean_fraction, cfg.batch_size, cfg.seed)
+    train_ds = pool_dataset(
+        pool, targets, cam.clean_fraction, cfg.batch_size, cfg.seed, pairs=cfg.consistency > 0
+    )
     val_ds = make_datasets(x[:1], y[:1], xv, yv, cfg.batch_size, cfg.seed, n if soft else None)[1]
     return train_ds, val_ds, soft
 
@@ -412,6 +424,10 @@ def _model(cfg: TrainConfig, p: _Prepared, lr: float, soft: bool) -> keras.Model
         if soft
         else keras.losses.SparseCategoricalCrossentropy()
     )
+    if cfg.consistency > 0:
+        from training.consistency import PairConsistency
+
+        loss = PairConsistency(loss, cfg.consistency)
     model.compile(
         optimizer=make_optimizer(lr, cfg.ema, cfg.weight_decay), loss=loss, metrics=["accuracy"]
     )
@@ -546,6 +562,11 @@ def _multi_worker(cfg: TrainConfig) -> tuple[TrainConfig, tuple[Any, bool] | Non
             "--multi-worker trains a fixed number of epochs on one network: drop "
             "--early-stopping and --teacher/--ensemble"
         )
+    if cfg.consistency > 0:
+        raise ConfigError(
+            "--multi-worker does not train with --consistency yet (its loop has its own "
+            "loss): drop one of them"
+        )
     cluster = multiworker.cluster_from_env()
     strategy = multiworker.make_strategy()
     if cfg.time_budget_min is not None:
@@ -638,6 +659,7 @@ def _config_doc(
         "weight_decay": cfg.weight_decay,
         "augment": cfg.augment.as_dict(),
         "camera_augment": None if cfg.camera is None else cfg.camera.as_dict(),
+        "consistency": cfg.consistency,
         "teachers": [Path(t).name for t in cfg.teachers],
         "distill_weight": cfg.distill_weight if cfg.teachers else None,
         "field_of_view_mm": list(cfg.field_of_view_mm),
