@@ -65,6 +65,21 @@ def test_consistency_needs_the_renders(tmp_path: Path) -> None:
         train(TrainConfig(data_dir=tmp_path, out=tmp_path / "r", consistency=-1.0))
 
 
+def test_consistency_is_refused_with_multi_worker_before_any_cluster_is_joined(
+    tmp_path: Path,
+) -> None:
+    cfg = TrainConfig(
+        data_dir=tmp_path,
+        out=tmp_path / "r",
+        multi_worker=True,
+        early_stopping=False,
+        consistency=1.0,
+    )
+    with pytest.raises(ConfigError, match=r"--multi-worker does not train with --consistency"):
+        train(cfg)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_tiny_run_trains_with_the_consistency_term_and_saves(tmp_path: Path) -> None:
     data = make_grade_tree(tmp_path / "data", per_grade=8, size=12)
     r = train(
