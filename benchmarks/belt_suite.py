@@ -22,6 +22,13 @@ model of `sorter-train cv ... --fold K`: a second look at the gap, on other item
 
 `--ablation` renders the plain belt with one realism option changed at a time (at the
 first rate), to see where a gap comes from.
+
+The gap is paired: the same items on the belt and as clean pictures. The table also counts
+the items that changed: *lost*, graded right as a picture but sent to a wrong bin (or
+missed) on the belt, and *won*, the other way round; gap = (won - lost) / items. If the
+camera only flipped boundary items at random, the gap's standard deviation would be
+sqrt(lost + won) / items (McNemar's), the "±1 sd" column: a gap within about two of those
+is not told apart from zero by these items.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +123,10 @@ class Result:
     clean: float
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    lost: int = 0
+    """Items right as clean pictures, in a wrong bin (or missed) on the belt."""
+    won: int = 0
+    """Items wrong as clean pictures, in the right bin on the belt."""
 
 
 def holdout(data: Path, split_file: Path = HOLDOUT) -> list[str]:
@@ -221,8 +233,8 @@ def config_for(
     return path
 
 
-def clean_accuracy(data: Path, rels: list[str], model: Path) -> float:
-    """`sorter classify` on the hold-out image files: top-1 accuracy."""
+def clean_grades(data: Path, rels: list[str], model: Path) -> dict[str, bool]:
+    """`sorter classify` on the hold-out image files: {relpath: graded its true grade}."""
     out = _run(
         _cli("classify", *(str(data / r) for r in rels), "--model", str(model), "--json"),
         "classify",
@@ -230,7 +242,33 @@ def clean_accuracy(data: Path, rels: list[str], model: Path) -> float:
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     if len(rows) != len(rels):
         raise RuntimeError(f"sorter classify gave {len(rows)} rows for {len(rels)} images")
-    return sum(Path(r["path"]).parent.name == r["label"] for r in rows) / len(rows)
+    rel_of = {str(data / r): r for r in rels}
+    return {rel_of[r["path"]]: Path(r["path"]).parent.name == r["label"] for r in rows}
+
+
+def clean_accuracy(data: Path, rels: list[str], model: Path) -> float:
+    """`sorter classify` on the hold-out image files: top-1 accuracy."""
+    right = clean_grades(data, rels, model)
+    return sum(right.values()) / len(right)
+
+
+def paired_changes(
+    decisions: list[dict[str, Any]], truth: Mapping[str, Any], clean: Mapping[str, bool]
+) -> tuple[int, int]:
+    """(lost, won) of a replay (module docstring): its decisions matched to the truth items
+    the scorecard's way; an item is right on the belt when its decision's bin is its true
+    grade (the suite's one bin per grade)."""
+    from sorter.replay.scorecard import match_to_truth
+
+    match = match_to_truth(decisions, truth)
+    lost = won = 0
+    for ti, item in enumerate(truth["items"]):
+        d = match.get(ti)
+        on_belt = d is not None and decisions[d]["bin"] == item["label"]
+        as_picture = clean[item["source"]]
+        lost += as_picture and not on_belt
+        won += on_belt and not as_picture
+    return lost, won
 
 
 def replay(
@@ -242,8 +280,9 @@ def replay(
     refine: bool,
     rim_px: float,
     surround: str = "keep",
-) -> dict[str, Any]:
-    """`sorter run --fast --serial sim:// --truth` on one belt: its scorecard."""
+) -> tuple[dict[str, Any], Path]:
+    """`sorter run --fast --serial sim:// --truth` on one belt: its scorecard and its
+    decision log (the replay is the log's latest run)."""
     truth_path = video.with_suffix(".json")
     truth = json.loads(truth_path.read_text(encoding="utf-8"))
     tag = f"{video.stem}-{model.stem}-{'refine' if refine else 'box'}"
@@ -258,7 +297,7 @@ def replay(
     start = out.find("{")
     summary = json.loads(out[start:])
     card: dict[str, Any] = summary["scorecard"]
-    return card
+    return card, work / f"{tag}.db"
 
 
 def measure(
@@ -268,19 +307,19 @@ def measure(
     options: dict[str, Any],
     rate: float,
     model: Path,
-    clean: float,
+    clean: Mapping[str, bool],
     *,
     refine: bool = True,
     rim_fill: bool = True,
     surround: str = "keep",
     split_file: Path = HOLDOUT,
 ) -> Result:
-    """Render (cached) and replay one belt with one model."""
+    """Render (cached) and replay one belt with one model (`clean`: `clean_grades`)."""
     t0 = time.perf_counter()
     video = render(data, work, name, options, rate, split_file)
     carried = options.get("carrier") in ("tray", "cup")
     rim_px = float(options.get("rim", 6.0)) + float(options.get("rim-inside", 0.0))
-    card = replay(
+    card, db = replay(
         video,
         model,
         work,
@@ -289,6 +328,10 @@ def measure(
         rim_px=rim_px if carried and rim_fill else 0.0,
         surround=surround,
     )
+    from sorter.monitor.audit import read_decisions
+
+    truth = json.loads(video.with_suffix(".json").read_text(encoding="utf-8"))
+    lost, won = paired_changes(read_decisions(db), truth, clean)
     return Result(
         belt=name,
         rate=rate,
@@ -299,7 +342,7 @@ def measure(
         missed=int(card["missed"]),
         duplicated=int(card["duplicated"]),
         spurious=int(card["spurious"]),
-        clean=clean,
+        clean=sum(clean.values()) / len(clean),
         seconds=time.perf_counter() - t0,
         extra={
             "refine": refine,
@@ -307,6 +350,8 @@ def measure(
             "carried": carried,
             "surround": surround,
         },
+        lost=lost,
+        won=won,
     )
 
 
@@ -314,12 +359,13 @@ def table(results: list[Result], trained_on: dict[str, str]) -> str:
     """Markdown table of the results."""
     head = (
         "| belt | items/s | model (trained on the belt's items?) | items | clean images, "
-        "`sorter classify` | correct bin, `sorter run` | gap | missed | duplicated | spurious |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "`sorter classify` | correct bin, `sorter run` | gap | lost / won | ±1 sd | missed | "
+        "duplicated | spurious |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [head]
     for r in results:
         gap = 100 * (r.correct_bin - r.clean)
+        sd = 100 * (r.lost + r.won) ** 0.5 / r.items if r.items else 0.0
         refine = "" if r.extra.get("refine", True) else " (refine off)"
         carried = r.extra.get("carried", True)
         if r.extra.get("refine", True) and carried and not r.extra.get("rim_fill", True):
@@ -329,7 +375,7 @@ def table(results: list[Result], trained_on: dict[str, str]) -> str:
         rows.append(
             f"| {r.belt}{refine} | {r.rate:g} | {r.model} ({trained_on.get(r.model, '?')}) | "
             f"{r.items} | {100 * r.clean:.1f}% | {100 * r.correct_bin:.1f}% | {gap:+.1f} | "
-            f"{r.missed} | {r.duplicated} | {r.spurious} |"
+            f"{r.lost} / {r.won} | {sd:.1f} | {r.missed} | {r.duplicated} | {r.spurious} |"
         )
     return "\n".join(rows)
 
@@ -395,7 +441,7 @@ def main(
     }
     results: list[Result] = []
     for m in model:
-        clean = clean_accuracy(data, rels, m)
+        clean = clean_grades(data, rels, m)
         for rate in rate_list:
             for name, opts in suite.items():
                 belt = _cache_name(opts) if ablation else name
@@ -418,8 +464,9 @@ def main(
                     how += "" if sur == "keep" else f" surround {sur}"
                     print(
                         f"{name} {rate:g}/s {m.name}{how}: bin "
-                        f"{100 * r.correct_bin:.1f}% vs clean {100 * clean:.1f}% (missed "
-                        f"{r.missed}, dup {r.duplicated}) {r.seconds:.0f} s",
+                        f"{100 * r.correct_bin:.1f}% vs clean {100 * r.clean:.1f}% (lost "
+                        f"{r.lost}, won {r.won}, missed {r.missed}, dup {r.duplicated}) "
+                        f"{r.seconds:.0f} s",
                         flush=True,
                     )
     text = table(results, trained_on)
