@@ -35,10 +35,18 @@ def test_lost_and_won_count_the_items_the_belt_changed_against_their_pictures(
 ) -> None:
     clean = {"L/a.png": True, "S/b.png": True, "C/c.png": False, "M/d.png": True, "BL/e.png": False}
     db = tmp_path / "belt.db"
-    _log(db, [(1.0, "L"), (2.0, "L"), (3.0, "reject"), (4.0, "M"), (5.0, "BL")], run="20261203-101500-11")
+    _log(
+        db,
+        [(1.0, "L"), (2.0, "L"), (3.0, "reject"), (4.0, "M"), (5.0, "BL")],
+        run="20261203-101500-11",
+    )
     # the latest run is the replay: item 2 (S) sent to L, item 4 (M) missed, item 5 (BL)
     # right on the belt though wrong as a picture, a spurious decision far from any item
-    _log(db, [(1.02, "L"), (1.98, "L"), (3.01, "reject"), (5.0, "BL"), (9.0, "S")], run="20261203-101530-12")
+    _log(
+        db,
+        [(1.02, "L"), (1.98, "L"), (3.01, "reject"), (5.0, "BL"), (9.0, "S")],
+        run="20261203-101530-12",
+    )
     lost, won = paired_changes(read_decisions(db), TRUTH, clean)
     assert (lost, won) == (2, 1)  # S to the wrong bin and M missed; BL won
 
