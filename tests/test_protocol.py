@@ -24,7 +24,8 @@ i32 = st.integers(-(2**31), 2**31 - 1)
 
 STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
     p.Hello: st.just(p.Hello()),
-    p.Config: st.builds(p.Config, u16, u16, st.lists(u8, max_size=27).map(tuple)),
+    # CONFIG payload: 7 bytes + one per gate, at most MAX_PAYLOAD (32): 25 gates
+    p.Config: st.builds(p.Config, u16, u16, st.lists(u8, max_size=25).map(tuple)),
     p.Sort: st.builds(p.Sort, u32, u8, u8, u32, u16),
     p.Cancel: st.builds(p.Cancel, u32),
     p.Heartbeat: st.just(p.Heartbeat()),
