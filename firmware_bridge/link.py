@@ -254,8 +254,14 @@ class ControllerLink:
     # ================================================================ public commands
     def configure(self, n_gates: int, pulse_ms: int | Sequence[int] = 40) -> None:
         """Send CONFIG (kept for reconnects). Raises `LinkError` on NAK or timeout."""
+        kept = self._n_gates, self._pulse_ms
         self._n_gates, self._pulse_ms = n_gates, pulse_ms
-        reply = self.request(self._config_msg())
+        try:
+            msg = self._config_msg()
+        except LinkError:
+            self._n_gates, self._pulse_ms = kept  # a reconnect sends the last good CONFIG
+            raise
+        reply = self.request(msg)
         if isinstance(reply, p.Nak):
             raise LinkError(f"{self.url}: controller refused CONFIG: {_nak_name(reply.reason)}")
 
@@ -650,6 +656,11 @@ class ControllerLink:
         )
         if len(pulses) != n:
             raise LinkError(f"{self.url}: {len(pulses)} pulse lengths given for {n} gates")
+        if n > p.MAX_CONFIG_GATES:
+            raise LinkError(
+                f"{self.url}: {n} gates configured; CONFIG carries at most "
+                f"{p.MAX_CONFIG_GATES} (gates 0..{p.MAX_CONFIG_GATES - 1})"
+            )
         return p.Config(
             round(self.options.heartbeat_s * 1000),
             round(self.options.status_s * 1000),

@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import Any, ClassVar
 
 from firmware_bridge.errors import ProtocolError
-from firmware_bridge.framing import PROTO_VERSION, Frame, build_body, encode_frame
+from firmware_bridge.framing import MAX_PAYLOAD, PROTO_VERSION, Frame, build_body, encode_frame
 
 QUEUE_SIZE = 16
 """Pending SORTs a controller holds."""
@@ -118,6 +118,9 @@ FLAG_RUN = 0x08
 DEFAULT_MAX_LEAD_MS = 10_000
 """CONFIG max_lead_ms a host sends unless told otherwise: TIME targets further ahead are
 NAKed BAD_TARGET."""
+MAX_CONFIG_GATES = MAX_PAYLOAD - 7
+"""Most gates one CONFIG can carry: 7 bytes of fixed fields + one pulse length per gate
+within the 32-byte payload (the board itself may have fewer outputs: HELLO_INFO n_gates)."""
 
 
 class Message:

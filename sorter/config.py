@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware_bridge.protocol import MAX_CONFIG_GATES
 from sorter.errors import ConfigError
 from sorter.fields import FieldError, choice_problem, choices, number_problem, rng
 from sorter.perception.lens import LensConfig
@@ -461,8 +462,12 @@ def load_config(path: str | Path | None = None) -> Config:
 def _check_consistency(config: Config, loader: _Loader) -> None:
     """Checks that span several keys."""
     for key, gate in config.gates.items():
-        if not key.isdigit() or int(key) > 254:
-            raise loader.fail(f"gates.{key}", "gate keys are controller gate numbers 0..254")
+        if not key.isdigit() or int(key) >= MAX_CONFIG_GATES:
+            raise loader.fail(
+                f"gates.{key}",
+                f"gate keys are controller gate numbers 0..{MAX_CONFIG_GATES - 1} "
+                f"(the link's CONFIG carries at most {MAX_CONFIG_GATES} gates)",
+            )
         if not gate.bin:
             raise loader.fail(f"gates.{key}.bin", "every gate needs the bin it diverts into")
         if gate.bin == config.bins.reject:

@@ -130,6 +130,15 @@ def test_two_gates_for_one_bin_is_an_error() -> None:
         cfg.parse_config(text, "x")
 
 
+def test_gate_beyond_what_config_carries_is_an_error() -> None:
+    """CONFIG's 32-byte payload holds 25 pulse lengths: gate 25 would fail at connect
+    time (a frame too long to build), so the config file names it first."""
+    ok = '[gates.24]\nbin = "big"\n[bins.grades]\n2L = "big"\n'
+    assert cfg.parse_config(ok, "x").gates["24"].bin == "big"
+    with pytest.raises(ConfigError, match=r"^x:1: gates\.25: gate keys .* 0\.\.24 .*25 gates"):
+        cfg.parse_config('[gates.25]\nbin = "x"\n', "x")
+
+
 def test_gate_for_bin() -> None:
     c = cfg.Config()
     assert c.gate_for_bin("2L") == 0

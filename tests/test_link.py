@@ -996,3 +996,14 @@ def test_the_duplicate_window_counts_older_commands_still_unanswered(
         assert link._may_retry(outs[cancels[0].seq + 0]) is False
         mid = outs[cancels[7].seq]
         assert mid.older_open == 7 and not link._may_retry(mid)
+
+
+def test_more_gates_than_config_carries_is_a_link_error(vlink: ControllerLink) -> None:
+    """26 pulse lengths do not fit CONFIG's payload: a LinkError naming the limit, not a
+    ValueError from the framing; 25 are framed and sent (and this 4-gate board refuses
+    them); the link keeps its earlier configuration for reconnects."""
+    with pytest.raises(LinkError, match=r"26 gates configured; CONFIG carries at most 25"):
+        vlink.configure(p.MAX_CONFIG_GATES + 1, 40)
+    assert vlink._config_msg().pulse_ms == (40,) * 4
+    with pytest.raises(LinkError, match="controller refused CONFIG"):
+        vlink.configure(p.MAX_CONFIG_GATES, 40)
