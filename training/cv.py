@@ -83,7 +83,7 @@ _MILD = CameraAugmentConfig(
 )
 """The previous default's renders (six per image)."""
 _MILD2 = replace(_MILD, white_balance=0.05, gain=0.08, noise=8.0)
-DEFAULT_RECIPE = "camera-narrow18-tta-xxl-v12-wd"
+DEFAULT_RECIPE = "camera-narrow18-tta-xxxl-v12-wd"
 """What `sorter-train` does by default (training.defaults, CameraAugmentConfig defaults)."""
 
 _FIXED: dict[str, Any] = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 class RecipeDefaults:
     """Defaults shared by `training.train.TrainConfig` and `sorter-train`."""
 
-    epochs: int = 480
+    epochs: int = 960
     """Planned epochs (fixed budget, cosine decay; the time budget may cut them)."""
     batch_size: int = 64
     """Images per step."""
@@ -43,7 +43,7 @@ DEFAULTS = RecipeDefaults()
 """The default recipe."""
 BASE_EPOCHS = 60
 """`sorter-train cv --epochs` default: a recipe of training.cv trains this x its
-`epochs_factor` (the default recipe's factor 8 gives `DEFAULTS.epochs`)."""
-DEFAULT_BUDGET_MIN = 30.0
+`epochs_factor` (the default recipe's factor 16 gives `DEFAULTS.epochs`)."""
+DEFAULT_BUDGET_MIN = 35.0
 """Minutes a default `sorter-train` run may take on the machine it runs on (the planned
 epochs are cut to fit, from the measured time of the first epochs)."""
